@@ -1,0 +1,373 @@
+//! Device files: the name pattern and the JSON content of one tap.
+//!
+//! A tap file is named `<device>_<upload-id>_<unix-seconds>_<tap>.json` (or the legacy
+//! `<unix-seconds>_<tap>.json`) and holds a JSON array of objects: `valueK` (channel K, raw
+//! 12-bit ADC counts) with its `guid`, `timestamp` (one per sample, nanoseconds) and
+//! `guidteensy`. Objects may come in any order; unknown keys are ignored.
+//!
+//! [`read_tap_file`] and [`parse_tap`] turn a file into a [`TapRecording`] or a [`ReadError`]
+//! that names the file and what is wrong. They never panic, whatever the bytes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use simd_json::BorrowedValue;
+use simd_json::StaticNode;
+use simd_json::prelude::ValueAsScalar;
+
+/// Number of sensors (and channels) around the trunk.
+pub const N_SENSORS: usize = 8;
+/// Files larger than this are rejected before they are read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// Fewer samples than this cannot hold a first arrival and its context.
+pub const MIN_SAMPLES: usize = 64;
+
+/// What the file name says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TapName {
+    /// Device id (first field); `None` for legacy `<unix>_<tap>.json` names.
+    pub device: Option<String>,
+    /// Upload id (the middle field), empty for legacy names.
+    pub upload_id: String,
+    /// When the file was made, unix seconds.
+    pub unix_s: i64,
+    /// The tapped sensor, 1..=8.
+    pub tap: u8,
+}
+
+impl TapName {
+    /// Parses a bare file name (no directories). Device and upload ids may only hold ASCII
+    /// letters, digits, `-` and `.` (not leading), so a name can never address another folder.
+    pub fn parse(file_name: &str) -> Result<TapName, ReadErrorKind> {
+        let bad = |why: &str| ReadErrorKind::BadName(why.to_string());
+        let stem = file_name
+            .strip_suffix(".json")
+            .ok_or_else(|| bad("it does not end in .json"))?;
+        let fields: Vec<&str> = stem.split('_').collect();
+        let (device, upload_id, unix, tap) = match fields.as_slice() {
+            [unix, tap] => (None, "", *unix, *tap),
+            [device, upload, unix, tap] => (Some(*device), *upload, *unix, *tap),
+            _ => {
+                return Err(bad(
+                    "expected <device>_<upload-id>_<unix-seconds>_<tap>.json or <unix-seconds>_<tap>.json",
+                ));
+            }
+        };
+        let safe_id = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && !s.starts_with('.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
+        if let Some(device) = device {
+            if !safe_id(device) {
+                return Err(bad(
+                    "the device id must be ASCII letters, digits, '-' or '.'",
+                ));
+            }
+            if !safe_id(upload_id) {
+                return Err(bad(
+                    "the upload id must be ASCII letters, digits, '-' or '.'",
+                ));
+            }
+        }
+        if unix.is_empty() || unix.len() > 12 || !unix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the unix seconds field is not a number"));
+        }
+        let unix_s: i64 = unix
+            .parse()
+            .map_err(|_| bad("the unix seconds field is not a number"))?;
+        if tap.is_empty() || tap.len() > 6 || !tap.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the tap field is not a number"));
+        }
+        let tap_n: u32 = tap
+            .parse()
+            .map_err(|_| bad("the tap field is not a number"))?;
+        if !(1..=N_SENSORS as u32).contains(&tap_n) {
+            return Err(ReadErrorKind::TapOutOfRange(tap_n));
+        }
+        Ok(TapName {
+            device: device.map(str::to_string),
+            upload_id: upload_id.to_string(),
+            unix_s,
+            tap: tap_n as u8,
+        })
+    }
+
+    /// The device id as used in result names: the id, or `legacy` for device-less names.
+    pub fn device_label(&self) -> &str {
+        self.device.as_deref().unwrap_or("legacy")
+    }
+}
+
+/// One tap: all eight channels as recorded after the tapped sensor was hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TapRecording {
+    /// The file name it came from (no directories).
+    pub file_name: String,
+    pub name: TapName,
+    /// `channels[k]` is sensor k+1, raw ADC counts; all channels have the same length.
+    pub channels: [Vec<f32>; N_SENSORS],
+    /// Sample times in nanoseconds, strictly increasing, same length as the channels.
+    pub timestamps_ns: Vec<i64>,
+    /// The guid given with each channel, if any.
+    pub guids: [Option<String>; N_SENSORS],
+    pub guid_teensy: Option<String>,
+    /// Non-fatal oddities found while reading (for logs and reports).
+    pub warnings: Vec<String>,
+}
+
+impl TapRecording {
+    pub fn n_samples(&self) -> usize {
+        self.timestamps_ns.len()
+    }
+
+    /// Index (0-based) of the tapped channel.
+    pub fn tap_idx(&self) -> usize {
+        self.name.tap as usize - 1
+    }
+
+    /// Mean sampling interval from the timestamps, in microseconds.
+    pub fn mean_dt_us(&self) -> f64 {
+        let n = self.timestamps_ns.len();
+        (self.timestamps_ns[n - 1] - self.timestamps_ns[0]) as f64 / (n - 1) as f64 / 1000.0
+    }
+}
+
+/// What is wrong with a file, without the file's path.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReadErrorKind {
+    #[error("cannot read it: {0}")]
+    Io(String),
+    #[error("it is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the name does not match the pattern: {0}")]
+    BadName(String),
+    #[error("the tap number {0} is outside 1-8")]
+    TapOutOfRange(u32),
+    #[error("the file is empty")]
+    Empty,
+    #[error("invalid or truncated JSON: {0}")]
+    Json(String),
+    #[error("the top level is not an array of objects")]
+    NotAnArrayOfObjects,
+    #[error("channel value{0} is missing")]
+    MissingChannel(usize),
+    #[error("channel value{0} appears twice")]
+    DuplicateChannel(usize),
+    #[error("the timestamp array is missing")]
+    MissingTimestamps,
+    #[error("{field} is not an array")]
+    NotAnArray { field: String },
+    #[error("{field}[{index}] is not a number")]
+    NonNumeric { field: String, index: usize },
+    #[error("only {found} samples, at least {min} are needed")]
+    TooFewSamples { found: usize, min: usize },
+    #[error("timestamps do not increase at sample {index} ({prev} then {next} ns)")]
+    TimestampsNotIncreasing { index: usize, prev: i64, next: i64 },
+}
+
+/// A file that could not be read, with its path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub kind: ReadErrorKind,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.kind)
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Reads and validates one tap file.
+pub fn read_tap_file(path: &Path) -> Result<TapRecording, ReadError> {
+    let err = |kind| ReadError {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| err(ReadErrorKind::BadName("not valid UTF-8".into())))?;
+    let name = TapName::parse(file_name).map_err(err)?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| err(ReadErrorKind::Io(e.to_string())))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(err(ReadErrorKind::TooLarge {
+            size,
+            limit: MAX_FILE_BYTES,
+        }));
+    }
+    let mut bytes = std::fs::read(path).map_err(|e| err(ReadErrorKind::Io(e.to_string())))?;
+    parse_content(file_name, name, &mut bytes).map_err(err)
+}
+
+/// Parses the content of a file called `file_name` (the name is validated too).
+pub fn parse_tap(file_name: &str, bytes: &[u8]) -> Result<TapRecording, ReadErrorKind> {
+    let name = TapName::parse(file_name)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadErrorKind::TooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    let mut owned = bytes.to_vec();
+    parse_content(file_name, name, &mut owned)
+}
+
+fn parse_content(
+    file_name: &str,
+    name: TapName,
+    bytes: &mut [u8],
+) -> Result<TapRecording, ReadErrorKind> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ReadErrorKind::Empty);
+    }
+    let value =
+        simd_json::to_borrowed_value(bytes).map_err(|e| ReadErrorKind::Json(e.to_string()))?;
+    let BorrowedValue::Array(objects) = value else {
+        return Err(ReadErrorKind::NotAnArrayOfObjects);
+    };
+    let mut channels: [Option<Vec<f32>>; N_SENSORS] = Default::default();
+    let mut guids: [Option<String>; N_SENSORS] = Default::default();
+    let mut timestamps: Option<Vec<i64>> = None;
+    let mut guid_teensy = None;
+    for object in objects.iter() {
+        let BorrowedValue::Object(object) = object else {
+            return Err(ReadErrorKind::NotAnArrayOfObjects);
+        };
+        let mut channel_here = None;
+        let mut guid_here = None;
+        for (key, value) in object.iter() {
+            let key: &str = key;
+            if let Some(k) = key
+                .strip_prefix("value")
+                .and_then(|k| k.parse::<usize>().ok())
+                .filter(|k| (1..=N_SENSORS).contains(k))
+            {
+                if channels[k - 1].is_some() {
+                    return Err(ReadErrorKind::DuplicateChannel(k));
+                }
+                channels[k - 1] = Some(numbers(key, value, |x| x as f32)?);
+                channel_here = Some(k);
+            } else if key == "timestamp" {
+                timestamps = Some(numbers(key, value, |x| x as i64)?);
+            } else if key == "guid" {
+                guid_here = value.as_str().map(str::to_string);
+            } else if key == "guidteensy" {
+                guid_teensy = value.as_str().map(str::to_string);
+            }
+        }
+        if let (Some(k), Some(guid)) = (channel_here, guid_here) {
+            guids[k - 1] = Some(guid);
+        }
+    }
+    let mut timestamps_ns = timestamps.ok_or(ReadErrorKind::MissingTimestamps)?;
+    let mut warnings = Vec::new();
+    let mut taken: [Vec<f32>; N_SENSORS] = Default::default();
+    for (k, slot) in channels.iter_mut().enumerate() {
+        taken[k] = slot.take().ok_or(ReadErrorKind::MissingChannel(k + 1))?;
+    }
+    let lengths = taken.iter().map(Vec::len).chain([timestamps_ns.len()]);
+    let shortest = lengths.clone().min().unwrap_or(0);
+    let longest = lengths.max().unwrap_or(0);
+    if shortest != longest {
+        warnings.push(format!(
+            "arrays of unequal length ({shortest} to {longest} samples): cut to {shortest}"
+        ));
+        for ch in &mut taken {
+            ch.truncate(shortest);
+        }
+        timestamps_ns.truncate(shortest);
+    }
+    if shortest < MIN_SAMPLES {
+        return Err(ReadErrorKind::TooFewSamples {
+            found: shortest,
+            min: MIN_SAMPLES,
+        });
+    }
+    if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
+        return Err(ReadErrorKind::TimestampsNotIncreasing {
+            index: i + 1,
+            prev: timestamps_ns[i],
+            next: timestamps_ns[i + 1],
+        });
+    }
+    Ok(TapRecording {
+        file_name: file_name.to_string(),
+        name,
+        channels: taken,
+        timestamps_ns,
+        guids,
+        guid_teensy,
+        warnings,
+    })
+}
+
+/// Reads a JSON array of numbers, converting each with `conv`; integers are exact, finite
+/// floats are accepted, anything else is [`ReadErrorKind::NonNumeric`].
+fn numbers<T>(
+    field: &str,
+    value: &BorrowedValue,
+    conv: impl Fn(f64) -> T,
+) -> Result<Vec<T>, ReadErrorKind> {
+    let BorrowedValue::Array(items) = value else {
+        return Err(ReadErrorKind::NotAnArray {
+            field: field.to_string(),
+        });
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let x = match item {
+                BorrowedValue::Static(StaticNode::I64(x)) => *x as f64,
+                BorrowedValue::Static(StaticNode::U64(x)) => *x as f64,
+                BorrowedValue::Static(StaticNode::F64(x)) if x.is_finite() => *x,
+                _ => {
+                    return Err(ReadErrorKind::NonNumeric {
+                        field: field.to_string(),
+                        index,
+                    });
+                }
+            };
+            Ok(conv(x))
+        })
+        .collect()
+}
+
+/// Writes a tap file in the device's layout (used by the simulator and tests).
+pub fn write_tap_json(
+    channels: &[Vec<i32>; N_SENSORS],
+    timestamps_ns: &[i64],
+    guids: &[String; N_SENSORS],
+    guid_teensy: &str,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(32 * 1024);
+    out.push('[');
+    for (k, ch) in channels.iter().enumerate() {
+        let _ = write!(out, "{{\"value{}\":[", k + 1);
+        join_numbers(&mut out, ch.iter());
+        let _ = write!(out, "],\"guid\":\"{}\"}},", guids[k]);
+    }
+    out.push_str("{\"timestamp\":[");
+    join_numbers(&mut out, timestamps_ns.iter());
+    let _ = write!(out, "]}},{{\"guidteensy\":\"{guid_teensy}\"}}]");
+    out
+}
+
+fn join_numbers<T: fmt::Display>(out: &mut String, items: impl Iterator<Item = T>) {
+    use std::fmt::Write;
+    for (i, x) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{x}");
+    }
+}

@@ -1,0 +1,356 @@
+//! The engine: from the eight taps of a set to times of flight and the 8×8 velocity matrix.
+//!
+//! Units: times in µs, distances in m, velocities in m/s. Row = tapped sensor, column =
+//! receiving sensor, 0-based inside the code. A ray that cannot be trusted keeps its estimate
+//! (for the report) but is flagged, and is 0 in [`SetEstimate::plain_matrix`].
+//!
+//! Two methods share the batched GCC-PHAT core ([`gcc`]):
+//! - [`Method::GccPhat`]: each receiver against the tapped channel, lag searched only inside
+//!   the physically possible window, peak refined below one sample.
+//! - [`Method::Onset`] (default): the first arrival on each receiver is picked with a sub-sample
+//!   hinge fit; the tapped channel only fixes the tap instant. The relative tap instants of the
+//!   eight taps come from GCC-PHAT between the reciprocal recordings i→j and j→i (same path,
+//!   same waveform), and the ToF of each ray is the pick minus its tap instant.
+
+pub mod gcc;
+pub mod onset;
+pub mod phat;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{N_SENSORS, TapRecording};
+use crate::geometry::{chord_m, longest_chord_m};
+use gcc::{Batch, CpuGcc, Kernel};
+
+/// How ToFs are estimated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Sub-sample onset picks plus reciprocal GCC-PHAT for the tap instants.
+    Onset,
+    /// Plain windowed GCC-PHAT of each receiver against the tapped channel.
+    GccPhat,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Onset => "onset",
+            Method::GccPhat => "gcc-phat",
+        })
+    }
+}
+
+/// Engine settings (validated by the caller).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    pub diameter_m: f64,
+    /// Slowest plausible velocity: sets the lag window and the plausibility check.
+    pub min_velocity_m_s: f64,
+    /// Fastest plausible velocity.
+    pub max_velocity_m_s: f64,
+    pub method: Method,
+    /// Samples from the start of each record that the correlation looks at.
+    pub segment: usize,
+    /// Rays whose v(i→j) and v(j→i) differ by more than this fraction are flagged.
+    pub max_reciprocity_diff: f64,
+    /// A receiver whose first-arrival amplitude is below this many noise sigmas is low-SNR.
+    pub min_snr: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            diameter_m: 0.3,
+            min_velocity_m_s: 300.0,
+            max_velocity_m_s: 3000.0,
+            method: Method::Onset,
+            segment: 256,
+            max_reciprocity_diff: 0.3,
+            min_snr: 8.0,
+        }
+    }
+}
+
+/// Why a ray is not trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RayFlag {
+    Ok,
+    NoPeak,
+    ImplausibleVelocity,
+    ReciprocityMismatch,
+    ClippedReceiver,
+    LowSnr,
+}
+
+impl RayFlag {
+    pub fn usable(self) -> bool {
+        self == RayFlag::Ok
+    }
+}
+
+/// Result for one set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SetEstimate {
+    /// Estimated ToF, µs (0 on the diagonal, NaN where there is no estimate at all).
+    pub tof_us: [[f64; N_SENSORS]; N_SENSORS],
+    /// chord / ToF, m/s (same conventions).
+    pub velocity_m_s: [[f64; N_SENSORS]; N_SENSORS],
+    pub flags: [[RayFlag; N_SENSORS]; N_SENSORS],
+    /// Mean sampling interval over the eight files, µs.
+    pub dt_us: f64,
+    /// Estimated tap instant of each tap, µs before its first sample.
+    pub tap_lead_us: [f64; N_SENSORS],
+}
+
+impl SetEstimate {
+    /// The compatibility matrix: m/s, diagonal 0, an unusable ray 0.
+    pub fn plain_matrix(&self) -> [[f64; N_SENSORS]; N_SENSORS] {
+        std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                let v = self.velocity_m_s[i][j];
+                if i != j && self.flags[i][j].usable() && v.is_finite() {
+                    v
+                } else {
+                    0.0
+                }
+            })
+        })
+    }
+}
+
+/// Summary metrics of a velocity matrix (see DESIGN.md, "Metrics that decide quality").
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Share of the 56 rays with a velocity inside 300–3000 m/s.
+    pub plausible_share: f64,
+    /// Median over the pairs with both directions of |v_ij − v_ji| / mean(v_ij, v_ji).
+    pub median_reciprocity_diff: f64,
+}
+
+pub fn metrics(velocity: &[[f64; N_SENSORS]; N_SENSORS]) -> Metrics {
+    let plausible = |v: f64| v.is_finite() && (300.0..=3000.0).contains(&v);
+    let mut n_ok = 0;
+    let mut diffs = Vec::new();
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i == j {
+                continue;
+            }
+            if plausible(velocity[i][j]) {
+                n_ok += 1;
+            }
+            let (a, b) = (velocity[i][j], velocity[j][i]);
+            if i < j && a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0 {
+                diffs.push((a - b).abs() / (0.5 * (a + b)));
+            }
+        }
+    }
+    Metrics {
+        plausible_share: n_ok as f64 / (N_SENSORS * (N_SENSORS - 1)) as f64,
+        median_reciprocity_diff: median(&mut diffs).unwrap_or(f64::NAN),
+    }
+}
+
+pub fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    })
+}
+
+/// The CPU engine: one GCC plan and its buffers, reused for every set.
+pub struct Engine {
+    cfg: EngineConfig,
+    gcc: CpuGcc,
+    /// Short correlator for the reciprocal pairs of the onset method.
+    pair_gcc: CpuGcc,
+    batch: Batch,
+    corr: Vec<f32>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self::with_kernel(cfg, Kernel::Simd)
+    }
+
+    pub fn with_kernel(cfg: EngineConfig, kernel: Kernel) -> Self {
+        let n_fft = (2 * cfg.segment).next_power_of_two();
+        Engine {
+            gcc: CpuGcc::new(n_fft, kernel),
+            pair_gcc: CpuGcc::new(64, kernel),
+            batch: Batch::new(n_fft),
+            corr: Vec::new(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Estimates one set; `taps[k]` must be the recording of tap k+1.
+    pub fn estimate_set(&mut self, taps: &[TapRecording; N_SENSORS]) -> SetEstimate {
+        self.estimate_batch(std::slice::from_ref(taps)).remove(0)
+    }
+
+    /// Estimates many sets with one batched correlation.
+    pub fn estimate_batch(&mut self, sets: &[[TapRecording; N_SENSORS]]) -> Vec<SetEstimate> {
+        let prepared: Vec<[Prepared; N_SENSORS]> = sets
+            .iter()
+            .map(|taps| std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment)))
+            .collect();
+        self.batch.clear();
+        for set in &prepared {
+            for tap in set {
+                self.batch.push_tap(&tap.channels, tap.tap_idx);
+            }
+        }
+        self.corr.resize(self.batch.out_len(), 0.0);
+        self.gcc.correlate(&self.batch, &mut self.corr);
+        let n_fft = self.gcc.n_fft();
+        let per_set = N_SENSORS * N_SENSORS * n_fft;
+        prepared
+            .iter()
+            .enumerate()
+            .map(|(s, set)| {
+                let corr = &self.corr[s * per_set..(s + 1) * per_set];
+                match self.cfg.method {
+                    Method::GccPhat => estimate_gcc(&self.cfg, set, corr, n_fft),
+                    Method::Onset => onset::estimate(&self.cfg, set, &mut self.pair_gcc),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One tap, centred and cut to the segment the engine looks at.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub tap_idx: usize,
+    /// Rest level removed, first `segment` samples.
+    pub channels: [Vec<f32>; N_SENSORS],
+    /// Sample times relative to the first sample, µs (same length as the channels).
+    pub t_us: Vec<f64>,
+    pub dt_us: f64,
+    /// Raw counts of the same segment (for clipping checks).
+    pub raw: [Vec<f32>; N_SENSORS],
+}
+
+pub fn prepare(tap: &TapRecording, segment: usize) -> Prepared {
+    let n = tap.n_samples().min(segment);
+    let t0 = tap.timestamps_ns[0];
+    let t_us = tap.timestamps_ns[..n]
+        .iter()
+        .map(|&t| (t - t0) as f64 / 1000.0)
+        .collect();
+    let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|k| tap.channels[k][..n].to_vec());
+    let channels = std::array::from_fn(|k| {
+        let mut whole = tap.channels[k].clone();
+        let mid = whole.len() / 2;
+        let rest = *whole.select_nth_unstable_by(mid, f32::total_cmp).1;
+        raw[k].iter().map(|&x| x - rest).collect()
+    });
+    Prepared {
+        tap_idx: tap.tap_idx(),
+        channels,
+        t_us,
+        dt_us: tap.mean_dt_us(),
+        raw,
+    }
+}
+
+/// Largest lag (samples) the window allows for a tap: the longest chord at the slowest
+/// plausible velocity, plus one sample for the tap's lead before the first sample.
+pub fn max_lag_samples(cfg: &EngineConfig, dt_us: f64) -> isize {
+    (longest_chord_m(cfg.diameter_m) / cfg.min_velocity_m_s * 1e6 / dt_us).ceil() as isize + 1
+}
+
+fn estimate_gcc(
+    cfg: &EngineConfig,
+    set: &[Prepared; N_SENSORS],
+    corr: &[f32],
+    n_fft: usize,
+) -> SetEstimate {
+    let mut est = empty_estimate(set);
+    for (i, tap) in set.iter().enumerate() {
+        let hi = max_lag_samples(cfg, tap.dt_us);
+        for j in 0..N_SENSORS {
+            if i == j {
+                continue;
+            }
+            let r = &corr[(i * N_SENSORS + j) * n_fft..(i * N_SENSORS + j + 1) * n_fft];
+            match gcc::find_peak(r, 0, hi) {
+                Some(p) if !p.on_edge => {
+                    est.tof_us[i][j] = p.lag * tap.dt_us;
+                    est.flags[i][j] = RayFlag::Ok;
+                }
+                _ => est.flags[i][j] = RayFlag::NoPeak,
+            }
+        }
+    }
+    finish(cfg, &mut est);
+    est
+}
+
+pub(crate) fn empty_estimate(set: &[Prepared; N_SENSORS]) -> SetEstimate {
+    SetEstimate {
+        tof_us: std::array::from_fn(|i| {
+            std::array::from_fn(|j| if i == j { 0.0 } else { f64::NAN })
+        }),
+        velocity_m_s: [[0.0; N_SENSORS]; N_SENSORS],
+        flags: [[RayFlag::Ok; N_SENSORS]; N_SENSORS],
+        dt_us: set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64,
+        tap_lead_us: [0.0; N_SENSORS],
+    }
+}
+
+/// Velocities from ToFs, then plausibility and reciprocity flags on rays still marked Ok.
+pub(crate) fn finish(cfg: &EngineConfig, est: &mut SetEstimate) {
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i == j {
+                est.velocity_m_s[i][j] = 0.0;
+                continue;
+            }
+            let tof = est.tof_us[i][j];
+            est.velocity_m_s[i][j] = if tof.is_finite() && tof > 0.0 {
+                chord_m(i, j, cfg.diameter_m) / tof * 1e6
+            } else {
+                f64::NAN
+            };
+        }
+    }
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i == j || !est.flags[i][j].usable() {
+                continue;
+            }
+            let v = est.velocity_m_s[i][j];
+            if !(v.is_finite() && v >= cfg.min_velocity_m_s && v <= cfg.max_velocity_m_s) {
+                est.flags[i][j] = RayFlag::ImplausibleVelocity;
+            }
+        }
+    }
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i == j || !est.flags[i][j].usable() {
+                continue;
+            }
+            let (a, b) = (est.velocity_m_s[i][j], est.velocity_m_s[j][i]);
+            if b.is_finite()
+                && b > 0.0
+                && (a - b).abs() / (0.5 * (a + b)) > cfg.max_reciprocity_diff
+            {
+                est.flags[i][j] = RayFlag::ReciprocityMismatch;
+            }
+        }
+    }
+}

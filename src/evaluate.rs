@@ -1,0 +1,95 @@
+//! Accuracy against ground truth: run the engine on simulated sets and compare.
+//!
+//! Everything happens in memory: the simulator's files are parsed by the real reader, so the
+//! figures include parsing. Errors are per ray: |ToF error| in µs and |velocity error| as a
+//! fraction of the true velocity, over rays the engine marked usable; the share of usable
+//! rays is reported beside them.
+
+use serde::Serialize;
+
+use crate::device::{N_SENSORS, TapRecording, parse_tap};
+use crate::engine::{Engine, EngineConfig, SetEstimate, metrics};
+use crate::simulate::{SetTruth, SimParams, simulate_many};
+
+/// Error statistics over many rays.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ErrorStats {
+    pub n_sets: usize,
+    pub n_rays: usize,
+    /// Share of rays flagged usable.
+    pub usable_share: f64,
+    pub median_tof_err_us: f64,
+    pub worst_tof_err_us: f64,
+    pub median_velocity_err: f64,
+    pub p90_velocity_err: f64,
+    pub worst_velocity_err: f64,
+    pub median_reciprocity_diff: f64,
+}
+
+/// Compares one estimate with its truth; returns (|ToF error| µs, |v error| fraction) of the
+/// usable rays and the number of rays.
+pub fn ray_errors(est: &SetEstimate, truth: &SetTruth) -> (Vec<f64>, Vec<f64>, usize) {
+    let (mut tof, mut vel) = (Vec::new(), Vec::new());
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i == j || !est.flags[i][j].usable() {
+                continue;
+            }
+            tof.push((est.tof_us[i][j] - truth.tof_us[i][j]).abs());
+            vel.push(
+                (est.velocity_m_s[i][j] - truth.velocity_m_s[i][j]).abs()
+                    / truth.velocity_m_s[i][j],
+            );
+        }
+    }
+    (tof, vel, N_SENSORS * (N_SENSORS - 1))
+}
+
+fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Simulates `n_sets` sets (parameters varied when `vary`), runs the engine, returns stats.
+pub fn evaluate(
+    base: &SimParams,
+    n_sets: usize,
+    seed: u64,
+    vary: bool,
+    cfg: &EngineConfig,
+) -> ErrorStats {
+    let (files, truth) = simulate_many(base, n_sets, seed, vary);
+    let (mut tof, mut vel, mut recip) = (Vec::new(), Vec::new(), Vec::new());
+    let mut n_rays = 0;
+    for (s, set_truth) in truth.sets.iter().enumerate() {
+        let taps: [TapRecording; N_SENSORS] = std::array::from_fn(|k| {
+            let f = &files[s * N_SENSORS + k];
+            parse_tap(&f.file_name, f.json.as_bytes()).expect("simulated files always parse")
+        });
+        let mut set_cfg = cfg.clone();
+        set_cfg.diameter_m = set_truth.params.diameter_m;
+        let est = Engine::new(set_cfg).estimate_set(&taps);
+        let (t, v, n) = ray_errors(&est, set_truth);
+        tof.extend(t);
+        vel.extend(v);
+        n_rays += n;
+        let m = metrics(&est.plain_matrix());
+        if m.median_reciprocity_diff.is_finite() {
+            recip.push(m.median_reciprocity_diff);
+        }
+    }
+    ErrorStats {
+        n_sets,
+        n_rays,
+        usable_share: tof.len() as f64 / n_rays.max(1) as f64,
+        median_tof_err_us: quantile(&mut tof, 0.5),
+        worst_tof_err_us: quantile(&mut tof, 1.0),
+        median_velocity_err: quantile(&mut vel, 0.5),
+        p90_velocity_err: quantile(&mut vel, 0.9),
+        worst_velocity_err: quantile(&mut vel, 1.0),
+        median_reciprocity_diff: quantile(&mut recip, 0.5),
+    }
+}

@@ -1,0 +1,340 @@
+//! Grouping taps into sets: pure decisions, no I/O.
+//!
+//! A set is eight files with taps 1..=8 from the same device whose unix seconds span at most
+//! `window_s`. Rule: per device, the earliest complete window wins: windows are tried from the
+//! earliest pending file on, and inside the chosen window each tap takes its earliest file.
+//! Files that form no set stay pending (duplicates, leftovers, incomplete sets) until a later
+//! file completes them or the caller takes them out with [`Grouper::remove`].
+
+use std::collections::BTreeMap;
+
+use crate::device::{N_SENSORS, TapName};
+
+/// One pending file: its parsed name and an opaque key chosen by the caller (a path, an index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending<K> {
+    pub name: TapName,
+    pub key: K,
+}
+
+/// A complete set, taps in order: `members[k]` is the file of tap k+1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapSet<K> {
+    /// `None` for legacy device-less names.
+    pub device: Option<String>,
+    /// Smallest unix seconds among the eight files: the set's time.
+    pub unix_s: i64,
+    pub members: [Pending<K>; N_SENSORS],
+}
+
+impl<K> TapSet<K> {
+    /// `result_<device>_<unix>` (or `result_<unix>` for legacy names), without extension.
+    pub fn result_stem(&self) -> String {
+        match &self.device {
+            Some(device) => format!("result_{device}_{}", self.unix_s),
+            None => format!("result_{}", self.unix_s),
+        }
+    }
+}
+
+/// Groups pending files into sets.
+#[derive(Debug)]
+pub struct Grouper<K> {
+    window_s: i64,
+    /// Per device, pending files sorted by (unix seconds, tap, upload id).
+    pending: BTreeMap<Option<String>, Vec<Pending<K>>>,
+}
+
+impl<K: Clone + PartialEq> Grouper<K> {
+    /// `window_s`: the largest allowed span of unix seconds inside one set (DESIGN: 15 min).
+    pub fn new(window_s: i64) -> Self {
+        Grouper {
+            window_s,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a file. Adding the same key twice is ignored.
+    pub fn add(&mut self, name: TapName, key: K) {
+        let files = self.pending.entry(name.device.clone()).or_default();
+        if files.iter().any(|p| p.key == key) {
+            return;
+        }
+        let pos = files.partition_point(|p| {
+            (p.name.unix_s, p.name.tap, &p.name.upload_id)
+                <= (name.unix_s, name.tap, &name.upload_id)
+        });
+        files.insert(pos, Pending { name, key });
+    }
+
+    /// Takes out every complete set, earliest window first.
+    pub fn take_complete(&mut self) -> Vec<TapSet<K>> {
+        let mut sets = Vec::new();
+        for (device, files) in self.pending.iter_mut() {
+            while let Some(chosen) = earliest_complete_window(files, self.window_s) {
+                // Remove from the back so indices stay valid.
+                let mut members: Vec<(usize, Pending<K>)> = Vec::with_capacity(N_SENSORS);
+                let mut by_index = chosen;
+                by_index.sort_unstable();
+                for &i in by_index.iter().rev() {
+                    members.push((i, files.remove(i)));
+                }
+                members.sort_by_key(|(_, p)| p.name.tap);
+                let members: Vec<Pending<K>> = members.into_iter().map(|(_, p)| p).collect();
+                let unix_s = members.iter().map(|p| p.name.unix_s).min().unwrap_or(0);
+                let Ok(members) = <[Pending<K>; N_SENSORS]>::try_from(members) else {
+                    unreachable!("a complete window has exactly one file per tap");
+                };
+                sets.push(TapSet {
+                    device: device.clone(),
+                    unix_s,
+                    members,
+                });
+            }
+        }
+        self.pending.retain(|_, files| !files.is_empty());
+        sets.sort_by(|a, b| (a.unix_s, &a.device).cmp(&(b.unix_s, &b.device)));
+        sets
+    }
+
+    /// Removes a pending file (it vanished or was rejected). Returns whether it was there.
+    pub fn remove(&mut self, key: &K) -> bool {
+        let mut found = false;
+        for files in self.pending.values_mut() {
+            if let Some(i) = files.iter().position(|p| &p.key == key) {
+                files.remove(i);
+                found = true;
+            }
+        }
+        self.pending.retain(|_, files| !files.is_empty());
+        found
+    }
+
+    /// Files that are in no set yet.
+    pub fn pending(&self) -> impl Iterator<Item = &Pending<K>> {
+        self.pending.values().flatten()
+    }
+
+    pub fn n_pending(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+}
+
+/// Indices (into `files`, sorted by time) of the earliest complete window, one per tap.
+fn earliest_complete_window<K>(files: &[Pending<K>], window_s: i64) -> Option<Vec<usize>> {
+    for start in 0..files.len() {
+        let t0 = files[start].name.unix_s;
+        let mut chosen: [Option<usize>; N_SENSORS] = [None; N_SENSORS];
+        for (i, file) in files.iter().enumerate().skip(start) {
+            if file.name.unix_s - t0 > window_s {
+                break;
+            }
+            let slot = &mut chosen[file.name.tap as usize - 1];
+            if slot.is_none() {
+                *slot = Some(i);
+            }
+        }
+        if chosen.iter().all(Option::is_some) {
+            return Some(chosen.iter().flatten().copied().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(device: &str, unix_s: i64, tap: u8) -> TapName {
+        TapName {
+            device: Some(device.to_string()),
+            upload_id: "u".into(),
+            unix_s,
+            tap,
+        }
+    }
+
+    fn add_set(g: &mut Grouper<String>, device: &str, t0: i64, step: i64) {
+        for tap in 1..=8u8 {
+            let t = t0 + step * (tap as i64 - 1);
+            g.add(name(device, t, tap), format!("{device}-{t}-{tap}"));
+        }
+    }
+
+    #[test]
+    fn one_complete_set_in_order() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 1000, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].unix_s, 1000);
+        assert_eq!(sets[0].result_stem(), "result_A_1000");
+        for (k, m) in sets[0].members.iter().enumerate() {
+            assert_eq!(m.name.tap as usize, k + 1);
+        }
+        assert_eq!(g.n_pending(), 0);
+    }
+
+    #[test]
+    fn incomplete_set_stays_pending_until_completed() {
+        let mut g = Grouper::new(900);
+        for tap in 1..=7u8 {
+            g.add(name("A", 1000 + tap as i64, tap), format!("{tap}"));
+        }
+        assert!(g.take_complete().is_empty());
+        assert_eq!(g.n_pending(), 7);
+        g.add(name("A", 1100, 8), "8".to_string());
+        assert_eq!(g.take_complete().len(), 1);
+        assert_eq!(g.n_pending(), 0);
+    }
+
+    #[test]
+    fn out_of_order_arrival() {
+        let mut g = Grouper::new(900);
+        for tap in [5u8, 3, 8, 1, 2, 7, 4, 6] {
+            g.add(name("A", 2000 + tap as i64 * 7, tap), format!("{tap}"));
+            if tap != 6 {
+                assert!(g.take_complete().is_empty());
+            }
+        }
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].unix_s, 2007);
+    }
+
+    #[test]
+    fn span_over_window_is_not_a_set() {
+        let mut g = Grouper::new(900);
+        for tap in 1..=7u8 {
+            g.add(name("A", 1000 + tap as i64, tap), format!("{tap}"));
+        }
+        g.add(name("A", 1001 + 900 + 1, 8), "late8".into());
+        assert!(g.take_complete().is_empty());
+        assert_eq!(g.n_pending(), 8);
+    }
+
+    #[test]
+    fn span_exactly_window_is_a_set() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 0, 0);
+        g.remove(&"A-0-8".to_string());
+        g.add(name("A", 900, 8), "edge8".into());
+        assert_eq!(g.take_complete().len(), 1);
+    }
+
+    #[test]
+    fn duplicate_tap_earliest_is_used_and_duplicate_is_left_over() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 1000, 10);
+        g.add(name("A", 1015, 2), "dup2".into());
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].members[1].key, "A-1010-2");
+        let left: Vec<_> = g.pending().map(|p| p.key.clone()).collect();
+        assert_eq!(left, vec!["dup2".to_string()]);
+    }
+
+    #[test]
+    fn same_file_added_twice_counts_once() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 1000, 10);
+        g.add(name("A", 1000, 1), "A-1000-1".into());
+        assert_eq!(g.take_complete().len(), 1);
+        assert_eq!(g.n_pending(), 0);
+    }
+
+    #[test]
+    fn two_interleaved_sets_from_one_device() {
+        let mut g = Grouper::new(900);
+        // Set one at 1000, 1010, ...; set two at 1005, 1015, ...: interleaved in time.
+        add_set(&mut g, "A", 1000, 10);
+        add_set(&mut g, "A", 1005, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0].unix_s, 1000);
+        assert_eq!(sets[1].unix_s, 1005);
+        for tap in 0..8 {
+            assert_eq!(sets[0].members[tap].name.unix_s, 1000 + 10 * tap as i64);
+            assert_eq!(sets[1].members[tap].name.unix_s, 1005 + 10 * tap as i64);
+        }
+    }
+
+    #[test]
+    fn earliest_complete_window_wins_over_later_ones() {
+        let mut g = Grouper::new(900);
+        // A stray tap 3 long before, then a complete set: the stray stays pending.
+        g.add(name("A", 0, 3), "stray3".into());
+        add_set(&mut g, "A", 5000, 1);
+        // A second complete set much later.
+        add_set(&mut g, "A", 9000, 1);
+        let sets = g.take_complete();
+        assert_eq!(
+            sets.iter().map(|s| s.unix_s).collect::<Vec<_>>(),
+            vec![5000, 9000]
+        );
+        let left: Vec<_> = g.pending().map(|p| p.key.clone()).collect();
+        assert_eq!(left, vec!["stray3".to_string()]);
+    }
+
+    #[test]
+    fn devices_are_never_mixed() {
+        let mut g = Grouper::new(900);
+        for tap in 1..=4u8 {
+            g.add(name("A", 1000, tap), format!("A{tap}"));
+        }
+        for tap in 5..=8u8 {
+            g.add(name("B", 1000, tap), format!("B{tap}"));
+        }
+        assert!(g.take_complete().is_empty());
+        add_set(&mut g, "B", 1001, 0);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].device.as_deref(), Some("B"));
+        assert_eq!(g.n_pending(), 8);
+    }
+
+    #[test]
+    fn extra_taps_stay_pending_as_leftovers() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 1000, 1);
+        add_set(&mut g, "A", 1000, 1);
+        for tap in 1..=3u8 {
+            g.add(name("A", 1000, tap), format!("extra{tap}"));
+        }
+        // Keys differ, so there are three files per tap 1..=3 and two per tap 4..=8.
+        let sets = g.take_complete();
+        assert_eq!(
+            sets.len(),
+            1,
+            "the same keys were added twice and count once"
+        );
+        assert_eq!(g.n_pending(), 3);
+    }
+
+    #[test]
+    fn legacy_names_group_together() {
+        let mut g = Grouper::new(900);
+        for tap in 1..=8u8 {
+            let n = TapName {
+                device: None,
+                upload_id: String::new(),
+                unix_s: 77 + tap as i64,
+                tap,
+            };
+            g.add(n, tap);
+        }
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].result_stem(), "result_78");
+    }
+
+    #[test]
+    fn remove_takes_a_file_out() {
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 1000, 1);
+        assert!(g.remove(&"A-1003-4".to_string()));
+        assert!(!g.remove(&"nope".to_string()));
+        assert!(g.take_complete().is_empty());
+        assert_eq!(g.n_pending(), 7);
+    }
+}

@@ -1,0 +1,15 @@
+//! terawang: stress-wave tree tomography, from raw device recordings to velocity matrices.
+//!
+//! Stages, one module each: [`device`] reads tap files, [`group`] groups them into sets,
+//! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
+//! [`simulate`] makes realistic files with ground truth.
+
+pub mod device;
+pub mod engine;
+pub mod evaluate;
+pub mod geometry;
+pub mod group;
+pub mod process;
+pub mod result;
+pub mod rng;
+pub mod simulate;

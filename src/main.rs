@@ -1,0 +1,239 @@
+//! The `terawang` binary: parses the command line, builds the stages, and turns the final
+//! error into an exit code in one place. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use terawang::engine::{EngineConfig, Method};
+use terawang::evaluate::evaluate;
+use terawang::process::{ProcessOptions, run};
+use terawang::simulate::{Decay, SimParams, Truth, simulate_many};
+
+#[derive(Parser)]
+#[command(
+    name = "terawang",
+    version,
+    about = "Stress-wave tree tomography: device recordings to velocity matrices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute the velocity matrix of every complete set among files and folders.
+    Process(ProcessArgs),
+    /// Write realistic simulated device files plus truth.json (the ground truth).
+    Simulate(SimulateArgs),
+    /// Simulate sets across a grid and print the error table against ground truth.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Trunk diameter in metres.
+    #[arg(long, env = "DIAMETER", default_value_t = 0.3)]
+    diameter: f64,
+    /// How ToFs are estimated.
+    #[arg(long, value_enum, default_value_t = Method::Onset)]
+    method: Method,
+    /// Slowest plausible velocity, m/s: bounds the lag search and flags slower rays.
+    #[arg(long, default_value_t = 300.0)]
+    min_velocity: f64,
+    /// Fastest plausible velocity, m/s: faster rays are flagged.
+    #[arg(long, default_value_t = 3000.0)]
+    max_velocity: f64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> anyhow::Result<EngineConfig> {
+        if !(self.diameter.is_finite() && self.diameter > 0.0 && self.diameter <= 10.0) {
+            anyhow::bail!(
+                "--diameter/DIAMETER must be a number of metres in (0, 10], got {}",
+                self.diameter
+            );
+        }
+        if !(self.min_velocity > 0.0 && self.min_velocity < self.max_velocity) {
+            anyhow::bail!("--min-velocity must be positive and below --max-velocity");
+        }
+        Ok(EngineConfig {
+            diameter_m: self.diameter,
+            min_velocity_m_s: self.min_velocity,
+            max_velocity_m_s: self.max_velocity,
+            method: self.method,
+            ..EngineConfig::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct ProcessArgs {
+    /// Tap files and/or folders holding them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Folder for the result files (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Compute backend (only `cpu` in this build).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    backend: String,
+    /// Worker threads; defaults to the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Largest span of a set's file times, seconds.
+    #[arg(long, default_value_t = 900)]
+    window: i64,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Folder for the files and truth.json (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of sets.
+    #[arg(long, default_value_t = 1)]
+    sets: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Trunk diameter in metres.
+    #[arg(long, default_value_t = 0.3)]
+    diameter: f64,
+    /// Sound-wood velocity, m/s.
+    #[arg(long, default_value_t = 1500.0)]
+    velocity: f64,
+    /// Signal-to-noise ratio of the receivers, dB.
+    #[arg(long, default_value_t = 40.0)]
+    snr_db: f64,
+    /// A slow decayed disc: X,Y,RADIUS,FACTOR in units of the trunk radius, e.g. 0.1,0,0.4,0.5.
+    #[arg(long)]
+    decay: Option<Decay>,
+    /// Draw velocity, diameter and decay per set from realistic ranges instead.
+    #[arg(long)]
+    vary: bool,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// Sets per grid cell.
+    #[arg(long, default_value_t = 20)]
+    sets: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// SNRs to evaluate, dB.
+    #[arg(long, value_delimiter = ',', default_values_t = [40.0, 30.0, 20.0, 10.0])]
+    snr_db: Vec<f64>,
+    /// Methods to evaluate.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Onset, Method::GccPhat])]
+    method: Vec<Method>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Process(a) => {
+            let _ = &a.backend;
+            let opts = ProcessOptions {
+                inputs: a.inputs,
+                out_dir: a.out,
+                engine: a.engine.config()?,
+                threads: a
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                window_s: a.window,
+                progress: true,
+            };
+            let summary = run(&opts)?;
+            summary.print(&mut std::io::stdout())?;
+            Ok(
+                if summary.rejected.is_empty() && summary.failed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                },
+            )
+        }
+        Command::Simulate(a) => {
+            let base = SimParams {
+                diameter_m: a.diameter,
+                velocity_m_s: a.velocity,
+                snr_db: a.snr_db,
+                decay: a.decay,
+                ..SimParams::default()
+            };
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("cannot create {}", a.out.display()))?;
+            let (files, truth): (_, Truth) = simulate_many(&base, a.sets, a.seed, a.vary);
+            for f in &files {
+                std::fs::write(a.out.join(&f.file_name), &f.json)
+                    .with_context(|| format!("cannot write {}", f.file_name))?;
+            }
+            std::fs::write(a.out.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
+            println!(
+                "{} sets, {} files written to {}",
+                a.sets,
+                files.len(),
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate(a) => {
+            println!(
+                "{:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                "method",
+                "snr_dB",
+                "sets",
+                "usable",
+                "tof_med",
+                "tof_max",
+                "v_med",
+                "v_p90",
+                "v_max",
+                "recip"
+            );
+            for &snr in &a.snr_db {
+                for &method in &a.method {
+                    let cfg = EngineConfig {
+                        method,
+                        ..EngineConfig::default()
+                    };
+                    let base = SimParams {
+                        snr_db: snr,
+                        ..SimParams::default()
+                    };
+                    let s = evaluate(&base, a.sets, a.seed, true, &cfg);
+                    println!(
+                        "{:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
+                        method.to_string(),
+                        snr,
+                        s.n_sets,
+                        100.0 * s.usable_share,
+                        s.median_tof_err_us,
+                        s.worst_tof_err_us,
+                        100.0 * s.median_velocity_err,
+                        100.0 * s.p90_velocity_err,
+                        100.0 * s.worst_velocity_err,
+                        100.0 * s.median_reciprocity_diff
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `terawang process`: find the complete sets among files and folders, compute and write them.
+//!
+//! Streaming: names are grouped first (no file is read), then worker threads read, compute
+//! and write one set at a time, so memory stays flat however many sets there are. A file that
+//! fails to read is rejected and the rest of its set goes back to the grouper, where a
+//! duplicate of the bad tap may still complete it.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, unbounded};
+
+use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
+use crate::engine::{Engine, EngineConfig};
+use crate::group::{Grouper, TapSet};
+use crate::result::{plain_json, report_json, write_atomic};
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct ProcessOptions {
+    pub inputs: Vec<PathBuf>,
+    pub out_dir: PathBuf,
+    pub engine: EngineConfig,
+    pub threads: usize,
+    pub window_s: i64,
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files_seen: usize,
+    pub sets_found: usize,
+    pub written: Vec<PathBuf>,
+    pub rejected: Vec<ReadError>,
+    /// Files that formed no complete set.
+    pub leftovers: Vec<PathBuf>,
+    /// Sets that could not be written (I/O errors on the output side).
+    pub failed: Vec<String>,
+}
+
+impl Summary {
+    pub fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{} files, {} sets found, {} written",
+            self.files_seen,
+            self.sets_found,
+            self.written.len()
+        )?;
+        if !self.rejected.is_empty() {
+            writeln!(out, "{} files rejected:", self.rejected.len())?;
+            for e in &self.rejected {
+                writeln!(out, "  {e}")?;
+            }
+        }
+        if !self.leftovers.is_empty() {
+            writeln!(
+                out,
+                "{} files are in no complete set:",
+                self.leftovers.len()
+            )?;
+            for p in &self.leftovers {
+                writeln!(out, "  {}", p.display())?;
+            }
+        }
+        for f in &self.failed {
+            writeln!(out, "failed: {f}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists the `.json` files among `inputs` (folders are read one level deep, sorted).
+pub fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta =
+            std::fs::metadata(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+        if meta.is_dir() {
+            let mut here: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            here.sort();
+            files.extend(here);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+enum Outcome {
+    Written {
+        paths: Vec<PathBuf>,
+    },
+    BadMembers {
+        rejected: Vec<ReadError>,
+        good: Vec<(TapName, PathBuf)>,
+    },
+    Failed(String),
+}
+
+/// Runs the whole command.
+pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", opts.out_dir.display()))?;
+    let files = collect_inputs(&opts.inputs)?;
+    let mut summary = Summary {
+        files_seen: files.len(),
+        ..Default::default()
+    };
+    let mut grouper: Grouper<PathBuf> = Grouper::new(opts.window_s);
+    for path in files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match TapName::parse(name) {
+            Ok(tap_name) => grouper.add(tap_name, path),
+            Err(kind) => summary.rejected.push(ReadError { path, kind }),
+        }
+    }
+
+    let threads = opts.threads.max(1);
+    let (job_tx, job_rx) = bounded::<TapSet<PathBuf>>(threads * 2);
+    let (done_tx, done_rx) = unbounded::<Outcome>();
+    let started = Instant::now();
+    let show_progress = opts.progress && std::io::stderr().is_terminal();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for w in 0..threads {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let cfg = opts.engine.clone();
+            let out_dir = opts.out_dir.clone();
+            std::thread::Builder::new()
+                .name(format!("engine-{w}"))
+                .spawn_scoped(scope, move || {
+                    let mut engine = Engine::new(cfg);
+                    for set in job_rx {
+                        let outcome = process_set(&mut engine, &set, &out_dir);
+                        if done_tx.send(outcome).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+        }
+        drop(job_rx);
+        drop(done_tx);
+        let mut queue: std::collections::VecDeque<TapSet<PathBuf>> = grouper.take_complete().into();
+        summary.sets_found = queue.len();
+        let mut in_flight = 0usize;
+        let mut finished = 0usize;
+        loop {
+            while in_flight < threads * 2 {
+                let Some(set) = queue.pop_front() else { break };
+                job_tx.send(set)?;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let outcome = done_rx.recv()?;
+            in_flight -= 1;
+            finished += 1;
+            match outcome {
+                Outcome::Written { paths } => summary.written.extend(paths.into_iter().take(1)),
+                Outcome::Failed(why) => summary.failed.push(why),
+                Outcome::BadMembers { rejected, good } => {
+                    summary.rejected.extend(rejected);
+                    summary.sets_found -= 1;
+                    for (name, path) in good {
+                        grouper.add(name, path);
+                    }
+                    let more = grouper.take_complete();
+                    summary.sets_found += more.len();
+                    queue.extend(more);
+                }
+            }
+            if show_progress && started.elapsed().as_secs_f64() > 1.0 {
+                draw_progress(finished, summary.sets_found);
+            }
+        }
+        drop(job_tx);
+        Ok(())
+    })?;
+    if show_progress && started.elapsed().as_secs_f64() > 1.0 {
+        eprintln!();
+    }
+    summary.leftovers = grouper.pending().map(|p| p.key.clone()).collect();
+    summary.leftovers.sort();
+    summary.written.sort();
+    Ok(summary)
+}
+
+fn draw_progress(done: usize, total: usize) {
+    let width = 40;
+    let filled = if total == 0 {
+        width
+    } else {
+        done * width / total.max(1)
+    };
+    eprint!(
+        "\r[{}{}] {done}/{total} sets",
+        "=".repeat(filled.min(width)),
+        " ".repeat(width - filled.min(width))
+    );
+}
+
+/// Reads, computes and writes one set.
+fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Outcome {
+    let mut rejected = Vec::new();
+    let mut good = Vec::new();
+    let mut taps = Vec::with_capacity(N_SENSORS);
+    for member in &set.members {
+        match read_tap_file(&member.key) {
+            Ok(tap) => {
+                good.push((member.name.clone(), member.key.clone()));
+                taps.push(tap);
+            }
+            Err(e) => rejected.push(e),
+        }
+    }
+    if !rejected.is_empty() {
+        return Outcome::BadMembers { rejected, good };
+    }
+    let Ok(taps) = <[TapRecording; N_SENSORS]>::try_from(taps) else {
+        unreachable!("eight members, none rejected");
+    };
+    let est = engine.estimate_set(&taps);
+    let stem = set.result_stem();
+    let name = format!("{stem}.json");
+    let write = || -> std::io::Result<Vec<PathBuf>> {
+        let plain = write_atomic(out_dir, out_dir, &name, &plain_json(&est))?;
+        let report = write_atomic(
+            out_dir,
+            out_dir,
+            &format!("{stem}.report.json"),
+            &report_json(&name, &est, engine.config(), &taps),
+        )?;
+        Ok(vec![plain, report])
+    };
+    match write() {
+        Ok(paths) => Outcome::Written { paths },
+        Err(e) => Outcome::Failed(format!("{name}: cannot write: {e}")),
+    }
+}

@@ -1,0 +1,335 @@
+//! The simulator: realistic device files with known ground truth.
+//!
+//! It is the project's ground truth for tests, fixtures and benches. Each set is eight tap files
+//! in the device's name pattern and JSON layout, plus its true ToF and velocity matrices.
+//!
+//! The physics, kept simple but honest about what makes the job hard:
+//! - straight rays; the travel time integrates slowness along the chord, so a slow decayed disc
+//!   inside the trunk lengthens the rays that cross it;
+//! - the tap instant falls a random fraction of a sample before the first sample (the device
+//!   triggers on the tapped channel), and the tapped channel is clipped from its first samples;
+//! - each receiver sees a causal wavelet that starts at the first arrival with a linear rise,
+//!   gets weaker, longer and lower in frequency with distance, plus two weaker late echoes;
+//! - per-sample timestamps in ns with a per-file interval of 26.9–27.8 µs and ±0.5 µs jitter;
+//!   the signal is evaluated at the jittered instants, so timestamps are the truth;
+//! - Gaussian noise at the given SNR (peak amplitude of the receiver's wavelet over the noise's
+//!   standard deviation, in dB), 12-bit rounding, clipping near 1050 and 4080 counts.
+
+use std::f64::consts::{PI, TAU};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{N_SENSORS, write_tap_json};
+use crate::geometry::{chord_m, sensor_xy};
+use crate::rng::Rng;
+
+/// A slow decayed disc inside the trunk, in units of the trunk radius.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decay {
+    /// Centre, as a fraction of the radius (−1..1).
+    pub x: f64,
+    pub y: f64,
+    /// Radius, as a fraction of the trunk radius.
+    pub radius: f64,
+    /// Velocity inside the disc as a fraction of the sound-wood velocity.
+    pub velocity_factor: f64,
+}
+
+impl std::str::FromStr for Decay {
+    type Err = String;
+    /// `X,Y,RADIUS,FACTOR`, e.g. `0.1,-0.2,0.45,0.4`, or `none`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<f64> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("decay must be X,Y,RADIUS,FACTOR numbers, got {s:?}"))?;
+        let [x, y, radius, velocity_factor] = parts[..] else {
+            return Err(format!(
+                "decay needs four numbers X,Y,RADIUS,FACTOR, got {s:?}"
+            ));
+        };
+        let d = Decay {
+            x,
+            y,
+            radius,
+            velocity_factor,
+        };
+        if !(x.hypot(y) + radius <= 1.0 && radius > 0.0) {
+            return Err("the decay disc must lie inside the trunk (|centre| + radius ≤ 1)".into());
+        }
+        if !(velocity_factor > 0.0 && velocity_factor <= 1.0) {
+            return Err("the decay velocity factor must be in (0, 1]".into());
+        }
+        Ok(d)
+    }
+}
+
+/// What one simulated set looks like.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimParams {
+    pub diameter_m: f64,
+    /// Sound-wood velocity across the grain, m/s.
+    pub velocity_m_s: f64,
+    pub snr_db: f64,
+    pub decay: Option<Decay>,
+    pub n_samples: usize,
+}
+
+impl Default for SimParams {
+    fn default() -> Self {
+        SimParams {
+            diameter_m: 0.3,
+            velocity_m_s: 1500.0,
+            snr_db: 40.0,
+            decay: None,
+            n_samples: 500,
+        }
+    }
+}
+
+/// One simulated tap file.
+#[derive(Clone, Debug)]
+pub struct SimFile {
+    pub file_name: String,
+    pub json: String,
+}
+
+/// Ground truth of one set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetTruth {
+    pub device: String,
+    pub unix_s: i64,
+    /// The result file the set should produce.
+    pub result_file: String,
+    pub params: SimParams,
+    /// True times of flight, µs; row = tapped sensor, diagonal 0.
+    pub tof_us: [[f64; N_SENSORS]; N_SENSORS],
+    /// Chord / true ToF, m/s; diagonal 0.
+    pub velocity_m_s: [[f64; N_SENSORS]; N_SENSORS],
+    /// How long before its first sample each tap happened, µs.
+    pub tap_lead_us: [f64; N_SENSORS],
+    /// File names, tap 1..=8.
+    pub files: Vec<String>,
+}
+
+/// The truth file written beside simulated sets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Truth {
+    pub sets: Vec<SetTruth>,
+}
+
+/// True travel time along the straight ray from sensor `i` to `j`, µs.
+pub fn true_tof_us(i: usize, j: usize, p: &SimParams) -> f64 {
+    let length = chord_m(i, j, p.diameter_m);
+    let inside = p.decay.map_or(0.0, |d| {
+        let r = 0.5 * p.diameter_m;
+        let a = sensor_xy(i, p.diameter_m);
+        let b = sensor_xy(j, p.diameter_m);
+        chord_inside_disc(a, b, (d.x * r, d.y * r), d.radius * r)
+    });
+    let slow = p.decay.map_or(1.0, |d| d.velocity_factor);
+    ((length - inside) / p.velocity_m_s + inside / (p.velocity_m_s * slow)) * 1e6
+}
+
+/// Length of the segment a–b inside the disc (centre c, radius r).
+fn chord_inside_disc(a: (f64, f64), b: (f64, f64), c: (f64, f64), r: f64) -> f64 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let (fx, fy) = (a.0 - c.0, a.1 - c.1);
+    let qa = dx * dx + dy * dy;
+    let qb = 2.0 * (fx * dx + fy * dy);
+    let qc = fx * fx + fy * fy - r * r;
+    let disc = qb * qb - 4.0 * qa * qc;
+    if qa == 0.0 || disc <= 0.0 {
+        return 0.0;
+    }
+    let s = disc.sqrt();
+    let t1 = ((-qb - s) / (2.0 * qa)).clamp(0.0, 1.0);
+    let t2 = ((-qb + s) / (2.0 * qa)).clamp(0.0, 1.0);
+    (t2 - t1) * qa.sqrt()
+}
+
+/// The receiver wavelet at time `t` µs after its first arrival, for a ray of `length_m`.
+/// Starts at exactly 0 with a linear rise; longer and lower with distance.
+fn wavelet(t_us: f64, length_m: f64, shape: &WaveShape) -> f64 {
+    if t_us <= 0.0 {
+        return 0.0;
+    }
+    let stretch = 1.0 + length_m / shape.stretch_m;
+    let tau = shape.tau_us * stretch;
+    let f_mhz = shape.freq_khz / 1000.0 / stretch;
+    (t_us / tau) * (1.0 - t_us / tau).exp() * (TAU * f_mhz * t_us + shape.phase).cos()
+}
+
+/// Per-set variation of the pulse the hammer makes.
+#[derive(Clone, Copy, Debug)]
+struct WaveShape {
+    tau_us: f64,
+    freq_khz: f64,
+    stretch_m: f64,
+    phase: f64,
+}
+
+/// Simulates one set: eight files and their truth.
+pub fn simulate_set(
+    p: &SimParams,
+    device: &str,
+    unix_s: i64,
+    rng: &mut Rng,
+) -> (Vec<SimFile>, SetTruth) {
+    let mut tof_us = [[0.0; N_SENSORS]; N_SENSORS];
+    let mut velocity = [[0.0; N_SENSORS]; N_SENSORS];
+    for i in 0..N_SENSORS {
+        for j in 0..N_SENSORS {
+            if i != j {
+                tof_us[i][j] = true_tof_us(i, j, p);
+                velocity[i][j] = chord_m(i, j, p.diameter_m) / tof_us[i][j] * 1e6;
+            }
+        }
+    }
+    let shape = WaveShape {
+        tau_us: rng.uniform(25.0, 45.0),
+        freq_khz: rng.uniform(6.0, 9.0),
+        stretch_m: rng.uniform(0.25, 0.45),
+        phase: rng.uniform(-0.3, 0.3),
+    };
+    let rest: [f64; N_SENSORS] = std::array::from_fn(|_| rng.uniform(2050.0, 2150.0));
+    let mut files = Vec::with_capacity(N_SENSORS);
+    let mut tap_lead_us = [0.0; N_SENSORS];
+    let mut t_file = unix_s;
+    for tap in 0..N_SENSORS {
+        let dt_us = rng.uniform(26.9, 27.8);
+        let mut t_ns = rng.uniform(1e8, 9e8).round();
+        let timestamps_ns: Vec<i64> = (0..p.n_samples)
+            .map(|k| {
+                if k > 0 {
+                    t_ns += (dt_us + rng.uniform(-0.5, 0.5)) * 1000.0;
+                }
+                t_ns.round() as i64
+            })
+            .collect();
+        let lead_us = rng.uniform(0.0, 1.0) * dt_us;
+        tap_lead_us[tap] = lead_us;
+        let t_tap_us = timestamps_ns[0] as f64 / 1000.0 - lead_us;
+        let channels: [Vec<i32>; N_SENSORS] = std::array::from_fn(|ch| {
+            let clip_lo = rng.uniform(1050.0, 1110.0);
+            let clip_hi = rng.uniform(4040.0, 4085.0);
+            if ch == tap {
+                return tapped_channel(&timestamps_ns, t_tap_us, rest[ch], clip_lo, clip_hi, rng);
+            }
+            let length = chord_m(tap, ch, p.diameter_m);
+            let amplitude = 1900.0
+                * (0.115 / length.max(0.01)).powf(0.7)
+                * (-length / 1.5).exp()
+                * rng.uniform(0.7, 1.3);
+            let sigma = amplitude / 10f64.powf(p.snr_db / 20.0);
+            let arrival = t_tap_us + tof_us[tap][ch];
+            let echoes = [
+                (
+                    rng.uniform(150.0, 400.0),
+                    rng.uniform(0.2, 0.45)
+                        * if rng.uniform(0.0, 1.0) < 0.5 {
+                            -1.0
+                        } else {
+                            1.0
+                        },
+                ),
+                (rng.uniform(400.0, 1500.0), rng.uniform(0.1, 0.3)),
+            ];
+            timestamps_ns
+                .iter()
+                .map(|&ts| {
+                    let t = ts as f64 / 1000.0 - arrival;
+                    let mut s = wavelet(t, length, &shape);
+                    for (delay, gain) in echoes {
+                        s += gain * wavelet(t - delay, length * 1.5, &shape);
+                    }
+                    let x = rest[ch] + amplitude * s + sigma * rng.normal();
+                    x.clamp(clip_lo, clip_hi).round() as i32
+                })
+                .collect()
+        });
+        let guids: [String; N_SENSORS] = std::array::from_fn(|_| rng.uuid());
+        let upload = rng.uuid();
+        let file_name = format!("{device}_{upload}_{t_file}_{}.json", tap + 1);
+        let json = write_tap_json(&channels, &timestamps_ns, &guids, &rng.uuid());
+        files.push(SimFile { file_name, json });
+        t_file += rng.uniform(5.0, 40.0) as i64;
+    }
+    let truth = SetTruth {
+        device: device.to_string(),
+        unix_s,
+        result_file: format!("result_{device}_{unix_s}.json"),
+        params: p.clone(),
+        tof_us,
+        velocity_m_s: velocity,
+        tap_lead_us,
+        files: files.iter().map(|f| f.file_name.clone()).collect(),
+    };
+    (files, truth)
+}
+
+/// The tapped channel: the hammer's ringing, big enough to clip from the first samples.
+fn tapped_channel(
+    timestamps_ns: &[i64],
+    t_tap_us: f64,
+    rest: f64,
+    clip_lo: f64,
+    clip_hi: f64,
+    rng: &mut Rng,
+) -> Vec<i32> {
+    let f_mhz = rng.uniform(8.0, 14.0) / 1000.0;
+    let decay_us = rng.uniform(2000.0, 5000.0);
+    let amplitude = rng.uniform(4000.0, 9000.0);
+    timestamps_ns
+        .iter()
+        .map(|&ts| {
+            let t = ts as f64 / 1000.0 - t_tap_us;
+            let s = amplitude
+                * (1.0 - (-t / 3.0).exp())
+                * (-t / decay_us).exp()
+                * (TAU * f_mhz * t + PI / 2.0).cos();
+            (rest + s + 15.0 * rng.normal())
+                .clamp(clip_lo, clip_hi)
+                .round() as i32
+        })
+        .collect()
+}
+
+/// Simulates `n_sets` sets for a few devices, with parameters drawn around `base`.
+/// When `vary` is set, velocity, diameter and decay are drawn per set from realistic ranges.
+pub fn simulate_many(
+    base: &SimParams,
+    n_sets: usize,
+    seed: u64,
+    vary: bool,
+) -> (Vec<SimFile>, Truth) {
+    let mut rng = Rng::new(seed);
+    let mut all = Vec::new();
+    let mut truth = Truth::default();
+    for s in 0..n_sets {
+        let mut p = base.clone();
+        if vary {
+            p.velocity_m_s = rng.uniform(1000.0, 2000.0);
+            p.diameter_m = rng.uniform(0.2, 1.0);
+            if rng.uniform(0.0, 1.0) < 0.5 {
+                let radius = rng.uniform(0.25, 0.5);
+                let (r, a) = (rng.uniform(0.0, 0.9 - radius), rng.uniform(0.0, TAU));
+                p.decay = Some(Decay {
+                    x: r * a.cos(),
+                    y: r * a.sin(),
+                    radius,
+                    velocity_factor: rng.uniform(0.3, 0.7),
+                });
+            } else {
+                p.decay = None;
+            }
+        }
+        let device = format!("20-79-18-81-6E-{:02X}", 0x60 + (s % 4));
+        let unix_s = 1_755_752_474 + 3600 * s as i64;
+        let (files, set_truth) = simulate_set(&p, &device, unix_s, &mut rng);
+        all.extend(files);
+        truth.sets.push(set_truth);
+    }
+    (all, truth)
+}
