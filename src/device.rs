@@ -95,6 +95,62 @@ impl TapName {
         })
     }
 
+    /// Names a file on disk: the device pattern, or the bench recordings' `ketuk<K>.json`
+    /// ("tap K"), which carry neither device nor time: the folder's name stands for the device
+    /// (letters, digits, `-` and `.` kept, the rest `-`) and the file's modification time for
+    /// the time.
+    pub fn from_path(path: &Path) -> Result<TapName, ReadErrorKind> {
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| ReadErrorKind::BadName("not valid UTF-8".into()))?;
+        let err = match TapName::parse(file_name) {
+            Ok(name) => return Ok(name),
+            Err(e) => e,
+        };
+        let Some(tap) = file_name
+            .strip_prefix("ketuk")
+            .and_then(|s| s.strip_suffix(".json"))
+            .filter(|s| !s.is_empty() && s.len() < 6 && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            return Err(err);
+        };
+        if !(1..=N_SENSORS as u32).contains(&tap) {
+            return Err(ReadErrorKind::TapOutOfRange(tap));
+        }
+        let folder = path
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let mut device: String = folder
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        device = device.trim_start_matches('.').to_string();
+        if device.is_empty() {
+            device = "bench".into();
+        }
+        let unix_s = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(TapName {
+            device: Some(device),
+            upload_id: String::new(),
+            unix_s,
+            tap: tap as u8,
+        })
+    }
+
     /// The device id as used in result names: the id, or `legacy` for device-less names.
     pub fn device_label(&self) -> &str {
         self.device.as_deref().unwrap_or("legacy")
@@ -193,7 +249,7 @@ pub fn read_tap_file(path: &Path) -> Result<TapRecording, ReadError> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| err(ReadErrorKind::BadName("not valid UTF-8".into())))?;
-    let name = TapName::parse(file_name).map_err(err)?;
+    let name = TapName::from_path(path).map_err(err)?;
     let size = std::fs::metadata(path)
         .map_err(|e| err(ReadErrorKind::Io(e.to_string())))?
         .len();

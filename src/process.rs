@@ -120,8 +120,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     };
     let mut grouper: Grouper<PathBuf> = Grouper::new(opts.window_s);
     for path in files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        match TapName::parse(name) {
+        match TapName::from_path(&path) {
             Ok(tap_name) => grouper.add(tap_name, path),
             Err(kind) => summary.rejected.push(ReadError { path, kind }),
         }
