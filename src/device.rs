@@ -427,3 +427,250 @@ fn join_numbers<T: fmt::Display>(out: &mut String, items: impl Iterator<Item = T
         let _ = write!(out, "{x}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    const NAME: &str = "20-79-18-81-6E-65_7a55cee9-5a00-468c-a081-2bbcb16bf4a2_1755752474_3.json";
+
+    fn sample_json(n: usize) -> String {
+        let channels: [Vec<i32>; N_SENSORS] = std::array::from_fn(|k| {
+            (0..n)
+                .map(|i| 2000 + (i * 7 + k * 13) as i32 % 300)
+                .collect()
+        });
+        let ts: Vec<i64> = (0..n as i64).map(|i| 346_229_149 + 27_000 * i).collect();
+        let guids: [String; N_SENSORS] = std::array::from_fn(|k| format!("g{k}"));
+        write_tap_json(&channels, &ts, &guids, "teensy")
+    }
+
+    fn kind(json: &str) -> ReadErrorKind {
+        parse_tap(NAME, json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn reads_a_well_formed_file() {
+        let tap = parse_tap(NAME, sample_json(100).as_bytes()).unwrap();
+        assert_eq!(tap.name.device.as_deref(), Some("20-79-18-81-6E-65"));
+        assert_eq!(tap.name.upload_id, "7a55cee9-5a00-468c-a081-2bbcb16bf4a2");
+        assert_eq!(tap.name.unix_s, 1_755_752_474);
+        assert_eq!(tap.name.tap, 3);
+        assert_eq!(tap.tap_idx(), 2);
+        assert_eq!(tap.n_samples(), 100);
+        assert_eq!(tap.channels[1][0], 2013.0);
+        assert_eq!(tap.guids[7].as_deref(), Some("g7"));
+        assert_eq!(tap.guid_teensy.as_deref(), Some("teensy"));
+        assert!((tap.mean_dt_us() - 27.0).abs() < 1e-9);
+        assert!(tap.warnings.is_empty());
+    }
+
+    #[test]
+    fn objects_may_come_in_any_order_and_unknown_keys_are_ignored() {
+        let doc: serde_json::Value = serde_json::from_str(&sample_json(80)).unwrap();
+        let mut objects = doc.as_array().unwrap().clone();
+        objects.reverse();
+        objects.push(serde_json::json!({"firmware": "1.2"}));
+        let text = serde_json::to_string(&objects).unwrap();
+        let a = parse_tap(NAME, text.as_bytes()).unwrap();
+        let b = parse_tap(NAME, sample_json(80).as_bytes()).unwrap();
+        assert_eq!(a.channels, b.channels);
+        assert_eq!(a.timestamps_ns, b.timestamps_ns);
+        assert_eq!(a.guids, b.guids);
+    }
+
+    #[test]
+    fn unequal_lengths_are_cut_to_the_shortest_with_a_warning() {
+        let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
+        doc[4]["value5"].as_array_mut().unwrap().truncate(90);
+        let tap = parse_tap(NAME, doc.to_string().as_bytes()).unwrap();
+        assert_eq!(tap.n_samples(), 90);
+        assert!(tap.channels.iter().all(|c| c.len() == 90));
+        assert_eq!(tap.warnings.len(), 1);
+        assert!(tap.warnings[0].contains("cut to 90"), "{:?}", tap.warnings);
+    }
+
+    #[test]
+    fn each_content_error_is_named() {
+        assert_eq!(kind(""), ReadErrorKind::Empty);
+        assert!(matches!(kind("[{\"value1\": [1,2"), ReadErrorKind::Json(_)));
+        assert!(matches!(kind("not json"), ReadErrorKind::Json(_)));
+        assert_eq!(kind("{\"a\": 1}"), ReadErrorKind::NotAnArrayOfObjects);
+        assert_eq!(kind("[1, 2]"), ReadErrorKind::NotAnArrayOfObjects);
+
+        let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
+        let objects = doc.as_array_mut().unwrap();
+        let without = |skip: &str| -> String {
+            let kept: Vec<_> = objects
+                .iter()
+                .filter(|o| o.get(skip).is_none())
+                .cloned()
+                .collect();
+            serde_json::to_string(&kept).unwrap()
+        };
+        assert_eq!(kind(&without("value6")), ReadErrorKind::MissingChannel(6));
+        assert_eq!(
+            kind(&without("timestamp")),
+            ReadErrorKind::MissingTimestamps
+        );
+
+        let mut bad = objects.clone();
+        bad[2]["value3"][10] = serde_json::json!("x");
+        assert_eq!(
+            kind(&serde_json::to_string(&bad).unwrap()),
+            ReadErrorKind::NonNumeric {
+                field: "value3".into(),
+                index: 10
+            }
+        );
+        let mut bad = objects.clone();
+        bad[0]["value1"] = serde_json::json!("not an array");
+        assert!(matches!(
+            kind(&serde_json::to_string(&bad).unwrap()),
+            ReadErrorKind::NotAnArray { .. }
+        ));
+        let mut bad = objects.clone();
+        bad[8]["timestamp"][50] = bad[8]["timestamp"][49].clone();
+        assert!(matches!(
+            kind(&serde_json::to_string(&bad).unwrap()),
+            ReadErrorKind::TimestampsNotIncreasing { index: 50, .. }
+        ));
+        let mut bad = objects.clone();
+        bad.push(serde_json::json!({"value2": [1, 2, 3]}));
+        assert_eq!(
+            kind(&serde_json::to_string(&bad).unwrap()),
+            ReadErrorKind::DuplicateChannel(2)
+        );
+
+        assert_eq!(
+            kind(&sample_json(63)),
+            ReadErrorKind::TooFewSamples {
+                found: 63,
+                min: MIN_SAMPLES
+            }
+        );
+        assert!(parse_tap(NAME, sample_json(64).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn name_errors() {
+        let bad_name = |n: &str| TapName::parse(n).unwrap_err();
+        assert!(matches!(bad_name("ketuk.txt"), ReadErrorKind::BadName(_)));
+        assert!(matches!(
+            bad_name("a_b_c_d_e.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert!(matches!(
+            bad_name("dev_up_12x_1.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert!(matches!(
+            bad_name("dev_up_123_one.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert!(matches!(
+            bad_name("../etc_up_123_1.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert!(matches!(
+            bad_name(".hidden_up_123_1.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert!(matches!(
+            bad_name("dev/x_up_123_1.json"),
+            ReadErrorKind::BadName(_)
+        ));
+        assert_eq!(
+            bad_name("dev_up_123_9.json"),
+            ReadErrorKind::TapOutOfRange(9)
+        );
+        assert_eq!(
+            bad_name("dev_up_123_0.json"),
+            ReadErrorKind::TapOutOfRange(0)
+        );
+        assert_eq!(
+            bad_name("1755752474_12.json"),
+            ReadErrorKind::TapOutOfRange(12)
+        );
+        let legacy = TapName::parse("1755752474_8.json").unwrap();
+        assert_eq!(legacy.device, None);
+        assert_eq!((legacy.unix_s, legacy.tap), (1_755_752_474, 8));
+        assert_eq!(legacy.device_label(), "legacy");
+        // The name is checked before the content.
+        assert!(matches!(
+            parse_tap("x.json", b"[]"),
+            Err(ReadErrorKind::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn files_over_the_limit_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(NAME);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let e = read_tap_file(&path).unwrap_err();
+        assert_eq!(
+            e.kind,
+            ReadErrorKind::TooLarge {
+                size: MAX_FILE_BYTES + 1,
+                limit: MAX_FILE_BYTES
+            }
+        );
+        assert!(e.to_string().contains(NAME), "{e}");
+        let missing = read_tap_file(&dir.path().join("dev_up_1_1.json")).unwrap_err();
+        assert!(matches!(missing.kind, ReadErrorKind::Io(_)));
+    }
+
+    #[test]
+    fn ketuk_names_take_folder_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("set a");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("ketuk4.json");
+        std::fs::write(&path, sample_json(70)).unwrap();
+        let name = TapName::from_path(&path).unwrap();
+        assert_eq!(name.device.as_deref(), Some("set-a"));
+        assert_eq!(name.tap, 4);
+        assert!(name.unix_s > 1_700_000_000);
+        assert_eq!(
+            TapName::from_path(&sub.join("ketuk9.json")).unwrap_err(),
+            ReadErrorKind::TapOutOfRange(9)
+        );
+        assert!(read_tap_file(&path).is_ok());
+    }
+
+    #[test]
+    fn never_panics_on_random_bytes() {
+        let mut rng = Rng::new(3);
+        let alphabet = b"[]{}\",:0123456789-.eE valuetimsgd\n";
+        for round in 0..3000 {
+            let len = (rng.unit() * 400.0) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    if round % 2 == 0 {
+                        rng.next_u64() as u8
+                    } else {
+                        alphabet[(rng.unit() * alphabet.len() as f64) as usize]
+                    }
+                })
+                .collect();
+            assert!(parse_tap(NAME, &bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn never_panics_on_any_truncation_of_a_real_shaped_file() {
+        let full = sample_json(64);
+        let bytes = full.as_bytes();
+        assert!(parse_tap(NAME, bytes).is_ok());
+        for cut in 0..bytes.len() {
+            // Every proper prefix is truncated JSON; it must be an error, never a panic.
+            assert!(
+                parse_tap(NAME, &bytes[..cut]).is_err(),
+                "prefix of {cut} bytes parsed"
+            );
+        }
+    }
+}

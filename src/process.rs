@@ -191,7 +191,13 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     if show_progress && started.elapsed().as_secs_f64() > 1.0 {
         eprintln!();
     }
-    summary.leftovers = grouper.pending().map(|p| p.key.clone()).collect();
+    // Files in no set were never read: read them now so corrupt ones are reported too.
+    for pending in grouper.pending() {
+        match read_tap_file(&pending.key) {
+            Ok(_) => summary.leftovers.push(pending.key.clone()),
+            Err(e) => summary.rejected.push(e),
+        }
+    }
     summary.leftovers.sort();
     summary.written.sort();
     Ok(summary)

@@ -23,6 +23,9 @@ use crate::geometry::chord_m;
 
 /// Threshold of the first-arrival detector, in noise standard deviations.
 pub const ONSET_SIGMAS: f64 = 6.0;
+/// Threshold of the first-arrival detector as a fraction of the largest deviation in the
+/// window: small precursors (cross-talk, the hammer's first touch) stay below it.
+pub const ONSET_FRACTION: f64 = 0.05;
 /// Noise floor in ADC counts (12-bit quantisation and the amplifier's hum).
 pub const MIN_SIGMA: f64 = 2.0;
 /// Counts of margin inside the clip levels seen on a channel.
@@ -87,30 +90,32 @@ pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option
         (x >= hi_clip - CLIP_MARGIN && (hi_clip as f64 - base.rest) > 800.0)
             || (x <= lo_clip + CLIP_MARGIN && (base.rest - lo_clip as f64) > 800.0)
     };
-    let thr = ONSET_SIGMAS * base.sigma;
     let dev = |k: usize| raw[k] as f64 - base.rest;
+    let peak = (0..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
+    let thr = (ONSET_SIGMAS * base.sigma).max(ONSET_FRACTION * peak);
     let k1 = (1..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
     let polarity = dev(k1).signum();
     let y = |k: usize| polarity * dev(k);
-    let peak = (0..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
     // Fit window: up to three quiet samples before k1, k1 itself, and k1+1 while it still rises
     // and is not clipped.
     let k_lo = k1.saturating_sub(3);
     let mut k_hi = k1;
-    if k1 + 1 < n && y(k1 + 1) > y(k1) && !clipped_at(raw[k1 + 1]) {
-        k_hi = k1 + 1;
+    while k_hi + 1 < n && k_hi < k1 + 2 && y(k_hi + 1) > y(k_hi) && !clipped_at(raw[k_hi + 1]) {
+        k_hi += 1;
     }
     let clipped = clipped_at(raw[k1]);
     let fit_end = if clipped { k1 - 1 } else { k_hi };
-    let t_a = if clipped || fit_end < k1 {
-        // Only the last quiet sample and a clipped one: the onset is between them.
+    let t_a = if clipped || fit_end <= k1 {
+        // One rising sample (or a clipped one): the onset lies between the last quiet sample
+        // and it, and nothing inside says where; the middle is unbiased. The chord-class
+        // refinement below narrows it down with the help of the other rays.
         0.5 * (t_us[k1 - 1] + t_us[k1])
     } else {
         hinge_fit(
             &(k_lo..=fit_end)
                 .map(|k| (t_us[k], y(k)))
                 .collect::<Vec<_>>(),
-            t_us[k_lo],
+            t_us[k1 - 1],
             t_us[k1],
         )
     };
@@ -121,17 +126,34 @@ pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option
     })
 }
 
-/// Least-squares fit of `y = a·(t − t_a)₊` over `points`, `t_a` searched in `[lo, hi]`.
+/// Least-squares fit of `y = a·h + b·h²`, `h = (t − t_a)₊`, over `points`, `t_a` searched in
+/// `[lo, hi]`. The quadratic term follows the bend of the first half-cycle, which a straight
+/// line would extrapolate too early; with fewer than three rising points it is left out.
 fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
+    let n_rising = points.iter().filter(|&&(t, _)| t >= hi).count();
+    let quadratic = n_rising >= 3;
     let residual = |t_a: f64| {
-        let (mut yh, mut hh, mut yy) = (0.0, 0.0, 0.0);
+        let (mut s11, mut s12, mut s22, mut y1, mut y2, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for &(t, y) in points {
             let h = (t - t_a).max(0.0);
-            yh += y * h;
-            hh += h * h;
+            let h2 = if quadratic { h * h } else { 0.0 };
+            s11 += h * h;
+            s12 += h * h2;
+            s22 += h2 * h2;
+            y1 += y * h;
+            y2 += y * h2;
             yy += y * y;
         }
-        if hh > 0.0 { yy - yh * yh / hh } else { yy }
+        let det = s11 * s22 - s12 * s12;
+        if quadratic && det > 1e-12 * s11 * s22 {
+            let a = (y1 * s22 - y2 * s12) / det;
+            let b = (s11 * y2 - s12 * y1) / det;
+            yy - a * y1 - b * y2
+        } else if s11 > 0.0 {
+            yy - y1 * y1 / s11
+        } else {
+            yy
+        }
     };
     let steps = 200;
     let mut best = (hi, f64::MAX);
@@ -158,6 +180,7 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
             }
         }
     }
+    refine_by_chord_class(set, &bases, &mut picks, gcc);
     // Relative tap instants: lead_j − lead_i = α_ij − α_ji (picks) and the GCC-PHAT lag
     // between the reciprocal recordings.
     let mut equations: Vec<(usize, usize, f64, f64)> = Vec::new();
@@ -168,7 +191,7 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
             };
             equations.push((i, j, a.t_us - b.t_us, 1.0));
             if let Some(lag_us) = reciprocal_lag_us(gcc, &set[i], &set[j], i, j, a.t_us, b.t_us) {
-                equations.push((i, j, lag_us, 2.0));
+                equations.push((i, j, lag_us, RECIPROCAL_GCC_WEIGHT));
             }
         }
     }
@@ -196,6 +219,205 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
     }
     finish(cfg, &mut est);
     est
+}
+
+/// Samples in the window that the ray-to-ray correlations look at.
+const RAY_WINDOW: usize = 20;
+/// Quiet samples kept before the pick in that window.
+const RAY_PRE: usize = 3;
+
+/// The early part of ray i→j, from `RAY_PRE` samples before its pick; the tail is tapered.
+fn ray_window(tap: &Prepared, j: usize, pick_us: f64) -> (usize, Vec<f32>) {
+    let k_pick = tap.t_us.partition_point(|&t| t < pick_us);
+    let start = k_pick.saturating_sub(RAY_PRE);
+    let window = (0..RAY_WINDOW)
+        .map(|k| {
+            let w = if k < RAY_WINDOW / 2 {
+                1.0
+            } else {
+                let x = (k - RAY_WINDOW / 2) as f64 / (RAY_WINDOW / 2) as f64;
+                0.5 + 0.5 * (std::f64::consts::PI * x).cos()
+            };
+            tap.channels[j].get(start + k).copied().unwrap_or(0.0) * w as f32
+        })
+        .collect();
+    (start, window)
+}
+
+/// Rays of the same chord length through sound wood carry the same waveform, shifted by
+/// their different tap instants and sub-sample phases. GCC-PHAT between every two of them
+/// measures their relative arrival far better than a pick can (a pick with one rising sample
+/// is only known within one sample); the class's absolute level stays the median of its
+/// picks, which averages the picks' errors over up to 16 rays.
+fn refine_by_chord_class(
+    set: &[Prepared; N_SENSORS],
+    bases: &[Baseline; N_SENSORS],
+    picks: &mut [[Option<Pick>; N_SENSORS]; N_SENSORS],
+    gcc: &mut CpuGcc,
+) {
+    for m in 1..=N_SENSORS / 2 {
+        let rays: Vec<(usize, usize)> = (0..N_SENSORS)
+            .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
+            .filter(|&(i, j)| {
+                let d = i.abs_diff(j);
+                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some_and(|p| !p.clipped)
+            })
+            .collect();
+        if rays.len() < 3 {
+            continue;
+        }
+        let windows: Vec<(usize, Vec<f32>)> = rays
+            .iter()
+            .map(|&(i, j)| ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us)))
+            .collect();
+        let mut equations = Vec::new();
+        for a in 0..rays.len() {
+            for b in (a + 1)..rays.len() {
+                let ((ia, ja), (ib, jb)) = (rays[a], rays[b]);
+                let (pa, pb) = (
+                    picks[ia][ja].map_or(0.0, |p| p.t_us),
+                    picks[ib][jb].map_or(0.0, |p| p.t_us),
+                );
+                let (ta, tb) = (set[ia].t_us[windows[a].0], set[ib].t_us[windows[b].0]);
+                let dt = 0.5 * (set[ia].dt_us + set[ib].dt_us);
+                let expect = ((pb - tb) - (pa - ta)) / dt;
+                let r = gcc.correlate_pair(&windows[a].1, &windows[b].1);
+                let lo = (expect - 1.5).floor() as isize;
+                let hi = (expect + 1.5).ceil() as isize;
+                if let Some(p) = gcc::find_peak(r, lo, hi).filter(|p| !p.on_edge && p.value > 0.2) {
+                    equations.push((a, b, tb - ta + p.lag * dt, p.value));
+                }
+            }
+        }
+        let x = solve_differences(rays.len(), &equations);
+        let mut offsets: Vec<f64> = rays
+            .iter()
+            .zip(&x)
+            .map(|(&(i, j), &x)| picks[i][j].map_or(0.0, |p| p.t_us) - x)
+            .collect();
+        let median_level = super::median(&mut offsets).unwrap_or(0.0);
+        let dt = set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64;
+        let level = stacked_onset(set, bases, &rays, &x, median_level, dt).unwrap_or(median_level);
+        for (&(i, j), &x) in rays.iter().zip(&x) {
+            if let Some(p) = picks[i][j].as_mut() {
+                let refined = x + level;
+                // A ray the correlations disagree with by over a sample keeps its pick.
+                if (refined - p.t_us).abs() < set[i].dt_us {
+                    p.t_us = refined;
+                }
+            }
+        }
+    }
+}
+
+/// Onset of the class's stacked waveform. Each ray's samples are shifted by its relative
+/// arrival `x` and scaled by its first-lobe amplitude; since the rays' sub-sample phases differ,
+/// together they draw the common early waveform about `rays.len()` times more densely than
+/// one ray does. The onset is where that dense curve crosses `STACK_LEVEL` of its first
+/// peak, moved back along the local slope to zero. Returns the onset on the `x` axis
+/// (so ray r's arrival is `x[r] + onset`).
+fn stacked_onset(
+    set: &[Prepared; N_SENSORS],
+    bases: &[Baseline; N_SENSORS],
+    rays: &[(usize, usize)],
+    x: &[f64],
+    guess: f64,
+    dt: f64,
+) -> Option<f64> {
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for (&(i, j), &xr) in rays.iter().zip(x) {
+        let tap = &set[i];
+        let rest = bases[j].rest;
+        let arrival = xr + guess;
+        let k0 = tap.t_us.partition_point(|&t| t < arrival - 2.0 * dt);
+        let k1 = tap
+            .t_us
+            .partition_point(|&t| t < arrival + 1.5 * dt)
+            .min(tap.raw[j].len());
+        if k1 <= k0 {
+            continue;
+        }
+        let dev = |k: usize| tap.raw[j][k] as f64 - rest;
+        // Polarity and amplitude of the first lobe.
+        let (kmax, amp) = (k0..k1)
+            .map(|k| (k, dev(k)))
+            .fold((k0, 0.0f64), |acc, (k, v)| {
+                if v.abs() > acc.1.abs() { (k, v) } else { acc }
+            });
+        if amp.abs() < 1e-9 || kmax == k0 {
+            continue;
+        }
+        for k in k0..=kmax {
+            points.push((tap.t_us[k] - xr, dev(k) / amp));
+        }
+    }
+    if points.len() < 8 {
+        return None;
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Smoothed curve by local linear regression over ±dt/8.
+    let half = dt / 8.0;
+    let local = |tau: f64| -> Option<(f64, f64)> {
+        let lo = points.partition_point(|p| p.0 < tau - half);
+        let hi = points.partition_point(|p| p.0 <= tau + half);
+        let pts = &points[lo..hi];
+        if pts.len() < 3 {
+            return None;
+        }
+        let n = pts.len() as f64;
+        let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
+        let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
+        let stt: f64 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
+        let stv: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
+        let slope = if stt > 0.0 { stv / stt } else { 0.0 };
+        Some((mv + slope * (tau - mt), slope))
+    };
+    let start = guess - 1.5 * dt;
+    let steps = (3.0 * dt / (dt / 100.0)) as usize;
+    for s in 0..steps {
+        let tau = start + s as f64 * dt / 100.0;
+        if let Some((v, slope)) = local(tau)
+            && v > STACK_LEVEL
+            && slope > 0.0
+        {
+            return Some(tau - v / slope);
+        }
+    }
+    None
+}
+
+/// Crossing level of the stacked curve, as a fraction of the first peak.
+const STACK_LEVEL: f64 = 0.15;
+/// Weight of a reciprocal GCC-PHAT lag against a pick difference in the tap-instant fit.
+const RECIPROCAL_GCC_WEIGHT: f64 = 2.0;
+
+/// Least squares for `n` unknowns from weighted `x_b − x_a = d` equations `(a, b, d, w)`,
+/// with mean zero (Gauss–Seidel on the weighted graph Laplacian; the systems are tiny).
+/// Unknowns in no equation stay 0.
+pub fn solve_differences(n: usize, equations: &[(usize, usize, f64, f64)]) -> Vec<f64> {
+    let mut x = vec![0.0f64; n];
+    for _ in 0..300 {
+        for k in 0..n {
+            let (mut num, mut den) = (0.0, 0.0);
+            for &(a, b, d, w) in equations {
+                if a == k {
+                    num += w * (x[b] - d);
+                    den += w;
+                } else if b == k {
+                    num += w * (x[a] + d);
+                    den += w;
+                }
+            }
+            if den > 0.0 {
+                x[k] = num / den;
+            }
+        }
+        let mean = x.iter().sum::<f64>() / n as f64;
+        for v in &mut x {
+            *v -= mean;
+        }
+    }
+    x
 }
 
 /// GCC-PHAT lag (µs, in the files' own time axes) of recording i→j against j→i, searched
@@ -235,30 +457,12 @@ fn reciprocal_lag_us(
 }
 
 /// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted), with
-/// the mean of the leads fixed to `mean_lead`. Unconnected taps keep the mean.
+/// the median of the leads fixed to `mean_lead`. Unconnected taps keep the mean.
 pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f64; N_SENSORS] {
-    // Gauss–Seidel on the weighted graph Laplacian; tiny system, converges fast.
-    let mut x = [0.0f64; N_SENSORS];
-    for _ in 0..500 {
-        for k in 0..N_SENSORS {
-            let (mut num, mut den) = (0.0, 0.0);
-            for &(i, j, d, w) in equations {
-                if i == k {
-                    num += w * (x[j] - d);
-                    den += w;
-                } else if j == k {
-                    num += w * (x[i] + d);
-                    den += w;
-                }
-            }
-            if den > 0.0 {
-                x[k] = num / den;
-            }
-        }
-        let mean = x.iter().sum::<f64>() / N_SENSORS as f64;
-        for v in &mut x {
-            *v -= mean;
-        }
-    }
-    x.map(|v| v + mean_lead)
+    let x = solve_differences(N_SENSORS, equations);
+    // Pin the median, not the mean: one tap whose trigger fired long before the hammer's
+    // real impact (seen on real recordings) must not shift the others.
+    let mut sorted = x.clone();
+    let pin = super::median(&mut sorted).unwrap_or(0.0);
+    std::array::from_fn(|k| x[k] - pin + mean_lead)
 }
