@@ -13,3 +13,4 @@ pub mod process;
 pub mod result;
 pub mod rng;
 pub mod simulate;
+pub mod tomogram;
