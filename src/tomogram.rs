@@ -46,6 +46,8 @@ pub struct TomogramConfig {
     pub relaxation: f64,
     /// Half-width of the box smoothing of each correction, as a fraction of the diameter.
     pub smoothing: f64,
+    /// Box smoothing passes per iteration (two approach a Gaussian).
+    pub smoothing_passes: usize,
     /// Slowest velocity a cell may take, m/s.
     pub min_velocity_m_s: f64,
     /// A cell may be at most this factor faster than the fastest ray.
@@ -58,9 +60,10 @@ impl Default for TomogramConfig {
             n: DEFAULT_N,
             iterations: 60,
             relaxation: 1.0,
-            smoothing: 0.06,
+            smoothing: 0.08,
+            smoothing_passes: 2,
             min_velocity_m_s: 50.0,
-            max_over_fastest: 1.05,
+            max_over_fastest: 1.0,
         }
     }
 }
@@ -248,7 +251,9 @@ pub fn reconstruct(
                 *c /= w;
             }
         }
-        smooth(&mut correction, &mut scratch, &weight, n, radius_cells);
+        for _ in 0..cfg.smoothing_passes {
+            smooth(&mut correction, &mut scratch, &weight, n, radius_cells);
+        }
         for (s, c) in slowness.iter_mut().zip(&correction) {
             *s = (*s + cfg.relaxation * c).clamp(s_min, s_max);
         }

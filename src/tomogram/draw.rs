@@ -280,6 +280,54 @@ mod tests {
     }
 
     #[test]
+    fn png_decodes_with_the_expected_size_and_shows_the_decay() {
+        use crate::geometry::chord_m;
+        use crate::simulate::{Decay, SimParams, true_tof_us};
+        let decay = Decay {
+            x: 0.3,
+            y: -0.2,
+            radius: 0.45,
+            velocity_factor: 0.45,
+        };
+        let p = SimParams {
+            decay: Some(decay),
+            ..SimParams::default()
+        };
+        let m = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                if i == j {
+                    0.0
+                } else {
+                    chord_m(i, j, p.diameter_m) / true_tof_us(i, j, &p) * 1e6
+                }
+            })
+        });
+        let t = super::super::reconstruct(&m, p.diameter_m, &Default::default()).unwrap();
+        let bytes = render_png(&t, &title(Some("20-79-18-81-6E-65"), 1_755_752_474));
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (WIDTH as u32, HEIGHT as u32));
+        assert!(info.width >= 512 && info.height >= 512);
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let at = |x: f64, y: f64| {
+            let px = (CENTRE.0 + x * RADIUS_PX) as usize;
+            let py = (CENTRE.1 - y * RADIUS_PX) as usize;
+            let k = (py * WIDTH + px) * 3;
+            [buf[k], buf[k + 1], buf[k + 2]]
+        };
+        // The decay's centre is magenta/red (red above green), the far side green.
+        let c = at(decay.x, decay.y);
+        assert!(c[0] > c[1], "decay drawn as {c:?}");
+        let s = at(-0.6, 0.5);
+        assert!(s[1] > s[0] && s[1] > s[2], "sound wood drawn as {s:?}");
+        // Outside the trunk stays white.
+        assert_eq!(at(0.99, 0.99), WHITE);
+    }
+
+    #[test]
     fn colour_scale_runs_from_magenta_to_green() {
         assert_eq!(colour(0.0), STOPS[0].1);
         assert_eq!(colour(1.0), STOPS[4].1);
