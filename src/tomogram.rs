@@ -433,4 +433,39 @@ mod tests {
         ));
         assert!(reconstruct(&m, 0.0, &TomogramConfig::default()).is_err());
     }
+
+    #[test]
+    fn engine_on_simulated_files_locates_decay() {
+        use crate::device::parse_tap;
+        use crate::engine::{Engine, EngineConfig};
+        use crate::rng::Rng;
+        use crate::simulate::simulate_set;
+        let mut rng = Rng::new(7);
+        for (k, d) in decays().into_iter().enumerate() {
+            let p = SimParams {
+                diameter_m: 0.3 + 0.1 * k as f64,
+                decay: Some(d),
+                ..SimParams::default()
+            };
+            let (files, _) = simulate_set(&p, "20-79-18-81-6E-65", 1_755_752_474, &mut rng);
+            let taps = std::array::from_fn(|k| {
+                parse_tap(&files[k].file_name, files[k].json.as_bytes()).unwrap()
+            });
+            let mut engine = Engine::new(EngineConfig {
+                diameter_m: p.diameter_m,
+                ..EngineConfig::default()
+            });
+            let est = engine.estimate_set(&taps);
+            let t = reconstruct(
+                &est.plain_matrix(),
+                p.diameter_m,
+                &TomogramConfig::default(),
+            )
+            .unwrap();
+            let (inside, outside) = inside_outside(&t, &d);
+            let ratio = inside / outside;
+            eprintln!("engine, {} rays, {d:?}: ratio {ratio:.3}", t.n_rays);
+            assert!(ratio < 0.85, "{d:?}: ratio {ratio:.3}");
+        }
+    }
 }
