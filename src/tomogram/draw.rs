@@ -5,9 +5,11 @@
 //! sensors numbered 1–8 at their places (sensor 1 at the right, counting counter-clockwise, +y
 //! up, as in [`crate::geometry`]); and a colour scale in m/s at the right.
 //!
-//! Colour scale: relative to the fastest cell, so a sound trunk is green whatever its wood. The
-//! top of the scale (the fastest cell) is green, then yellow, orange and red down to magenta at
-//! [`SLOWEST_SHOWN`] of the fastest; slower cells are magenta too.
+//! Colour scale: relative to the sound wood of this trunk, so a sound trunk is green whatever its
+//! species. The reference is a high percentile of the cells ([`REFERENCE_PERCENTILE`]), not the
+//! fastest cell, so one fast outlier ray cannot turn the rest of a sound trunk orange. The
+//! reference and faster are green, then yellow, orange and red down to magenta at
+//! [`SLOWEST_SHOWN`] of the reference; slower cells are magenta too.
 
 use super::Tomogram;
 use super::font::{GLYPH_H, GLYPH_W, glyph};
@@ -15,8 +17,11 @@ use super::font::{GLYPH_H, GLYPH_W, glyph};
 pub const WIDTH: usize = 720;
 pub const HEIGHT: usize = 640;
 
-/// The bottom of the colour scale as a fraction of the fastest cell.
+/// The bottom of the colour scale as a fraction of the reference velocity.
 pub const SLOWEST_SHOWN: f64 = 0.4;
+
+/// The share of cells slower than the reference velocity (the top of the scale).
+pub const REFERENCE_PERCENTILE: f64 = 0.8;
 
 /// Colour stops from slow (0) to fast (1).
 const STOPS: [(f64, [u8; 3]); 5] = [
@@ -185,10 +190,21 @@ fn sample(t: &Tomogram, x: f64, y: f64) -> Option<f64> {
     (w > 1e-9).then(|| s / w)
 }
 
+/// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
+pub fn reference_velocity(t: &Tomogram) -> f64 {
+    let mut v: Vec<f64> = t.values().collect();
+    if v.is_empty() {
+        return 1.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = ((v.len() - 1) as f64 * REFERENCE_PERCENTILE).round() as usize;
+    v[k]
+}
+
 /// Draws the tomogram under `title` and returns the PNG file's bytes.
 pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let mut cv = Canvas::new();
-    let fastest = t.values().fold(0.0, f64::max);
+    let fastest = reference_velocity(t);
     let lo = SLOWEST_SHOWN * fastest;
     let frac = |v: f64| (v - lo) / (fastest - lo).max(1e-9);
 
