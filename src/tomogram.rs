@@ -131,10 +131,10 @@ fn usable_pairs(
 ) -> Vec<(usize, usize, f64)> {
     let usable = |v: f64| v.is_finite() && v > 0.0;
     let mut pairs = Vec::new();
-    for i in 0..N_SENSORS {
-        for j in i + 1..N_SENSORS {
+    for (i, row) in velocity.iter().enumerate() {
+        for (j, &forward) in row.iter().enumerate().skip(i + 1) {
             let length = chord_m(i, j, diameter_m);
-            let times: Vec<f64> = [velocity[i][j], velocity[j][i]]
+            let times: Vec<f64> = [forward, velocity[j][i]]
                 .into_iter()
                 .filter(|&v| usable(v))
                 .map(|v| length / v)
