@@ -2,7 +2,8 @@
 //!
 //! Stages, one module each: [`device`] reads tap files, [`group`] groups them into sets,
 //! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
-//! [`simulate`] makes realistic files with ground truth.
+//! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
+//! the cross-section.
 
 pub mod device;
 pub mod engine;

@@ -2,7 +2,7 @@
 //!
 //! Method: straight-ray SIRT (simultaneous iterative reconstruction technique; Gilbert 1972,
 //! J. Theor. Biol. 36:105–117), in the SART weighting of Andersen & Kak 1984 (Ultrasonic
-//! Imaging 6:81–94), the usual algebraic method for few-sensor stress-wave tomography. The
+//! Imaging 6:81–94), an algebraic method common in few-sensor stress-wave tomography. The
 //! unknowns are the slownesses (s/m) of an N×N grid of cells; each usable ray is a straight chord
 //! whose travel time is the sum of cell length × slowness. Every iteration computes all ray
 //! residuals at once, gives each cell the length-weighted mean of the residual slowness of the
