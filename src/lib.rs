@@ -2,7 +2,8 @@
 //!
 //! Stages, one module each: [`device`] reads tap files, [`group`] groups them into sets,
 //! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
-//! [`simulate`] makes realistic files with ground truth.
+//! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
+//! the cross-section.
 
 // Ray matrices are indexed [tapped][receiver]; index loops read closer to the physics.
 #![allow(clippy::needless_range_loop)]
@@ -16,3 +17,4 @@ pub mod process;
 pub mod result;
 pub mod rng;
 pub mod simulate;
+pub mod tomogram;

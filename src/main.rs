@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use terawang::engine::{EngineConfig, Method};
 use terawang::evaluate::evaluate;
 use terawang::process::{ProcessOptions, run};
+use terawang::result::{render_plain, report_diameter};
 use terawang::simulate::{Decay, SimParams, Truth, simulate_many};
 
 #[derive(Parser)]
@@ -31,6 +32,20 @@ enum Command {
     Simulate(SimulateArgs),
     /// Simulate sets across a grid and print the error table against ground truth.
     Evaluate(EvaluateArgs),
+    /// Redraw the tomogram picture of an existing plain result file.
+    Render(RenderArgs),
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// A plain result file, `result_<device>_<unix>.json`.
+    result: PathBuf,
+    /// Trunk diameter in metres; defaults to the one in the report beside the result, else 0.3.
+    #[arg(long)]
+    diameter: Option<f64>,
+    /// The picture to write; defaults to the result's name with `.png`.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -191,6 +206,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 files.len(),
                 a.out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(a) => {
+            let diameter = a
+                .diameter
+                .or_else(|| report_diameter(&a.result))
+                .unwrap_or(0.3);
+            if !(diameter.is_finite() && diameter > 0.0 && diameter <= 10.0) {
+                anyhow::bail!("--diameter must be a number of metres in (0, 10], got {diameter}");
+            }
+            let out = a.out.unwrap_or_else(|| a.result.with_extension("png"));
+            let png = render_plain(&a.result, diameter)?;
+            std::fs::write(&out, png).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} (diameter {diameter} m)", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(a) => {

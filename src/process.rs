@@ -15,6 +15,7 @@ use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
 use crate::engine::{Engine, EngineConfig};
 use crate::group::{Grouper, TapSet};
 use crate::result::{plain_json, report_json, write_atomic};
+use crate::tomogram::{TomogramConfig, reconstruct, render_png, title};
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -240,15 +241,34 @@ fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Ou
     let est = engine.estimate_set(&taps);
     let stem = set.result_stem();
     let name = format!("{stem}.json");
+    let tomogram = reconstruct(
+        &est.plain_matrix(),
+        engine.config().diameter_m,
+        &TomogramConfig::default(),
+    );
+    if let Err(e) = &tomogram {
+        log::warn!("{name}: no tomogram: {e}");
+    }
+    let tomogram = tomogram.ok();
     let write = || -> std::io::Result<Vec<PathBuf>> {
         let plain = write_atomic(out_dir, out_dir, &name, &plain_json(&est))?;
         let report = write_atomic(
             out_dir,
             out_dir,
             &format!("{stem}.report.json"),
-            &report_json(&name, &est, engine.config(), &taps),
+            &report_json(&name, &est, engine.config(), &taps, tomogram.as_ref()),
         )?;
-        Ok(vec![plain, report])
+        let mut paths = vec![plain, report];
+        if let Some(t) = &tomogram {
+            let png = render_png(t, &title(set.device.as_deref(), set.unix_s));
+            paths.push(write_atomic(
+                out_dir,
+                out_dir,
+                &format!("{stem}.png"),
+                &png,
+            )?);
+        }
+        Ok(paths)
     };
     match write() {
         Ok(paths) => Outcome::Written { paths },

@@ -2,7 +2,8 @@
 //!
 //! `result_<device>_<unix>.json` is a JSON array of eight arrays of eight numbers (m/s,
 //! diagonal 0, an unusable ray 0). `result_<device>_<unix>.report.json` holds everything
-//! else: ToFs, raw velocities, per-ray flags, sampling interval, method, sources, metrics.
+//! else: ToFs, raw velocities, per-ray flags, sampling interval, method, sources, metrics and
+//! the tomogram grid. `result_<device>_<unix>.png` is the tomogram's picture.
 //! Files are written to a temporary name in the same folder, flushed, then renamed, so a
 //! reader never sees half a file.
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::device::{N_SENSORS, TapRecording};
 use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, metrics};
+use crate::tomogram::{Tomogram, TomogramConfig, reconstruct, render_png, title};
 
 /// The plain result as bytes, exactly what is saved and uploaded.
 pub fn plain_json(est: &SetEstimate) -> Vec<u8> {
@@ -64,14 +66,46 @@ struct Report<'a> {
     warnings: Vec<String>,
     metrics: Metrics,
     usable_rays: usize,
+    /// The reconstructed cross-section; null when too few rays were usable.
+    tomogram: Option<TomogramReport>,
 }
 
-/// The report as bytes.
+/// The tomogram in the report: `velocity_m_s[row][col]` in m/s, row 0 at the top (+y), column
+/// 0 at the left (−x), `extent_m` the side of the square grid; null outside the trunk.
+#[derive(Serialize)]
+struct TomogramReport {
+    velocity_m_s: Vec<Vec<Option<f64>>>,
+    n: usize,
+    extent_m: f64,
+    method: &'static str,
+}
+
+impl From<&Tomogram> for TomogramReport {
+    fn from(t: &Tomogram) -> Self {
+        TomogramReport {
+            velocity_m_s: t
+                .velocity_m_s
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|v| v.map(|v| (v * 10.0).round() / 10.0))
+                        .collect()
+                })
+                .collect(),
+            n: t.n,
+            extent_m: t.extent_m,
+            method: t.method,
+        }
+    }
+}
+
+/// The report as bytes; `tomogram` is the set's reconstruction, if one could be made.
 pub fn report_json(
     result_file: &str,
     est: &SetEstimate,
     cfg: &EngineConfig,
     taps: &[TapRecording; N_SENSORS],
+    tomogram: Option<&Tomogram>,
 ) -> Vec<u8> {
     let opt = |m: &[[f64; N_SENSORS]; N_SENSORS]| -> Vec<Vec<Option<f64>>> {
         m.iter()
@@ -120,6 +154,7 @@ pub fn report_json(
             })
             .collect(),
         metrics: metrics(&est.velocity_m_s),
+        tomogram: tomogram.map(TomogramReport::from),
     };
     let mut bytes = serde_json::to_vec_pretty(&report).expect("the report always serialises");
     bytes.push(b'\n');
@@ -154,4 +189,104 @@ pub fn read_plain(path: &Path) -> anyhow::Result<[[f64; N_SENSORS]; N_SENSORS]> 
         anyhow::bail!("{}: a result must be 8 arrays of 8 numbers", path.display());
     }
     Ok(std::array::from_fn(|i| std::array::from_fn(|j| rows[i][j])))
+}
+
+/// Device and unix seconds from a result file name: `result_<device>_<unix>[.json]` or
+/// `result_<unix>`; the device is `None` for the second form, the time `None` if unreadable.
+pub fn parse_result_stem(stem: &str) -> (Option<String>, Option<i64>) {
+    let stem = stem.strip_prefix("result_").unwrap_or(stem);
+    match stem.rsplit_once('_') {
+        Some((device, unix)) => (Some(device.to_string()), unix.parse().ok()),
+        None => (None, stem.parse().ok()),
+    }
+}
+
+/// The PNG of a result file's tomogram: reconstructs from the plain matrix at `path` on a trunk
+/// of `diameter_m`, titled with the device and time read from the file name.
+pub fn render_plain(path: &Path, diameter_m: f64) -> anyhow::Result<Vec<u8>> {
+    let matrix = read_plain(path)?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tomogram = reconstruct(&matrix, diameter_m, &TomogramConfig::default())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let heading = match parse_result_stem(&stem) {
+        (device, Some(unix_s)) => title(device.as_deref(), unix_s),
+        (_, None) => stem,
+    };
+    Ok(render_png(&tomogram, &heading))
+}
+
+/// The diameter recorded in the report beside a result file (`<stem>.report.json`), if any.
+pub fn report_diameter(result_path: &Path) -> Option<f64> {
+    let report = result_path.with_extension("report.json");
+    let bytes = std::fs::read(report).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("diameter_m")?.as_f64().filter(|d| *d > 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::chord_m;
+    use crate::simulate::{Decay, SimParams, true_tof_us};
+
+    #[test]
+    fn result_stems_give_device_and_time() {
+        assert_eq!(
+            parse_result_stem("result_20-79-18-81-6E-65_1755752474"),
+            (Some("20-79-18-81-6E-65".into()), Some(1_755_752_474))
+        );
+        assert_eq!(
+            parse_result_stem("result_1755752474"),
+            (None, Some(1_755_752_474))
+        );
+        assert_eq!(parse_result_stem("something"), (None, None));
+    }
+
+    #[test]
+    fn render_redraws_a_plain_result_file() {
+        let p = SimParams {
+            decay: Some(Decay {
+                x: -0.3,
+                y: 0.2,
+                radius: 0.45,
+                velocity_factor: 0.45,
+            }),
+            diameter_m: 0.5,
+            ..SimParams::default()
+        };
+        let rows: Vec<Vec<f64>> = (0..N_SENSORS)
+            .map(|i| {
+                (0..N_SENSORS)
+                    .map(|j| {
+                        if i == j {
+                            0.0
+                        } else {
+                            chord_m(i, j, p.diameter_m) / true_tof_us(i, j, &p) * 1e6
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("result_20-79-18-81-6E-65_1755752474.json");
+        std::fs::write(&path, serde_json::to_vec(&rows).unwrap()).unwrap();
+        assert_eq!(report_diameter(&path), None);
+        std::fs::write(
+            path.with_extension("report.json"),
+            br#"{"diameter_m": 0.5}"#,
+        )
+        .unwrap();
+        assert_eq!(report_diameter(&path), Some(0.5));
+        let bytes = render_plain(&path, 0.5).unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let info = reader.info();
+        assert!(info.width >= 512 && info.height >= 512);
+        std::fs::write(&path, b"[[1,2],[3]]").unwrap();
+        assert!(render_plain(&path, 0.5).is_err());
+    }
 }

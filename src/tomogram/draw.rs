@@ -1,0 +1,355 @@
+//! Drawing a tomogram: an RGB picture encoded to PNG bytes in memory, in pure Rust.
+//!
+//! Layout (720×640 px): a title line (device and time, UTC) and a line with the diameter, method
+//! and number of rays; the trunk's cross-section coloured by velocity, its outline, the eight
+//! sensors numbered 1–8 at their places (sensor 1 at the right, counting counter-clockwise, +y
+//! up, as in [`crate::geometry`]); and a colour scale in m/s at the right.
+//!
+//! Colour scale: relative to the sound wood of this trunk, so a sound trunk is green whatever its
+//! species. The reference is a high percentile of the cells ([`REFERENCE_PERCENTILE`]), not the
+//! fastest cell, so one fast outlier ray cannot turn the rest of a sound trunk orange. The
+//! reference and faster are green, then yellow, orange and red down to magenta at
+//! [`SLOWEST_SHOWN`] of the reference; slower cells are magenta too.
+
+use super::Tomogram;
+use super::font::{GLYPH_H, GLYPH_W, glyph};
+
+pub const WIDTH: usize = 720;
+pub const HEIGHT: usize = 640;
+
+/// The bottom of the colour scale as a fraction of the reference velocity.
+pub const SLOWEST_SHOWN: f64 = 0.4;
+
+/// The share of cells slower than the reference velocity (the top of the scale).
+pub const REFERENCE_PERCENTILE: f64 = 0.8;
+
+/// Colour stops from slow (0) to fast (1).
+const STOPS: [(f64, [u8; 3]); 5] = [
+    (0.0, [180, 0, 190]),
+    (0.3, [220, 20, 30]),
+    (0.55, [250, 140, 20]),
+    (0.75, [250, 225, 40]),
+    (1.0, [20, 150, 60]),
+];
+
+const CENTRE: (f64, f64) = (300.0, 352.0);
+const RADIUS_PX: f64 = 228.0;
+const BLACK: [u8; 3] = [0, 0, 0];
+const WHITE: [u8; 3] = [255, 255, 255];
+const GREY: [u8; 3] = [90, 90, 90];
+
+/// The colour of a fraction of the scale, 0 = slowest shown, 1 = fastest.
+pub fn colour(f: f64) -> [u8; 3] {
+    let f = if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    for w in STOPS.windows(2) {
+        let ((a, ca), (b, cb)) = (w[0], w[1]);
+        if f <= b {
+            let t = (f - a) / (b - a);
+            return std::array::from_fn(|k| {
+                (ca[k] as f64 + t * (cb[k] as f64 - ca[k] as f64)).round() as u8
+            });
+        }
+    }
+    STOPS[STOPS.len() - 1].1
+}
+
+/// A title line: `DEVICE YYYY-MM-DD HH:MM UTC` (the device left out when unknown).
+pub fn title(device: Option<&str>, unix_s: i64) -> String {
+    match device {
+        Some(d) => format!("{d} {}", format_utc(unix_s)),
+        None => format_utc(unix_s),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM UTC` (proleptic Gregorian calendar).
+pub fn format_utc(unix_s: i64) -> String {
+    let days = unix_s.div_euclid(86_400);
+    let secs = unix_s.rem_euclid(86_400);
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+/// An RGB canvas.
+struct Canvas {
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn new() -> Self {
+        Canvas {
+            px: vec![255; WIDTH * HEIGHT * 3],
+        }
+    }
+
+    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+        if (0..WIDTH as i64).contains(&x) && (0..HEIGHT as i64).contains(&y) {
+            let k = (y as usize * WIDTH + x as usize) * 3;
+            self.px[k..k + 3].copy_from_slice(&c);
+        }
+    }
+
+    fn rect(&mut self, x0: i64, y0: i64, w: i64, h: i64, c: [u8; 3]) {
+        for y in y0..y0 + h {
+            for x in x0..x0 + w {
+                self.set(x, y, c);
+            }
+        }
+    }
+
+    /// Pixels whose centre lies between radii `r0` and `r1` of (cx, cy).
+    fn ring(&mut self, (cx, cy): (f64, f64), r0: f64, r1: f64, c: [u8; 3]) {
+        let (x0, x1) = ((cx - r1).floor() as i64, (cx + r1).ceil() as i64);
+        let (y0, y1) = ((cy - r1).floor() as i64, (cy + r1).ceil() as i64);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let d = (x as f64 + 0.5 - cx).hypot(y as f64 + 0.5 - cy);
+                if d >= r0 && d <= r1 {
+                    self.set(x, y, c);
+                }
+            }
+        }
+    }
+
+    /// Text with its top-left corner at (x, y), each font pixel `scale`×`scale`.
+    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: [u8; 3]) {
+        for (k, ch) in s.chars().enumerate() {
+            let Some(rows) = glyph(ch) else { continue };
+            let gx = x + k as i64 * (GLYPH_W as i64 + 1) * scale;
+            for (r, row) in rows.iter().enumerate() {
+                for (col, p) in row.bytes().enumerate() {
+                    if p == b'#' {
+                        self.rect(
+                            gx + col as i64 * scale,
+                            y + r as i64 * scale,
+                            scale,
+                            scale,
+                            c,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, WIDTH as u32, HEIGHT as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().expect("writing to memory cannot fail");
+            w.write_image_data(&self.px)
+                .expect("the buffer matches the header");
+        }
+        out
+    }
+}
+
+fn text_width(s: &str, scale: i64) -> i64 {
+    s.chars().count() as i64 * (GLYPH_W as i64 + 1) * scale - scale
+}
+
+/// The tomogram's velocity at a point (x, y in units of the trunk radius, +y up), bilinear
+/// between the cell centres that exist.
+fn sample(t: &Tomogram, x: f64, y: f64) -> Option<f64> {
+    let n = t.n as f64;
+    let gc = (x + 1.0) * 0.5 * n - 0.5;
+    let gr = (1.0 - y) * 0.5 * n - 0.5;
+    let (c0, r0) = (gc.floor(), gr.floor());
+    let (fc, fr) = (gc - c0, gr - r0);
+    let (mut s, mut w) = (0.0, 0.0);
+    for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
+        for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
+            let (r, c) = (r0 + dr, c0 + dc);
+            if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                continue;
+            }
+            if let Some(v) = t.velocity_m_s[r as usize][c as usize] {
+                s += wr * wc * v;
+                w += wr * wc;
+            }
+        }
+    }
+    (w > 1e-9).then(|| s / w)
+}
+
+/// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
+pub fn reference_velocity(t: &Tomogram) -> f64 {
+    let mut v: Vec<f64> = t.values().collect();
+    if v.is_empty() {
+        return 1.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = ((v.len() - 1) as f64 * REFERENCE_PERCENTILE).round() as usize;
+    v[k]
+}
+
+/// Draws the tomogram under `title` and returns the PNG file's bytes.
+pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
+    let mut cv = Canvas::new();
+    let fastest = reference_velocity(t);
+    let lo = SLOWEST_SHOWN * fastest;
+    let frac = |v: f64| (v - lo) / (fastest - lo).max(1e-9);
+
+    cv.text(20, 14, title, 2, BLACK);
+    let sub = format!(
+        "D={:.2} m  SIRT {}X{}  {} RAYS",
+        t.extent_m, t.n, t.n, t.n_rays
+    );
+    cv.text(20, 40, &sub, 2, GREY);
+
+    // The cross-section.
+    let (cx, cy) = CENTRE;
+    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        for px in (cx - RADIUS_PX) as i64..=(cx + RADIUS_PX) as i64 {
+            let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
+            let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+            if x.hypot(y) > 1.0 {
+                continue;
+            }
+            let c = match sample(t, x, y) {
+                Some(v) => colour(frac(v)),
+                None => [200, 200, 200],
+            };
+            cv.set(px, py, c);
+        }
+    }
+    cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
+
+    // Sensors, numbered 1–8 outside the outline.
+    for k in 0..crate::device::N_SENSORS {
+        let a = k as f64 * std::f64::consts::TAU / crate::device::N_SENSORS as f64;
+        let (dx, dy) = (a.cos(), -a.sin());
+        let at = (cx + RADIUS_PX * dx, cy + RADIUS_PX * dy);
+        cv.ring(at, 0.0, 8.0, BLACK);
+        cv.ring(at, 0.0, 4.5, WHITE);
+        let label = format!("{}", k + 1);
+        let scale = 3;
+        let (w, h) = (text_width(&label, scale), GLYPH_H as i64 * scale);
+        let (lx, ly) = (cx + (RADIUS_PX + 26.0) * dx, cy + (RADIUS_PX + 26.0) * dy);
+        cv.text(lx as i64 - w / 2, ly as i64 - h / 2, &label, scale, BLACK);
+    }
+
+    // The colour scale, fast at the top.
+    let (bx, by, bw, bh) = (612i64, 130i64, 30i64, 440i64);
+    cv.text(bx - 4, by - 30, "m/s", 2, BLACK);
+    for y in 0..bh {
+        let f = 1.0 - y as f64 / (bh - 1) as f64;
+        cv.rect(bx, by + y, bw, 1, colour(f));
+    }
+    for (x, y, w, h) in [
+        (bx - 1, by - 1, bw + 2, 1),
+        (bx - 1, by + bh, bw + 2, 1),
+        (bx - 1, by - 1, 1, bh + 2),
+        (bx + bw, by - 1, 1, bh + 2),
+    ] {
+        cv.rect(x, y, w, h, BLACK);
+    }
+    let ticks = 5;
+    for k in 0..=ticks {
+        let f = k as f64 / ticks as f64;
+        let v = lo + f * (fastest - lo);
+        let y = by + ((1.0 - f) * (bh - 1) as f64).round() as i64;
+        cv.rect(bx + bw, y, 6, 1, BLACK);
+        cv.text(
+            bx + bw + 9,
+            y - GLYPH_H as i64 + 1,
+            &format!("{v:.0}"),
+            2,
+            BLACK,
+        );
+    }
+    cv.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting_matches_known_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(1_755_752_474), "2025-08-21 05:01 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_utc(-86_400), "1969-12-31 00:00 UTC");
+        assert_eq!(
+            title(Some("20-79-18-81-6E-65"), 1_755_752_474),
+            "20-79-18-81-6E-65 2025-08-21 05:01 UTC"
+        );
+    }
+
+    #[test]
+    fn png_decodes_with_the_expected_size_and_shows_the_decay() {
+        use crate::geometry::chord_m;
+        use crate::simulate::{Decay, SimParams, true_tof_us};
+        let decay = Decay {
+            x: 0.3,
+            y: -0.2,
+            radius: 0.45,
+            velocity_factor: 0.45,
+        };
+        let p = SimParams {
+            decay: Some(decay),
+            ..SimParams::default()
+        };
+        let m = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                if i == j {
+                    0.0
+                } else {
+                    chord_m(i, j, p.diameter_m) / true_tof_us(i, j, &p) * 1e6
+                }
+            })
+        });
+        let t = super::super::reconstruct(&m, p.diameter_m, &Default::default()).unwrap();
+        let bytes = render_png(&t, &title(Some("20-79-18-81-6E-65"), 1_755_752_474));
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (WIDTH as u32, HEIGHT as u32));
+        assert!(info.width >= 512 && info.height >= 512);
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let at = |x: f64, y: f64| {
+            let px = (CENTRE.0 + x * RADIUS_PX) as usize;
+            let py = (CENTRE.1 - y * RADIUS_PX) as usize;
+            let k = (py * WIDTH + px) * 3;
+            [buf[k], buf[k + 1], buf[k + 2]]
+        };
+        // The decay's centre is magenta/red (red above green), the far side green.
+        let c = at(decay.x, decay.y);
+        assert!(c[0] > c[1], "decay drawn as {c:?}");
+        let s = at(-0.6, 0.5);
+        assert!(s[1] > s[0] && s[1] > s[2], "sound wood drawn as {s:?}");
+        // Outside the trunk stays white.
+        assert_eq!(at(0.99, 0.99), WHITE);
+    }
+
+    #[test]
+    fn colour_scale_runs_from_magenta_to_green() {
+        assert_eq!(colour(0.0), STOPS[0].1);
+        assert_eq!(colour(1.0), STOPS[4].1);
+        assert_eq!(colour(-3.0), colour(0.0));
+        assert_eq!(colour(f64::NAN), colour(0.0));
+        let g = colour(1.0);
+        assert!(g[1] > g[0] && g[1] > g[2]);
+    }
+}
