@@ -71,7 +71,9 @@ pub fn evaluate(
         });
         let mut set_cfg = cfg.clone();
         set_cfg.diameter_m = set_truth.params.diameter_m;
-        let est = Engine::new(set_cfg).estimate_set(&taps);
+        let est = Engine::new(set_cfg)
+            .estimate_set(&taps)
+            .expect("the CPU engine never fails");
         let (t, v, n) = ray_errors(&est, set_truth);
         tof.extend(t);
         vel.extend(v);

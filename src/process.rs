@@ -238,9 +238,17 @@ fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Ou
     let Ok(taps) = <[TapRecording; N_SENSORS]>::try_from(taps) else {
         unreachable!("eight members, none rejected");
     };
-    let est = engine.estimate_set(&taps);
     let stem = set.result_stem();
     let name = format!("{stem}.json");
+    let est = match engine.estimate_set(&taps) {
+        Ok(est) => est,
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "{name}: the {} backend failed: {e}",
+                engine.backend_name()
+            ));
+        }
+    };
     let tomogram = reconstruct(
         &est.plain_matrix(),
         engine.config().diameter_m,

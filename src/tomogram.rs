@@ -455,7 +455,9 @@ mod tests {
                 diameter_m: p.diameter_m,
                 ..EngineConfig::default()
             });
-            let est = engine.estimate_set(&taps);
+            let est = engine
+                .estimate_set(&taps)
+                .expect("the CPU engine never fails");
             let t = reconstruct(
                 &est.plain_matrix(),
                 p.diameter_m,

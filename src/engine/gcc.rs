@@ -1,10 +1,11 @@
 //! Batched GCC-PHAT on the CPU: plan once, run many.
 //!
-//! A [`Batch`] holds `n_taps` taps of eight zero-padded channels, each `n_fft` long, already
-//! centred (rest level removed), plus the index of each tap's reference channel. [`CpuGcc`]
-//! fills a caller-owned buffer with the circular PHAT-weighted cross-correlation of every
-//! channel against its tap's reference: `out[(tap·8 + ch)·n_fft + lag]`, lag in samples
-//! (negative lags wrap to the end). FFT plans and scratch are built once per `n_fft`.
+//! A [`PairBatch`] holds real windows (each zero-padded to `n_fft`, rest level removed) and
+//! pairs of them. A [`Correlator`] fills a caller-owned buffer with the circular PHAT-weighted
+//! cross-correlation of each pair: `out[pair·n_fft + lag]`, where a peak at lag ℓ (samples,
+//! negative lags wrap to the end) means the signal window is the reference window delayed by
+//! ℓ. Each window is transformed once however many pairs use it. [`CpuGcc`] is the CPU
+//! correlator; FFT plans and scratch are built once per `n_fft` and reused.
 
 use std::sync::Arc;
 
@@ -12,50 +13,79 @@ use rustfft::num_complex::Complex32;
 use rustfft::{Fft, FftPlanner};
 
 use super::phat;
-use crate::device::N_SENSORS;
 
-/// Input of one batched correlation.
+/// Windows and the pairs to correlate.
 #[derive(Clone, Debug, Default)]
-pub struct Batch {
+pub struct PairBatch {
     pub n_fft: usize,
-    /// `n_taps · 8 · n_fft` samples, channel-major per tap.
-    pub signals: Vec<f32>,
-    /// Reference channel (0-based) of each tap.
-    pub reference: Vec<u32>,
+    /// `n_windows · n_fft` samples.
+    pub windows: Vec<f32>,
+    /// `(reference window, signal window)`.
+    pub pairs: Vec<[u32; 2]>,
 }
 
-impl Batch {
+impl PairBatch {
     pub fn new(n_fft: usize) -> Self {
-        Batch {
+        PairBatch {
             n_fft,
             ..Default::default()
         }
     }
 
-    pub fn n_taps(&self) -> usize {
-        self.reference.len()
+    pub fn n_windows(&self) -> usize {
+        self.windows.len() / self.n_fft.max(1)
+    }
+
+    pub fn n_pairs(&self) -> usize {
+        self.pairs.len()
     }
 
     pub fn clear(&mut self) {
-        self.signals.clear();
-        self.reference.clear();
+        self.windows.clear();
+        self.pairs.clear();
     }
 
-    /// Appends a tap: eight channels (each at most `n_fft` samples, zero-padded here).
-    pub fn push_tap(&mut self, channels: &[Vec<f32>; N_SENSORS], reference: usize) {
-        for ch in channels {
-            let n = ch.len().min(self.n_fft);
-            self.signals.extend_from_slice(&ch[..n]);
-            self.signals
-                .resize(self.signals.len() + self.n_fft - n, 0.0);
-        }
-        self.reference.push(reference as u32);
+    /// Appends a window (at most `n_fft` samples are kept, the rest is zero) and returns its index.
+    pub fn push_window(&mut self, samples: &[f32]) -> u32 {
+        let index = self.n_windows() as u32;
+        let n = samples.len().min(self.n_fft);
+        self.windows.extend_from_slice(&samples[..n]);
+        self.windows
+            .resize(self.windows.len() + self.n_fft - n, 0.0);
+        index
+    }
+
+    /// Appends the pair (reference, signal) and returns its index.
+    pub fn push_pair(&mut self, reference: u32, signal: u32) -> u32 {
+        self.pairs.push([reference, signal]);
+        self.pairs.len() as u32 - 1
     }
 
     /// Length of the output buffer this batch needs.
     pub fn out_len(&self) -> usize {
-        self.n_taps() * N_SENSORS * self.n_fft
+        self.n_pairs() * self.n_fft
     }
+
+    /// The correlation of pair `pair` inside an output buffer.
+    pub fn correlation<'a>(&self, out: &'a [f32], pair: u32) -> &'a [f32] {
+        let p = pair as usize;
+        &out[p * self.n_fft..(p + 1) * self.n_fft]
+    }
+}
+
+/// Error of a correlator that can fail (the GPU); the CPU never does.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CorrelatorError(pub String);
+
+/// Something that correlates a [`PairBatch`]: the CPU here, the GPU elsewhere.
+pub trait Correlator: Send {
+    /// The FFT length it was built for.
+    fn n_fft(&self) -> usize;
+    /// Fills `out` (`batch.out_len()` long) with the correlation of every pair.
+    fn correlate(&mut self, batch: &PairBatch, out: &mut [f32]) -> Result<(), CorrelatorError>;
+    /// Short name for logs and reports.
+    fn name(&self) -> &'static str;
 }
 
 /// Which PHAT kernel the CPU path uses.
@@ -74,7 +104,6 @@ pub struct CpuGcc {
     scratch: Vec<Complex32>,
     spectra: Vec<Complex32>,
     cross: Vec<Complex32>,
-    pair_out: Vec<f32>,
 }
 
 impl CpuGcc {
@@ -91,43 +120,13 @@ impl CpuGcc {
             forward,
             inverse,
             scratch: vec![Complex32::default(); scratch_len],
-            spectra: vec![Complex32::default(); N_SENSORS * n_fft],
+            spectra: Vec::new(),
             cross: vec![Complex32::default(); n_fft],
-            pair_out: Vec::with_capacity(n_fft),
         }
     }
 
-    pub fn n_fft(&self) -> usize {
-        self.n_fft
-    }
-
-    /// GCC-PHAT of one `signal` against one `reference` (each at most `n_fft` samples,
-    /// zero-padded); returns the circular correlation, valid until the next call.
-    pub fn correlate_pair(&mut self, reference: &[f32], signal: &[f32]) -> &[f32] {
-        let n = self.n_fft;
-        for (slot, x) in [reference, signal].into_iter().enumerate() {
-            let spec = &mut self.spectra[slot * n..(slot + 1) * n];
-            for (k, c) in spec.iter_mut().enumerate() {
-                *c = Complex32::new(x.get(k).copied().unwrap_or(0.0), 0.0);
-            }
-            self.forward.process_with_scratch(spec, &mut self.scratch);
-        }
-        let (reference, signal) = self.spectra[..2 * n].split_at(n);
-        match self.kernel {
-            Kernel::Scalar => phat::phat_scalar(reference, signal, &mut self.cross),
-            Kernel::Simd => phat::phat_simd(reference, signal, &mut self.cross),
-        }
-        self.inverse
-            .process_with_scratch(&mut self.cross, &mut self.scratch);
-        let scale = 1.0 / n as f32;
-        self.pair_out.clear();
-        self.pair_out
-            .extend(self.cross.iter().map(|c| c.re * scale));
-        &self.pair_out
-    }
-
-    /// Correlates every channel of every tap against its reference; `out.len() == batch.out_len()`.
-    pub fn correlate(&mut self, batch: &Batch, out: &mut [f32]) {
+    /// Correlates every pair of the batch; `out.len() == batch.out_len()`.
+    pub fn correlate_batch(&mut self, batch: &PairBatch, out: &mut [f32]) {
         let n = self.n_fft;
         assert_eq!(batch.n_fft, n, "batch built for another FFT length");
         assert_eq!(
@@ -135,36 +134,50 @@ impl CpuGcc {
             batch.out_len(),
             "output buffer has the wrong length"
         );
+        self.spectra
+            .resize(batch.n_windows() * n, Complex32::default());
+        for (spec, window) in self
+            .spectra
+            .chunks_exact_mut(n)
+            .zip(batch.windows.chunks_exact(n))
+        {
+            for (c, &x) in spec.iter_mut().zip(window) {
+                *c = Complex32::new(x, 0.0);
+            }
+            self.forward.process_with_scratch(spec, &mut self.scratch);
+        }
         let scale = 1.0 / n as f32;
-        for (tap, &reference) in batch.reference.iter().enumerate() {
-            let signals = &batch.signals[tap * N_SENSORS * n..(tap + 1) * N_SENSORS * n];
-            for (spec, sig) in self
-                .spectra
-                .chunks_exact_mut(n)
-                .zip(signals.chunks_exact(n))
-            {
-                for (c, &x) in spec.iter_mut().zip(sig) {
-                    *c = Complex32::new(x, 0.0);
-                }
-                self.forward.process_with_scratch(spec, &mut self.scratch);
+        for (&[r, s], dst) in batch.pairs.iter().zip(out.chunks_exact_mut(n)) {
+            let (r, s) = (r as usize, s as usize);
+            let reference = &self.spectra[r * n..(r + 1) * n];
+            let signal = &self.spectra[s * n..(s + 1) * n];
+            match self.kernel {
+                Kernel::Scalar => phat::phat_scalar(reference, signal, &mut self.cross),
+                Kernel::Simd => phat::phat_simd(reference, signal, &mut self.cross),
             }
-            let r = reference as usize;
-            for ch in 0..N_SENSORS {
-                let (reference, signal) = (
-                    &self.spectra[r * n..(r + 1) * n],
-                    &self.spectra[ch * n..(ch + 1) * n],
-                );
-                match self.kernel {
-                    Kernel::Scalar => phat::phat_scalar(reference, signal, &mut self.cross),
-                    Kernel::Simd => phat::phat_simd(reference, signal, &mut self.cross),
-                }
-                self.inverse
-                    .process_with_scratch(&mut self.cross, &mut self.scratch);
-                let dst = &mut out[(tap * N_SENSORS + ch) * n..(tap * N_SENSORS + ch + 1) * n];
-                for (o, c) in dst.iter_mut().zip(&self.cross) {
-                    *o = c.re * scale;
-                }
+            self.inverse
+                .process_with_scratch(&mut self.cross, &mut self.scratch);
+            for (o, c) in dst.iter_mut().zip(&self.cross) {
+                *o = c.re * scale;
             }
+        }
+    }
+}
+
+impl Correlator for CpuGcc {
+    fn n_fft(&self) -> usize {
+        self.n_fft
+    }
+
+    fn correlate(&mut self, batch: &PairBatch, out: &mut [f32]) -> Result<(), CorrelatorError> {
+        self.correlate_batch(batch, out);
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Scalar => "cpu-scalar",
+            Kernel::Simd => "cpu",
         }
     }
 }
@@ -303,29 +316,37 @@ mod tests {
             .unwrap()
     }
 
-    fn random_batch(rng: &mut Rng, n_taps: usize, n_fft: usize, delays: &mut Vec<usize>) -> Batch {
-        let mut batch = Batch::new(n_fft);
+    /// A batch of `n_taps` random taps: each has a reference window and seven delayed copies.
+    fn random_batch(
+        rng: &mut Rng,
+        n_taps: usize,
+        n_fft: usize,
+        delays: &mut Vec<usize>,
+    ) -> PairBatch {
+        let mut batch = PairBatch::new(n_fft);
         let len = n_fft / 2;
-        for tap in 0..n_taps {
+        for _ in 0..n_taps {
             let source: Vec<f32> = (0..len + 40).map(|_| rng.normal() as f32).collect();
-            let reference = tap % N_SENSORS;
-            let channels: [Vec<f32>; N_SENSORS] = std::array::from_fn(|ch| {
-                let d = if ch == reference {
-                    0
-                } else {
-                    (rng.unit() * 30.0) as usize
-                };
+            let reference: Vec<f32> = (0..len)
+                .map(|t| source[t] + 0.05 * rng.normal() as f32)
+                .collect();
+            let r = batch.push_window(&reference);
+            for _ in 0..7 {
+                let d = (rng.unit() * 30.0) as usize;
                 delays.push(d);
-                (0..len)
-                    .map(|t| {
-                        let s = if t >= d { source[t - d] } else { 0.0 };
-                        s + 0.05 * rng.normal() as f32
-                    })
-                    .collect()
-            });
-            batch.push_tap(&channels, reference);
+                let sig: Vec<f32> = (0..len)
+                    .map(|t| if t >= d { source[t - d] } else { 0.0 } + 0.05 * rng.normal() as f32)
+                    .collect();
+                let s = batch.push_window(&sig);
+                batch.push_pair(r, s);
+            }
         }
         batch
+    }
+
+    fn window(batch: &PairBatch, w: u32) -> &[f32] {
+        let n = batch.n_fft;
+        &batch.windows[w as usize * n..(w as usize + 1) * n]
     }
 
     #[test]
@@ -336,19 +357,12 @@ mod tests {
         for kernel in [Kernel::Scalar, Kernel::Simd] {
             let mut gcc = CpuGcc::new(64, kernel);
             let mut out = vec![0.0; batch.out_len()];
-            gcc.correlate(&batch, &mut out);
-            for tap in 0..batch.n_taps() {
-                let r = batch.reference[tap] as usize;
-                let sig = |ch: usize| &batch.signals[(tap * 8 + ch) * 64..(tap * 8 + ch + 1) * 64];
-                for ch in 0..N_SENSORS {
-                    let naive = naive_gcc_phat(sig(r), sig(ch));
-                    let fast = &out[(tap * 8 + ch) * 64..(tap * 8 + ch + 1) * 64];
-                    for (a, b) in naive.iter().zip(fast) {
-                        assert!(
-                            (a - b).abs() < 2e-4,
-                            "{kernel:?} tap {tap} ch {ch}: {a} vs {b}"
-                        );
-                    }
+            gcc.correlate(&batch, &mut out).unwrap();
+            for (p, &[r, s]) in batch.pairs.iter().enumerate() {
+                let naive = naive_gcc_phat(window(&batch, r), window(&batch, s));
+                let fast = batch.correlation(&out, p as u32);
+                for (a, b) in naive.iter().zip(fast) {
+                    assert!((a - b).abs() < 2e-4, "{kernel:?} pair {p}: {a} vs {b}");
                 }
             }
         }
@@ -362,23 +376,21 @@ mod tests {
         let batch = random_batch(&mut rng, 16, n_fft, &mut delays);
         let mut gcc = CpuGcc::new(n_fft, Kernel::Simd);
         let mut out = vec![0.0; batch.out_len()];
-        gcc.correlate(&batch, &mut out);
-        for tap in 0..batch.n_taps() {
-            let r = batch.reference[tap] as usize;
-            let sig = |ch: usize| {
-                &batch.signals[(tap * 8 + ch) * n_fft..(tap * 8 + ch) * n_fft + n_fft / 2]
-            };
-            for ch in 0..N_SENSORS {
-                let corr = &out[(tap * 8 + ch) * n_fft..(tap * 8 + ch + 1) * n_fft];
-                let peak = find_peak(corr, 0, 40).unwrap();
-                let naive = naive_xcorr_peak(sig(r), sig(ch), 40);
-                assert_eq!(naive, delays[tap * 8 + ch]);
-                assert!(
-                    (peak.lag - naive as f64).abs() < 0.2,
-                    "tap {tap} ch {ch}: fft peak {} vs naive {naive}",
-                    peak.lag
-                );
-            }
+        gcc.correlate(&batch, &mut out).unwrap();
+        for (p, &[r, s]) in batch.pairs.iter().enumerate() {
+            let corr = batch.correlation(&out, p as u32);
+            let peak = find_peak(corr, 0, 40).unwrap();
+            let naive = naive_xcorr_peak(
+                &window(&batch, r)[..n_fft / 2],
+                &window(&batch, s)[..n_fft / 2],
+                40,
+            );
+            assert_eq!(naive, delays[p]);
+            assert!(
+                (peak.lag - naive as f64).abs() < 0.2,
+                "pair {p}: fft peak {} vs naive {naive}",
+                peak.lag
+            );
         }
     }
 
@@ -389,17 +401,18 @@ mod tests {
         let mut gcc = CpuGcc::new(n_fft, Kernel::Simd);
         for &true_delay in &[3.0, 3.25, 5.5, 7.8, 11.125] {
             let pulse = |t: f64| (-(t / 3.0).powi(2)).exp() * (0.9 * t).cos();
-            let mut batch = Batch::new(n_fft);
-            let channels: [Vec<f32>; N_SENSORS] = std::array::from_fn(|ch| {
-                let d = if ch == 0 { 0.0 } else { true_delay };
+            let mut batch = PairBatch::new(n_fft);
+            let shifted = |d: f64| -> Vec<f32> {
                 (0..n_fft / 2)
                     .map(|t| pulse(t as f64 - 40.0 - d) as f32)
                     .collect()
-            });
-            batch.push_tap(&channels, 0);
+            };
+            let r = batch.push_window(&shifted(0.0));
+            let s = batch.push_window(&shifted(true_delay));
+            let pair = batch.push_pair(r, s);
             let mut out = vec![0.0; batch.out_len()];
-            gcc.correlate(&batch, &mut out);
-            let peak = find_peak(&out[n_fft..2 * n_fft], 0, 30).unwrap();
+            gcc.correlate(&batch, &mut out).unwrap();
+            let peak = find_peak(batch.correlation(&out, pair), 0, 30).unwrap();
             assert!(
                 (peak.lag - true_delay).abs() < 0.05,
                 "delay {true_delay}: found {}",

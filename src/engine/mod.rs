@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{N_SENSORS, TapRecording};
 use crate::geometry::{chord_m, longest_chord_m};
-use gcc::{Batch, CpuGcc, Kernel};
+pub use gcc::{Correlator, CorrelatorError, CpuGcc, Kernel, PairBatch};
 
 /// How ToFs are estimated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -166,27 +166,44 @@ pub fn median(xs: &mut [f64]) -> Option<f64> {
     })
 }
 
-/// The CPU engine: one GCC plan and its buffers, reused for every set.
+/// The engine: a correlator (CPU or GPU) and its buffers, reused for every batch of sets.
 pub struct Engine {
     cfg: EngineConfig,
-    gcc: CpuGcc,
-    /// Short correlator for the reciprocal pairs of the onset method.
-    pair_gcc: CpuGcc,
-    batch: Batch,
+    correlator: Box<dyn Correlator>,
+    batch: PairBatch,
     corr: Vec<f32>,
 }
 
+/// FFT length each method needs: short windows around first arrivals for the onset method,
+/// the whole segment (zero-padded to twice its length, no wrap-around) for plain GCC-PHAT.
+pub fn n_fft_for(cfg: &EngineConfig) -> usize {
+    match cfg.method {
+        Method::Onset => 64,
+        Method::GccPhat => (2 * cfg.segment).next_power_of_two(),
+    }
+}
+
 impl Engine {
+    /// The CPU engine with the SIMD PHAT kernel.
     pub fn new(cfg: EngineConfig) -> Self {
         Self::with_kernel(cfg, Kernel::Simd)
     }
 
     pub fn with_kernel(cfg: EngineConfig, kernel: Kernel) -> Self {
-        let n_fft = (2 * cfg.segment).next_power_of_two();
+        let correlator = Box::new(CpuGcc::new(n_fft_for(&cfg), kernel));
+        Self::with_correlator(cfg, correlator)
+    }
+
+    /// An engine on any correlator built for [`n_fft_for`]`(&cfg)`.
+    pub fn with_correlator(cfg: EngineConfig, correlator: Box<dyn Correlator>) -> Self {
+        assert_eq!(
+            correlator.n_fft(),
+            n_fft_for(&cfg),
+            "correlator built for another FFT length"
+        );
         Engine {
-            gcc: CpuGcc::new(n_fft, kernel),
-            pair_gcc: CpuGcc::new(64, kernel),
-            batch: Batch::new(n_fft),
+            batch: PairBatch::new(correlator.n_fft()),
+            correlator,
             corr: Vec::new(),
             cfg,
         }
@@ -196,39 +213,57 @@ impl Engine {
         &self.cfg
     }
 
+    /// Name of the correlator (`cpu`, `cpu-scalar`, `gpu`).
+    pub fn backend_name(&self) -> &'static str {
+        self.correlator.name()
+    }
+
     /// Estimates one set; `taps[k]` must be the recording of tap k+1.
-    pub fn estimate_set(&mut self, taps: &[TapRecording; N_SENSORS]) -> SetEstimate {
-        self.estimate_batch(std::slice::from_ref(taps)).remove(0)
+    pub fn estimate_set(
+        &mut self,
+        taps: &[TapRecording; N_SENSORS],
+    ) -> Result<SetEstimate, CorrelatorError> {
+        Ok(self.estimate_batch(std::slice::from_ref(taps))?.remove(0))
     }
 
     /// Estimates many sets with one batched correlation.
-    pub fn estimate_batch(&mut self, sets: &[[TapRecording; N_SENSORS]]) -> Vec<SetEstimate> {
+    pub fn estimate_batch(
+        &mut self,
+        sets: &[[TapRecording; N_SENSORS]],
+    ) -> Result<Vec<SetEstimate>, CorrelatorError> {
         let prepared: Vec<[Prepared; N_SENSORS]> = sets
             .iter()
             .map(|taps| std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment)))
             .collect();
         self.batch.clear();
-        for set in &prepared {
-            for tap in set {
-                self.batch.push_tap(&tap.channels, tap.tap_idx);
-            }
-        }
-        self.corr.resize(self.batch.out_len(), 0.0);
-        self.gcc.correlate(&self.batch, &mut self.corr);
-        let n_fft = self.gcc.n_fft();
-        let per_set = N_SENSORS * N_SENSORS * n_fft;
-        prepared
+        let plans: Vec<Plan> = prepared
             .iter()
-            .enumerate()
-            .map(|(s, set)| {
-                let corr = &self.corr[s * per_set..(s + 1) * per_set];
-                match self.cfg.method {
-                    Method::GccPhat => estimate_gcc(&self.cfg, set, corr, n_fft),
-                    Method::Onset => onset::estimate(&self.cfg, set, &mut self.pair_gcc),
+            .map(|set| match self.cfg.method {
+                Method::Onset => {
+                    Plan::Onset(Box::new(onset::plan(&self.cfg, set, &mut self.batch)))
                 }
+                Method::GccPhat => Plan::GccPhat(plan_gcc(set, &mut self.batch)),
             })
-            .collect()
+            .collect();
+        self.corr.clear();
+        self.corr.resize(self.batch.out_len(), 0.0);
+        self.correlator.correlate(&self.batch, &mut self.corr)?;
+        Ok(prepared
+            .iter()
+            .zip(&plans)
+            .map(|(set, plan)| match plan {
+                Plan::Onset(p) => onset::solve(&self.cfg, set, p, &self.batch, &self.corr),
+                Plan::GccPhat(pairs) => solve_gcc(&self.cfg, set, pairs, &self.batch, &self.corr),
+            })
+            .collect())
     }
+}
+
+/// Per set, what the correlations are for.
+enum Plan {
+    Onset(Box<onset::OnsetPlan>),
+    /// Pair index of ray i→j (u32::MAX on the diagonal).
+    GccPhat([[u32; N_SENSORS]; N_SENSORS]),
 }
 
 /// One tap, centred and cut to the segment the engine looks at.
@@ -273,11 +308,26 @@ pub fn max_lag_samples(cfg: &EngineConfig, dt_us: f64) -> isize {
     (longest_chord_m(cfg.diameter_m) / cfg.min_velocity_m_s * 1e6 / dt_us).ceil() as isize + 1
 }
 
-fn estimate_gcc(
+/// Plain GCC-PHAT: every receiver against the tapped channel over the whole segment.
+fn plan_gcc(set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> [[u32; N_SENSORS]; N_SENSORS] {
+    let mut pairs = [[u32::MAX; N_SENSORS]; N_SENSORS];
+    for (i, tap) in set.iter().enumerate() {
+        let windows: Vec<u32> = tap.channels.iter().map(|c| batch.push_window(c)).collect();
+        for j in 0..N_SENSORS {
+            if i != j {
+                pairs[i][j] = batch.push_pair(windows[i], windows[j]);
+            }
+        }
+    }
+    pairs
+}
+
+fn solve_gcc(
     cfg: &EngineConfig,
     set: &[Prepared; N_SENSORS],
+    pairs: &[[u32; N_SENSORS]; N_SENSORS],
+    batch: &PairBatch,
     corr: &[f32],
-    n_fft: usize,
 ) -> SetEstimate {
     let mut est = empty_estimate(set);
     for (i, tap) in set.iter().enumerate() {
@@ -286,8 +336,7 @@ fn estimate_gcc(
             if i == j {
                 continue;
             }
-            let r = &corr[(i * N_SENSORS + j) * n_fft..(i * N_SENSORS + j + 1) * n_fft];
-            match gcc::find_peak(r, 0, hi) {
+            match gcc::find_peak(batch.correlation(corr, pairs[i][j]), 0, hi) {
                 Some(p) if !p.on_edge => {
                     est.tof_us[i][j] = p.lag * tap.dt_us;
                     est.flags[i][j] = RayFlag::Ok;

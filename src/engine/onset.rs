@@ -14,7 +14,7 @@
 //!    to a common offset; the offset is the prior that the trigger falls uniformly within the
 //!    sample before the first one (`lead = dt/2` on average).
 
-use super::gcc::{self, CpuGcc};
+use super::gcc::{self, PairBatch};
 use super::{
     EngineConfig, Prepared, RayFlag, SetEstimate, empty_estimate, finish, max_lag_samples,
 };
@@ -167,9 +167,36 @@ fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
     best.0
 }
 
-/// Onset estimate for one set; `gcc` (64-point) correlates the reciprocal pairs.
-pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGcc) -> SetEstimate {
-    let mut est = empty_estimate(set);
+/// What the first phase leaves for the correlations: picks and which windows were paired.
+#[derive(Clone, Debug)]
+pub struct OnsetPlan {
+    picks: [[Option<Pick>; N_SENSORS]; N_SENSORS],
+    bases: [Baseline; N_SENSORS],
+    classes: Vec<ClassPlan>,
+    reciprocal: Vec<ReciprocalPlan>,
+}
+
+/// Rays of one chord class and their pairs in the batch.
+#[derive(Clone, Debug)]
+struct ClassPlan {
+    rays: Vec<(usize, usize)>,
+    /// First sample of each ray's window.
+    starts: Vec<usize>,
+    /// `(a, b, pair index)`: ray b's window correlated against ray a's.
+    pairs: Vec<(usize, usize, u32)>,
+}
+
+/// The pair i→j against j→i, both windows cut from the same sample.
+#[derive(Clone, Debug)]
+struct ReciprocalPlan {
+    i: usize,
+    j: usize,
+    pair: u32,
+}
+
+/// Phase one: baselines and picks, and the windows and pairs the correlator must compute
+/// (appended to `batch`, whose `n_fft` must be at least 32).
+pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> OnsetPlan {
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
@@ -180,23 +207,94 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
             }
         }
     }
-    refine_by_chord_class(set, &bases, &mut picks, gcc);
-    // Relative tap instants: lead_j − lead_i = α_ij − α_ji (picks) and the GCC-PHAT lag
-    // between the reciprocal recordings.
-    let mut equations: Vec<(usize, usize, f64, f64)> = Vec::new();
+    let mut classes = Vec::new();
+    for m in 1..=N_SENSORS / 2 {
+        let rays: Vec<(usize, usize)> = (0..N_SENSORS)
+            .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
+            .filter(|&(i, j)| {
+                let d = i.abs_diff(j);
+                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some_and(|p| !p.clipped)
+            })
+            .collect();
+        if rays.len() < 3 {
+            continue;
+        }
+        let mut starts = Vec::with_capacity(rays.len());
+        let mut windows = Vec::with_capacity(rays.len());
+        for &(i, j) in &rays {
+            let (start, w) = ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us));
+            starts.push(start);
+            windows.push(batch.push_window(&w));
+        }
+        let mut pairs = Vec::new();
+        for a in 0..rays.len() {
+            for b in (a + 1)..rays.len().min(a + 1 + CLASS_NEIGHBOURS) {
+                pairs.push((a, b, batch.push_pair(windows[a], windows[b])));
+            }
+        }
+        classes.push(ClassPlan {
+            rays,
+            starts,
+            pairs,
+        });
+    }
+    let mut reciprocal = Vec::new();
     for i in 0..N_SENSORS {
         for j in (i + 1)..N_SENSORS {
             let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
                 continue;
             };
-            equations.push((i, j, a.t_us - b.t_us, 1.0));
-            if let Some(lag_us) = reciprocal_lag_us(gcc, &set[i], &set[j], i, j, a.t_us, b.t_us) {
-                equations.push((i, j, lag_us, RECIPROCAL_GCC_WEIGHT));
-            }
+            let (wa, wb) = reciprocal_windows(&set[i], &set[j], i, j, a.t_us, b.t_us);
+            let (ra, rb) = (batch.push_window(&wa), batch.push_window(&wb));
+            reciprocal.push(ReciprocalPlan {
+                i,
+                j,
+                pair: batch.push_pair(rb, ra),
+            });
         }
     }
-    let mean_dt = est.dt_us;
-    let leads = solve_leads(&equations, 0.5 * mean_dt);
+    OnsetPlan {
+        picks,
+        bases,
+        classes,
+        reciprocal,
+    }
+}
+
+/// Phase two: from the correlations of the plan's pairs to the estimate.
+pub fn solve(
+    cfg: &EngineConfig,
+    set: &[Prepared; N_SENSORS],
+    plan: &OnsetPlan,
+    batch: &PairBatch,
+    corr: &[f32],
+) -> SetEstimate {
+    let mut est = empty_estimate(set);
+    let mut picks = plan.picks;
+    for class in &plan.classes {
+        refine_class(set, &plan.bases, &mut picks, class, batch, corr);
+    }
+    // Relative tap instants: lead_j − lead_i = α_ij − α_ji (picks) and the GCC-PHAT lag
+    // between the reciprocal recordings.
+    let mut equations: Vec<(usize, usize, f64, f64)> = Vec::new();
+    for r in &plan.reciprocal {
+        let (Some(a), Some(b)) = (picks[r.i][r.j], picks[r.j][r.i]) else {
+            continue;
+        };
+        equations.push((r.i, r.j, a.t_us - b.t_us, 1.0));
+        let dt = 0.5 * (set[r.i].dt_us + set[r.j].dt_us);
+        let expect = (a.t_us - b.t_us) / dt;
+        let (lo, hi) = (
+            (expect - 2.0).floor() as isize,
+            (expect + 2.0).ceil() as isize,
+        );
+        if let Some(p) = gcc::find_peak(batch.correlation(corr, r.pair), lo, hi)
+            .filter(|p| !p.on_edge && p.sharpness >= 1.2)
+        {
+            equations.push((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT));
+        }
+    }
+    let leads = solve_leads(&equations, 0.5 * est.dt_us);
     est.tap_lead_us = leads;
     for i in 0..N_SENSORS {
         for j in 0..N_SENSORS {
@@ -212,7 +310,6 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
                     } else {
                         RayFlag::Ok
                     };
-                    let _ = p.clipped;
                 }
             }
         }
@@ -220,6 +317,9 @@ pub fn estimate(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], gcc: &mut CpuGc
     finish(cfg, &mut est);
     est
 }
+
+/// Each ray of a class is correlated with this many of the next rays in the class.
+const CLASS_NEIGHBOURS: usize = 6;
 
 /// Samples in the window that the ray-to-ray correlations look at.
 const RAY_WINDOW: usize = 20;
@@ -245,66 +345,46 @@ fn ray_window(tap: &Prepared, j: usize, pick_us: f64) -> (usize, Vec<f32>) {
 }
 
 /// Rays of the same chord length through sound wood carry the same waveform, shifted by
-/// their different tap instants and sub-sample phases. GCC-PHAT between every two of them
-/// measures their relative arrival far better than a pick can (a pick with one rising sample
-/// is only known within one sample); the class's absolute level stays the median of its
-/// picks, which averages the picks' errors over up to 16 rays.
-fn refine_by_chord_class(
+/// their different tap instants and sub-sample phases. GCC-PHAT between them measures their
+/// relative arrival far better than a pick can (a pick with one rising sample is only known
+/// within one sample). The class's absolute level comes from the onset of the stacked
+/// waveform ([`stacked_onset`]), or the median of the picks where that fails.
+fn refine_class(
     set: &[Prepared; N_SENSORS],
     bases: &[Baseline; N_SENSORS],
     picks: &mut [[Option<Pick>; N_SENSORS]; N_SENSORS],
-    gcc: &mut CpuGcc,
+    class: &ClassPlan,
+    batch: &PairBatch,
+    corr: &[f32],
 ) {
-    for m in 1..=N_SENSORS / 2 {
-        let rays: Vec<(usize, usize)> = (0..N_SENSORS)
-            .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
-            .filter(|&(i, j)| {
-                let d = i.abs_diff(j);
-                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some_and(|p| !p.clipped)
-            })
-            .collect();
-        if rays.len() < 3 {
-            continue;
+    let rays = &class.rays;
+    let pick_of = |(i, j): (usize, usize)| picks[i][j].map_or(0.0, |p| p.t_us);
+    let mut equations = Vec::new();
+    for &(a, b, pair) in &class.pairs {
+        let ((ia, _), (ib, _)) = (rays[a], rays[b]);
+        let (pa, pb) = (pick_of(rays[a]), pick_of(rays[b]));
+        let (ta, tb) = (set[ia].t_us[class.starts[a]], set[ib].t_us[class.starts[b]]);
+        let dt = 0.5 * (set[ia].dt_us + set[ib].dt_us);
+        let expect = ((pb - tb) - (pa - ta)) / dt;
+        let lo = (expect - 1.5).floor() as isize;
+        let hi = (expect + 1.5).ceil() as isize;
+        if let Some(p) = gcc::find_peak(batch.correlation(corr, pair), lo, hi)
+            .filter(|p| !p.on_edge && p.value > 0.2)
+        {
+            equations.push((a, b, tb - ta + p.lag * dt, p.value));
         }
-        let windows: Vec<(usize, Vec<f32>)> = rays
-            .iter()
-            .map(|&(i, j)| ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us)))
-            .collect();
-        let mut equations = Vec::new();
-        for a in 0..rays.len() {
-            for b in (a + 1)..rays.len() {
-                let ((ia, ja), (ib, jb)) = (rays[a], rays[b]);
-                let (pa, pb) = (
-                    picks[ia][ja].map_or(0.0, |p| p.t_us),
-                    picks[ib][jb].map_or(0.0, |p| p.t_us),
-                );
-                let (ta, tb) = (set[ia].t_us[windows[a].0], set[ib].t_us[windows[b].0]);
-                let dt = 0.5 * (set[ia].dt_us + set[ib].dt_us);
-                let expect = ((pb - tb) - (pa - ta)) / dt;
-                let r = gcc.correlate_pair(&windows[a].1, &windows[b].1);
-                let lo = (expect - 1.5).floor() as isize;
-                let hi = (expect + 1.5).ceil() as isize;
-                if let Some(p) = gcc::find_peak(r, lo, hi).filter(|p| !p.on_edge && p.value > 0.2) {
-                    equations.push((a, b, tb - ta + p.lag * dt, p.value));
-                }
-            }
-        }
-        let x = solve_differences(rays.len(), &equations);
-        let mut offsets: Vec<f64> = rays
-            .iter()
-            .zip(&x)
-            .map(|(&(i, j), &x)| picks[i][j].map_or(0.0, |p| p.t_us) - x)
-            .collect();
-        let median_level = super::median(&mut offsets).unwrap_or(0.0);
-        let dt = set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64;
-        let level = stacked_onset(set, bases, &rays, &x, median_level, dt).unwrap_or(median_level);
-        for (&(i, j), &x) in rays.iter().zip(&x) {
-            if let Some(p) = picks[i][j].as_mut() {
-                let refined = x + level;
-                // A ray the correlations disagree with by over a sample keeps its pick.
-                if (refined - p.t_us).abs() < set[i].dt_us {
-                    p.t_us = refined;
-                }
+    }
+    let x = solve_differences(rays.len(), &equations);
+    let mut offsets: Vec<f64> = rays.iter().zip(&x).map(|(&r, &x)| pick_of(r) - x).collect();
+    let median_level = super::median(&mut offsets).unwrap_or(0.0);
+    let dt = set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64;
+    let level = stacked_onset(set, bases, rays, &x, median_level, dt).unwrap_or(median_level);
+    for (&(i, j), &x) in rays.iter().zip(&x) {
+        if let Some(p) = picks[i][j].as_mut() {
+            let refined = x + level;
+            // A ray the correlations disagree with by over a sample keeps its pick.
+            if (refined - p.t_us).abs() < set[i].dt_us {
+                p.t_us = refined;
             }
         }
     }
@@ -420,19 +500,18 @@ pub fn solve_differences(n: usize, equations: &[(usize, usize, f64, f64)]) -> Ve
     x
 }
 
-/// GCC-PHAT lag (µs, in the files' own time axes) of recording i→j against j→i, searched
-/// within two samples of what the picks say. `None` when no clear peak.
-fn reciprocal_lag_us(
-    gcc: &mut CpuGcc,
+/// Windows of recording i→j and j→i around their first arrivals, cut from the same sample
+/// index so their correlation lag is the difference of their arrivals in the files' own
+/// time axes.
+fn reciprocal_windows(
     tap_i: &Prepared,
     tap_j: &Prepared,
     i: usize,
     j: usize,
     pick_ij: f64,
     pick_ji: f64,
-) -> Option<f64> {
+) -> (Vec<f32>, Vec<f32>) {
     let dt = 0.5 * (tap_i.dt_us + tap_j.dt_us);
-    // Look at the first arrival and a few periods after it, tapered.
     let start = ((pick_ij.min(pick_ji) / dt).floor() as isize - 4).max(0) as usize;
     let len = 24usize;
     let cut = |x: &[f32]| -> Vec<f32> {
@@ -443,17 +522,7 @@ fn reciprocal_lag_us(
             })
             .collect()
     };
-    let a = cut(&tap_i.channels[j]);
-    let b = cut(&tap_j.channels[i]);
-    let r = gcc.correlate_pair(&b, &a);
-    let expect = (pick_ij - pick_ji) / dt;
-    let lo = (expect - 2.0).floor() as isize;
-    let hi = (expect + 2.0).ceil() as isize;
-    let p = gcc::find_peak(r, lo, hi)?;
-    if p.on_edge || p.sharpness < 1.2 {
-        return None;
-    }
-    Some(p.lag * dt)
+    (cut(&tap_i.channels[j]), cut(&tap_j.channels[i]))
 }
 
 /// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted), with
