@@ -242,7 +242,7 @@ impl Engine {
                 Method::Onset => {
                     Plan::Onset(Box::new(onset::plan(&self.cfg, set, &mut self.batch)))
                 }
-                Method::GccPhat => Plan::GccPhat(plan_gcc(set, &mut self.batch)),
+                Method::GccPhat => Plan::GccPhat(Box::new(plan_gcc(set, &mut self.batch))),
             })
             .collect();
         self.corr.clear();
@@ -261,9 +261,9 @@ impl Engine {
 
 /// Per set, what the correlations are for.
 enum Plan {
-    Onset(Box<onset::OnsetPlan>),
+    Onset(onset::OnsetPlan),
     /// Pair index of ray i→j (u32::MAX on the diagonal).
-    GccPhat([[u32; N_SENSORS]; N_SENSORS]),
+    GccPhat(Box<[[u32; N_SENSORS]; N_SENSORS]>),
 }
 
 /// One tap, centred and cut to the segment the engine looks at.
