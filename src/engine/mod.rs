@@ -239,9 +239,7 @@ impl Engine {
         let plans: Vec<Plan> = prepared
             .iter()
             .map(|set| match self.cfg.method {
-                Method::Onset => {
-                    Plan::Onset(Box::new(onset::plan(&self.cfg, set, &mut self.batch)))
-                }
+                Method::Onset => Plan::Onset(onset::plan(&self.cfg, set, &mut self.batch)),
                 Method::GccPhat => Plan::GccPhat(Box::new(plan_gcc(set, &mut self.batch))),
             })
             .collect();
