@@ -240,7 +240,7 @@ impl Engine {
             .iter()
             .map(|set| match self.cfg.method {
                 Method::Onset => Plan::Onset(onset::plan(&self.cfg, set, &mut self.batch)),
-                Method::GccPhat => Plan::GccPhat(Box::new(plan_gcc(set, &mut self.batch))),
+                Method::GccPhat => Plan::GccPhat(plan_gcc(set, &mut self.batch)),
             })
             .collect();
         self.corr.clear();
@@ -257,11 +257,12 @@ impl Engine {
     }
 }
 
-/// Per set, what the correlations are for.
+/// Per set, what the correlations are for. One per set in a batch, so size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     Onset(onset::OnsetPlan),
     /// Pair index of ray i→j (u32::MAX on the diagonal).
-    GccPhat(Box<[[u32; N_SENSORS]; N_SENSORS]>),
+    GccPhat([[u32; N_SENSORS]; N_SENSORS]),
 }
 
 /// One tap, centred and cut to the segment the engine looks at.
