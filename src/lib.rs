@@ -2,14 +2,20 @@
 //!
 //! Stages, one module each: [`device`] reads tap files, [`group`] groups them into sets,
 //! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
-//! [`simulate`] makes realistic files with ground truth.
+//! [`simulate`] makes realistic files with ground truth. The service `run` is [`service`]:
+//! [`config`] → [`watch`] → [`group`] → [`engine`] → [`sink`], with [`journal`] keeping state.
 
+pub mod config;
 pub mod device;
 pub mod engine;
 pub mod evaluate;
 pub mod geometry;
 pub mod group;
+pub mod journal;
 pub mod process;
 pub mod result;
 pub mod rng;
+pub mod service;
 pub mod simulate;
+pub mod sink;
+pub mod watch;

@@ -31,6 +31,25 @@ enum Command {
     Simulate(SimulateArgs),
     /// Simulate sets across a grid and print the error table against ground truth.
     Evaluate(EvaluateArgs),
+    /// The service: watch DATA_DIR, compute each set, save, upload, publish, delete sources.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Process the files present at start, try each sink once per set, then exit
+    /// (exit code 2 when a set stays undelivered).
+    #[arg(long)]
+    once: bool,
+    /// Compute backend (only `cpu` in this build).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    backend: String,
+    /// Settings file; defaults to ./.env when present. Real environment variables win.
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+    /// Engine threads; defaults to the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -192,6 +211,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 a.out.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => {
+            let _ = &a.backend;
+            let raw = terawang::config::RawConfig::load(a.env_file.as_deref())?;
+            let cfg = terawang::config::Config::from_raw(&raw)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("cannot install the signal handlers")?;
+            }
+            let opts = terawang::service::ServiceOptions {
+                once: a.once,
+                threads: a
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            };
+            let summary = terawang::service::run(&cfg, &opts, stop)?;
+            log::info!(
+                "stopped: {} sets delivered, {} undelivered (kept in the journal), {} files rejected",
+                summary.delivered,
+                summary.undelivered,
+                summary.rejected
+            );
+            Ok(if summary.undelivered > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Evaluate(a) => {
             println!(
