@@ -205,11 +205,16 @@ impl JournalState {
     }
 }
 
+/// Appended lines after which the file is rewritten with the live sets only.
+const COMPACT_AFTER: usize = 10_000;
+
 /// The durable journal file.
 pub struct Journal {
     path: PathBuf,
     file: std::fs::File,
     state: JournalState,
+    appended: usize,
+    compact_after: usize,
 }
 
 impl Journal {
@@ -223,24 +228,27 @@ impl Journal {
         };
         let mut state = JournalState::replay(&text);
         state.drop_unsaved();
-        let tmp = dir.join("journal.log.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            for e in state.to_entries() {
-                f.write_all(e.to_line().as_bytes())?;
-            }
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        Ok(Journal { path, file, state })
+        let file = rewrite(&path, &state)?;
+        Ok(Journal {
+            path,
+            file,
+            state,
+            appended: 0,
+            compact_after: COMPACT_AFTER,
+        })
     }
 
-    /// Appends and fsyncs one entry, then applies it.
+    /// Appends and fsyncs one entry, then applies it. Every so many lines the file is
+    /// rewritten with the live sets only, so a long run keeps it small.
     pub fn record(&mut self, e: &Entry) -> std::io::Result<()> {
         self.file.write_all(e.to_line().as_bytes())?;
         self.file.sync_data()?;
         self.state.apply(e);
+        self.appended += 1;
+        if self.appended >= self.compact_after {
+            self.file = rewrite(&self.path, &self.state)?;
+            self.appended = 0;
+        }
         Ok(())
     }
 
@@ -251,6 +259,20 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Writes `state` to `path` through a temporary file and reopens it for appending.
+fn rewrite(path: &Path, state: &JournalState) -> std::io::Result<std::fs::File> {
+    let tmp = path.with_extension("log.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        for e in state.to_entries() {
+            f.write_all(e.to_line().as_bytes())?;
+        }
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::OpenOptions::new().append(true).open(path)
 }
 
 #[cfg(test)]
@@ -352,9 +374,17 @@ mod tests {
             j.record(&at(Stage::Uploaded, "a.json")).unwrap();
             j.record(&computed("b.json")).unwrap();
         }
-        let j = Journal::open(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.state().sets.len(), 1);
         assert_eq!(j.state().sets["a.json"].stage, Stage::Uploaded);
         assert_eq!(j.state().sets["a.json"].sources.len(), 8);
+        // Compaction keeps the live set and drops the finished ones.
+        j.compact_after = 3;
+        j.record(&computed("c.json")).unwrap();
+        j.record(&at(Stage::Saved, "c.json")).unwrap();
+        j.record(&at(Stage::Deleted, "c.json")).unwrap();
+        let text = std::fs::read_to_string(j.path()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(JournalState::replay(&text), *j.state());
     }
 }

@@ -536,23 +536,29 @@ impl DeliveryLoop {
     fn log_done(&self, p: &Pending) {
         let device = p.item.device.as_deref().unwrap_or("-");
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let upload = if self.sinks.ftp {
+            format!("upload {:.1} ms", ms(p.upload))
+        } else {
+            "upload off".to_string()
+        };
+        let publish = if self.sinks.amqp {
+            format!("publish {:.1} ms", ms(p.publish))
+        } else {
+            "publish off".to_string()
+        };
         match p.item.timings {
             Some(t) => log::info!(
-                "set {} device {device} time {}: read {:.1} ms, compute {:.1} ms, save {:.1} ms, upload {:.1} ms, publish {:.1} ms, sources deleted",
+                "set {} device {device} time {}: read {:.1} ms, compute {:.1} ms, save {:.1} ms, {upload}, {publish}, sources deleted",
                 p.item.result_name,
                 p.item.unix_s,
                 ms(t.read),
                 ms(t.compute),
                 ms(t.save),
-                ms(p.upload),
-                ms(p.publish)
             ),
             None => log::info!(
-                "set {} device {device} time {} (resumed): upload {:.1} ms, publish {:.1} ms, sources deleted",
+                "set {} device {device} time {} (resumed): {upload}, {publish}, sources deleted",
                 p.item.result_name,
                 p.item.unix_s,
-                ms(p.upload),
-                ms(p.publish)
             ),
         }
     }
