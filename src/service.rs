@@ -340,8 +340,22 @@ impl Coordinator {
                         .parent()
                         .and_then(Path::file_name)
                         .is_some_and(|n| n == REJECTED_DIR);
-                if !is_rejected_dir && path.exists() && self.ignored.insert(path.clone()) {
-                    log::info!("ignoring {}: {why}", path.display());
+                if is_rejected_dir {
+                    return;
+                }
+                if !path.exists() {
+                    self.ignored.remove(&path);
+                } else if self.ignored.insert(path.clone()) {
+                    // Hidden files are usually uploads in progress, renamed in later.
+                    let hidden = path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    let level = if hidden {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Info
+                    };
+                    log::log!(level, "ignoring {}: {why}", path.display());
                 }
             }
         }

@@ -444,6 +444,15 @@ impl DeliveryLoop {
         })
     }
 
+    /// A set that cannot move now waits for the retry, except with `--once`.
+    fn wait_or_give_up(&self) -> Advance {
+        if self.cfg.once {
+            Advance::Failed
+        } else {
+            Advance::Waiting
+        }
+    }
+
     /// Moves one set forward as far as the sinks allow.
     fn advance(&mut self, p: &mut Pending) -> Advance {
         let name = p.item.result_name.clone();
@@ -463,7 +472,7 @@ impl DeliveryLoop {
                         unreachable!("next_step only uploads with FTP configured")
                     };
                     if !backoff.ready(now) {
-                        return Advance::Waiting;
+                        return self.wait_or_give_up();
                     }
                     let bytes = match std::fs::read(self.cfg.result_dir.join(&name)) {
                         Ok(b) => b,
@@ -484,7 +493,7 @@ impl DeliveryLoop {
                         unreachable!("next_step only publishes with RabbitMQ configured")
                     };
                     if !backoff.ready(now) {
-                        return Advance::Waiting;
+                        return self.wait_or_give_up();
                     }
                     let r = amqp.publish(&name);
                     p.publish = started.elapsed();
@@ -509,11 +518,7 @@ impl DeliveryLoop {
                 }
             };
             if attempt.is_err() {
-                return if self.cfg.once {
-                    Advance::Failed
-                } else {
-                    Advance::Waiting
-                };
+                return self.wait_or_give_up();
             }
             let Some(stage) = stage_after(step) else {
                 return Advance::Done;

@@ -435,14 +435,17 @@ fn slowly_written_file_is_not_rejected_and_is_processed_once_complete() {
 fn ftp_down_then_up_catches_up() {
     let site = Site::new("ftpdown");
     let (files, truth) = sets(2, 14);
-    let child = site.start(false);
+    std::fs::create_dir_all(&site.data).unwrap();
     for f in &files {
         site.drop_file(f);
     }
     let names: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
-    wait_until("the local results", Duration::from_secs(30), || {
-        names.iter().all(|n| site.result.join(n).exists())
-    });
+    // --once with the FTP server down: saved locally, kept in the journal, exit code 2.
+    let status = site.start(true).wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", site.log());
+    assert!(names.iter().all(|n| site.result.join(n).exists()));
+    // The service resumes them and waits for the server.
+    let child = site.start(false);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         site.json_files_in_data().len(),
