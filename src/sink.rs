@@ -299,7 +299,9 @@ impl Delivery {
         journal: Arc<Mutex<Journal>>,
         reports: Sender<DeliveryReport>,
     ) -> std::io::Result<Delivery> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        // Bounded, but drained into the pending list at every turn, so a sink that is down
+        // never blocks the workers.
+        let (tx, rx) = crossbeam_channel::bounded(1024);
         let thread = std::thread::Builder::new()
             .name("delivery".into())
             .spawn(move || DeliveryLoop::new(cfg, journal, reports).run(rx))?;

@@ -291,12 +291,17 @@ impl Site {
     }
 }
 
-fn terminate(mut child: Child, site: &Site) {
+fn terminate(child: Child, site: &Site) {
+    signal(child, site, "-TERM");
+}
+
+/// Sends `sig` (as `kill` spells it) and expects exit code 0 within 10 s.
+fn signal(mut child: Child, site: &Site, sig: &str) {
     let pid = child.id().to_string();
     let t0 = Instant::now();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([sig, &pid])
             .status()
             .unwrap()
             .success()
@@ -396,7 +401,7 @@ fn corrupt_file_is_set_aside_with_reason_and_never_deleted() {
     });
     assert!(rejected.exists(), "a rejected file is never deleted");
     assert_eq!(site.vhost.drain(&site.queue), vec![(name, Some(2))]);
-    terminate(child, &site);
+    signal(child, &site, "-INT");
 }
 
 #[test]
