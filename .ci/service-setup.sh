@@ -9,6 +9,8 @@ dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# The tests signal the service with the kill binary.
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
