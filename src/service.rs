@@ -256,7 +256,7 @@ pub fn run(
     // Stop: no new sets; let the ones being computed finish and reach the journal.
     drop(job_tx);
     drop(watcher);
-    let deadline = Instant::now() + Duration::from_secs(6);
+    let deadline = Instant::now() + Duration::from_secs(4);
     while co.in_flight > 0 && Instant::now() < deadline {
         if let Ok(msg) = inbox_rx.recv_timeout(Duration::from_millis(50)) {
             co.handle(msg);

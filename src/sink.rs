@@ -287,10 +287,15 @@ pub struct DeliveryConfig {
     pub once: bool,
 }
 
-/// Handle of the delivery thread; dropping it stops and joins the thread.
+/// How long dropping [`Delivery`] waits for a step in progress (a hanging server).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Handle of the delivery thread; dropping it stops and joins the thread. A thread stuck on a
+/// hanging server past [`STOP_GRACE`] is left behind: nothing it does unjournaled is lost.
 pub struct Delivery {
     tx: Sender<DeliveryMsg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    finished: Receiver<()>,
 }
 
 impl Delivery {
@@ -302,12 +307,18 @@ impl Delivery {
         // Bounded, but drained into the pending list at every turn, so a sink that is down
         // never blocks the workers.
         let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || DeliveryLoop::new(cfg, journal, reports).run(rx))?;
+            .spawn(move || {
+                // Dropped when the loop ends, however it ends.
+                let _finished = finished_tx;
+                DeliveryLoop::new(cfg, journal, reports).run(rx);
+            })?;
         Ok(Delivery {
             tx,
             thread: Some(thread),
+            finished,
         })
     }
 
@@ -318,7 +329,13 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        let _ = self.tx.send(DeliveryMsg::Stop);
+        let _ = self.tx.send_timeout(DeliveryMsg::Stop, STOP_GRACE);
+        if let Err(RecvTimeoutError::Timeout) = self.finished.recv_timeout(STOP_GRACE) {
+            log::warn!(
+                "delivery is still waiting on a server; leaving it, the journal keeps its set"
+            );
+            return;
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
