@@ -633,3 +633,25 @@ fn kill_9_midway_then_restart_delivers_everything() {
     let left = terawang::journal::JournalState::replay(&buf);
     assert!(left.sets.is_empty(), "{left:?}");
 }
+
+#[test]
+fn sigterm_while_the_ftp_server_hangs_exits_in_time() {
+    let mut site = Site::new("hang");
+    // Accepts connections (the kernel's backlog) but never says hello.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    site.ftp_port = hole.local_addr().unwrap().port();
+    let (files, truth) = sets(1, 19);
+    let name = truth.sets[0].result_file.clone();
+    let child = site.start(false);
+    for f in &files {
+        site.drop_file(f);
+    }
+    wait_until("the local result", Duration::from_secs(30), || {
+        site.result.join(&name).exists()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(child, &site);
+    assert_eq!(site.json_files_in_data().len(), 8, "sources kept");
+    assert!(site.vhost.drain(&site.queue).is_empty());
+    drop(hole);
+}
