@@ -291,7 +291,7 @@ pub struct DeliveryConfig {
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Handle of the delivery thread; dropping it stops and joins the thread. A thread stuck on a
-/// hanging server past [`STOP_GRACE`] is left behind: nothing it does unjournaled is lost.
+/// hanging server past `STOP_GRACE` is left behind: nothing it does unjournaled is lost.
 pub struct Delivery {
     tx: Sender<DeliveryMsg>,
     thread: Option<std::thread::JoinHandle<()>>,
