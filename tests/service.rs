@@ -598,17 +598,21 @@ fn hundred_sets_at_once_are_all_processed() {
 fn kill_9_midway_then_restart_delivers_everything() {
     let site = Site::new("kill9");
     let _ftp = site.ftp();
-    let (files, truth) = sets(30, 18);
+    let (files, truth) = sets(60, 18);
     std::fs::create_dir_all(&site.data).unwrap();
     for f in &files {
         site.drop_file(f);
     }
     let mut child = site.start(false);
-    wait_until("some progress", Duration::from_secs(30), || {
-        site.json_files_in_data().len() < files.len()
-    });
+    let t0 = Instant::now();
+    while site.json_files_in_data().len() == files.len() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", site.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    let left = site.json_files_in_data().len();
+    assert!(left > 0, "the kill came too late to test anything");
     let child = site.start(false);
     wait_until("everything", Duration::from_secs(60), || {
         site.json_files_in_data().is_empty()
