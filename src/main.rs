@@ -34,6 +34,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Redraw the tomogram picture of an existing plain result file.
     Render(RenderArgs),
+    /// The service: watch DATA_DIR, compute each set, save, upload, publish, delete sources.
+    Run(RunArgs),
 }
 
 #[derive(Args)]
@@ -46,6 +48,23 @@ struct RenderArgs {
     /// The picture to write; defaults to the result's name with `.png`.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Process the files present at start, try each sink once per set, then exit
+    /// (exit code 2 when a set stays undelivered).
+    #[arg(long)]
+    once: bool,
+    /// Compute backend (only `cpu` in this build).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    backend: String,
+    /// Settings file; defaults to ./.env when present. Real environment variables win.
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+    /// Engine threads; defaults to the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -221,6 +240,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&out, png).with_context(|| format!("cannot write {}", out.display()))?;
             println!("{} (diameter {diameter} m)", out.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => {
+            let _ = &a.backend;
+            let raw = terawang::config::RawConfig::load(a.env_file.as_deref())?;
+            let cfg = terawang::config::Config::from_raw(&raw)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("cannot install the signal handlers")?;
+            }
+            let opts = terawang::service::ServiceOptions {
+                once: a.once,
+                threads: a
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            };
+            let summary = terawang::service::run(&cfg, &opts, stop)?;
+            log::info!(
+                "stopped: {} sets delivered, {} undelivered (kept in the journal), {} files rejected",
+                summary.delivered,
+                summary.undelivered,
+                summary.rejected
+            );
+            Ok(if summary.undelivered > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Evaluate(a) => {
             println!(

@@ -14,8 +14,7 @@ use crossbeam_channel::{bounded, unbounded};
 use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
 use crate::engine::{Engine, EngineConfig};
 use crate::group::{Grouper, TapSet};
-use crate::result::{plain_json, report_json, write_atomic};
-use crate::tomogram::{TomogramConfig, reconstruct, render_png, title};
+use crate::result::SetOutputs;
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -249,35 +248,15 @@ fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Ou
             ));
         }
     };
-    let tomogram = reconstruct(
-        &est.plain_matrix(),
-        engine.config().diameter_m,
-        &TomogramConfig::default(),
+    let outputs = SetOutputs::build(
+        &stem,
+        set.device.as_deref(),
+        set.unix_s,
+        &est,
+        engine.config(),
+        &taps,
     );
-    if let Err(e) = &tomogram {
-        log::warn!("{name}: no tomogram: {e}");
-    }
-    let tomogram = tomogram.ok();
-    let write = || -> std::io::Result<Vec<PathBuf>> {
-        let plain = write_atomic(out_dir, out_dir, &name, &plain_json(&est))?;
-        let report = write_atomic(
-            out_dir,
-            out_dir,
-            &format!("{stem}.report.json"),
-            &report_json(&name, &est, engine.config(), &taps, tomogram.as_ref()),
-        )?;
-        let mut paths = vec![plain, report];
-        if let Some(t) = &tomogram {
-            let png = render_png(t, &title(set.device.as_deref(), set.unix_s));
-            paths.push(write_atomic(
-                out_dir,
-                out_dir,
-                &format!("{stem}.png"),
-                &png,
-            )?);
-        }
-        Ok(paths)
-    };
+    let write = || outputs.write(out_dir, out_dir);
     match write() {
         Ok(paths) => Outcome::Written { paths },
         Err(e) => Outcome::Failed(format!("{name}: cannot write: {e}")),

@@ -161,6 +161,80 @@ pub fn report_json(
     bytes
 }
 
+/// Everything written for one set: the plain result, the report and the picture.
+#[derive(Clone, Debug)]
+pub struct SetOutputs {
+    /// `result_<device>_<unix>`.
+    pub stem: String,
+    pub plain: Vec<u8>,
+    pub report: Vec<u8>,
+    /// `None` when too few rays are usable to reconstruct a cross-section.
+    pub png: Option<Vec<u8>>,
+}
+
+impl SetOutputs {
+    /// Builds the three files of a set from its estimate (reconstructs and draws the tomogram).
+    pub fn build(
+        stem: &str,
+        device: Option<&str>,
+        unix_s: i64,
+        est: &SetEstimate,
+        cfg: &EngineConfig,
+        taps: &[TapRecording; N_SENSORS],
+    ) -> SetOutputs {
+        let name = format!("{stem}.json");
+        let tomogram = reconstruct(
+            &est.plain_matrix(),
+            cfg.diameter_m,
+            &TomogramConfig::default(),
+        );
+        if let Err(e) = &tomogram {
+            log::warn!("{name}: no tomogram: {e}");
+        }
+        let tomogram = tomogram.ok();
+        SetOutputs {
+            stem: stem.to_string(),
+            plain: plain_json(est),
+            report: report_json(&name, est, cfg, taps, tomogram.as_ref()),
+            png: tomogram
+                .as_ref()
+                .map(|t| render_png(t, &title(device, unix_s))),
+        }
+    }
+
+    /// `result_<device>_<unix>.json`, the name consumers are told.
+    pub fn result_name(&self) -> String {
+        format!("{}.json", self.stem)
+    }
+
+    /// `result_<device>_<unix>.png`.
+    pub fn png_name(&self) -> String {
+        format!("{}.png", self.stem)
+    }
+
+    /// Writes the report and the picture, then the plain result last, each atomically through
+    /// `tmp_dir` (same file system as `dir`): once the plain result is there, all is there.
+    /// Returns the paths, plain result first.
+    pub fn write(&self, tmp_dir: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut paths = Vec::with_capacity(3);
+        let report = write_atomic(
+            tmp_dir,
+            dir,
+            &format!("{}.report.json", self.stem),
+            &self.report,
+        )?;
+        if let Some(png) = &self.png {
+            paths.push(write_atomic(tmp_dir, dir, &self.png_name(), png)?);
+        }
+        paths.push(report);
+        paths.insert(
+            0,
+            write_atomic(tmp_dir, dir, &self.result_name(), &self.plain)?,
+        );
+        Ok(paths)
+    }
+}
+
 /// Writes `bytes` to `dir/name` atomically: a temporary file in `tmp_dir`, fsync, rename.
 /// `tmp_dir` must be on the same file system as `dir`.
 pub fn write_atomic(

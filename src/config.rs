@@ -1,0 +1,375 @@
+//! Settings of the service, in two layers.
+//!
+//! [`RawConfig`] is a map of variable name to string, built from a `.env` file (via dotenvy)
+//! overlaid with the real environment, which wins. [`Config::from_raw`] validates it once into
+//! typed paths, durations and optional sinks; every error names the variable at fault. An empty
+//! `FTP_HOST` or `RABBITMQ_HOST` turns that sink off.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every variable the service reads, with its default ("" = no default) and what it does.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        "DATA_DIR",
+        "data_mentah",
+        "folder watched for the device's tap files",
+    ),
+    (
+        "RESULT_DIR",
+        "hasil_proses_lokal",
+        "folder for the local result files",
+    ),
+    (
+        "TEMP_DIR",
+        "temp_data",
+        "scratch space and the journal (same file system as RESULT_DIR)",
+    ),
+    ("FTP_HOST", "", "FTP server; empty turns the FTP upload off"),
+    ("FTP_PORT", "2121", "FTP port"),
+    (
+        "TOMOGRAM_UPLOAD",
+        "false",
+        "also upload the tomogram picture result_<device>_<unix>.png to FTP",
+    ),
+    ("FTP_USER", "", "FTP user"),
+    ("FTP_PASSWORD", "", "FTP password"),
+    (
+        "FTP_FOLDER_HASIL",
+        "/result",
+        "folder on the FTP server for the results (created if missing)",
+    ),
+    (
+        "RABBITMQ_HOST",
+        "",
+        "RabbitMQ broker; empty turns publishing off",
+    ),
+    ("RABBITMQ_PORT", "5672", "RabbitMQ port"),
+    ("RABBITMQ_USERNAME", "guest", "RabbitMQ user"),
+    ("RABBITMQ_PASSWORD", "guest", "RabbitMQ password"),
+    ("RABBITMQ_VHOST", "/terawang", "RabbitMQ virtual host"),
+    (
+        "RABBITMQ_QUEUE",
+        "result_queue",
+        "queue that receives each result file name (alias RABBITMQ_QUEUE_RESULT)",
+    ),
+    (
+        "RABBITMQ_QUEUE_DURABLE",
+        "false",
+        "declare the queue durable; must match how it was declared before",
+    ),
+    ("DIAMETER", "0.3", "trunk diameter in metres"),
+    (
+        "GROUP_WINDOW_SECONDS",
+        "900",
+        "largest span of file times inside one set",
+    ),
+    (
+        "FILE_SETTLE_SECONDS",
+        "3",
+        "a file is read only after it stopped changing this long",
+    ),
+    (
+        "RETRY_MAX_SECONDS",
+        "30",
+        "longest wait between retries of a failing FTP server or broker",
+    ),
+    (
+        "RESCAN_SECONDS",
+        "60",
+        "full rescan of DATA_DIR, in case a file event was lost",
+    ),
+];
+
+/// Variable name to raw string value.
+#[derive(Clone, Debug, Default)]
+pub struct RawConfig {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl RawConfig {
+    /// Reads `env_file` (or `./.env` when `None`; a missing default file is fine) and overlays
+    /// the process environment, which wins.
+    pub fn load(env_file: Option<&Path>) -> anyhow::Result<RawConfig> {
+        let mut vars = BTreeMap::new();
+        let file = env_file.map_or_else(|| PathBuf::from(".env"), Path::to_path_buf);
+        match dotenvy::from_path_iter(&file) {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) =
+                        item.map_err(|e| anyhow::anyhow!("{}: cannot parse: {e}", file.display()))?;
+                    vars.insert(k, v);
+                }
+            }
+            Err(e) if env_file.is_none() && e.not_found() => {}
+            Err(e) => anyhow::bail!("{}: cannot read: {e}", file.display()),
+        }
+        for (name, _, _) in VARIABLES {
+            if let Ok(v) = std::env::var(name) {
+                vars.insert((*name).to_string(), v);
+            }
+        }
+        if let Ok(v) = std::env::var("RABBITMQ_QUEUE_RESULT") {
+            vars.insert("RABBITMQ_QUEUE_RESULT".into(), v);
+        }
+        Ok(RawConfig { vars })
+    }
+
+    fn get(&self, name: &str) -> String {
+        self.vars.get(name).cloned().unwrap_or_else(|| {
+            VARIABLES
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or_else(String::new, |(_, d, _)| (*d).to_string())
+        })
+    }
+}
+
+/// Where to upload results.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub folder: String,
+    /// Upload the picture beside the result (`TOMOGRAM_UPLOAD`).
+    pub upload_png: bool,
+}
+
+/// Where to publish result names.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub vhost: String,
+    pub queue: String,
+    pub durable: bool,
+}
+
+impl AmqpConfig {
+    /// `amqp://user:pass@host:port/<vhost url-encoded>`, with a connection timeout.
+    pub fn url(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/{}?connection_timeout=5000&heartbeat=30",
+            url_encode(&self.user),
+            url_encode(&self.password),
+            self.host,
+            self.port,
+            url_encode(&self.vhost)
+        )
+    }
+}
+
+// Passwords never reach a log line: Debug prints them masked.
+impl std::fmt::Debug for FtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ftp://{}@{}:{}{}",
+            self.user, self.host, self.port, self.folder
+        )
+    }
+}
+
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "amqp://{}@{}:{} vhost {} queue {} (durable: {})",
+            self.user, self.host, self.port, self.vhost, self.queue, self.durable
+        )
+    }
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub result_dir: PathBuf,
+    pub temp_dir: PathBuf,
+    pub ftp: Option<FtpConfig>,
+    pub amqp: Option<AmqpConfig>,
+    pub diameter_m: f64,
+    pub group_window_s: i64,
+    pub settle: Duration,
+    pub retry_max: Duration,
+    pub rescan: Duration,
+}
+
+/// A true/false variable.
+fn flag(raw: &RawConfig, name: &str) -> anyhow::Result<bool> {
+    match raw.get(name).trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        other => anyhow::bail!("{name} must be true or false, got {other:?}"),
+    }
+}
+
+impl Config {
+    pub fn from_raw(raw: &RawConfig) -> anyhow::Result<Config> {
+        let dir = |name: &str| -> anyhow::Result<PathBuf> {
+            let v = raw.get(name);
+            if v.trim().is_empty() {
+                anyhow::bail!("{name} must name a folder, it is empty");
+            }
+            Ok(PathBuf::from(v))
+        };
+        let port = |name: &str| -> anyhow::Result<u16> {
+            let v = raw.get(name);
+            v.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| anyhow::anyhow!("{name} must be a port number 1-65535, got {v:?}"))
+        };
+        let seconds = |name: &str, min: f64| -> anyhow::Result<Duration> {
+            let v = raw.get(name);
+            match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= min && s <= 86_400.0 => {
+                    Ok(Duration::from_secs_f64(s))
+                }
+                _ => {
+                    anyhow::bail!("{name} must be a number of seconds in [{min}, 86400], got {v:?}")
+                }
+            }
+        };
+        let ftp_host = raw.get("FTP_HOST").trim().to_string();
+        let ftp = if ftp_host.is_empty() {
+            None
+        } else {
+            let mut folder = raw.get("FTP_FOLDER_HASIL").trim().to_string();
+            if folder.is_empty() {
+                folder = "/".into();
+            }
+            Some(FtpConfig {
+                host: ftp_host,
+                port: port("FTP_PORT")?,
+                user: raw.get("FTP_USER"),
+                password: raw.get("FTP_PASSWORD"),
+                folder,
+                upload_png: flag(raw, "TOMOGRAM_UPLOAD")?,
+            })
+        };
+        let amqp_host = raw.get("RABBITMQ_HOST").trim().to_string();
+        let amqp = if amqp_host.is_empty() {
+            None
+        } else {
+            let queue = match raw.vars.get("RABBITMQ_QUEUE") {
+                Some(q) => q.clone(),
+                None => raw
+                    .vars
+                    .get("RABBITMQ_QUEUE_RESULT")
+                    .cloned()
+                    .unwrap_or_else(|| raw.get("RABBITMQ_QUEUE")),
+            };
+            if queue.trim().is_empty() {
+                anyhow::bail!("RABBITMQ_QUEUE must name a queue, it is empty");
+            }
+            let durable = flag(raw, "RABBITMQ_QUEUE_DURABLE")?;
+            Some(AmqpConfig {
+                host: amqp_host,
+                port: port("RABBITMQ_PORT")?,
+                user: raw.get("RABBITMQ_USERNAME"),
+                password: raw.get("RABBITMQ_PASSWORD"),
+                vhost: raw.get("RABBITMQ_VHOST"),
+                queue: queue.trim().to_string(),
+                durable,
+            })
+        };
+        let diameter = raw.get("DIAMETER");
+        let diameter_m = match diameter.trim().parse::<f64>() {
+            Ok(d) if d.is_finite() && d > 0.0 && d <= 10.0 => d,
+            _ => anyhow::bail!("DIAMETER must be a number of metres in (0, 10], got {diameter:?}"),
+        };
+        let window = raw.get("GROUP_WINDOW_SECONDS");
+        let group_window_s = match window.trim().parse::<i64>() {
+            Ok(w) if (0..=86_400).contains(&w) => w,
+            _ => anyhow::bail!(
+                "GROUP_WINDOW_SECONDS must be whole seconds in [0, 86400], got {window:?}"
+            ),
+        };
+        Ok(Config {
+            data_dir: dir("DATA_DIR")?,
+            result_dir: dir("RESULT_DIR")?,
+            temp_dir: dir("TEMP_DIR")?,
+            ftp,
+            amqp,
+            diameter_m,
+            group_window_s,
+            settle: seconds("FILE_SETTLE_SECONDS", 0.0)?,
+            retry_max: seconds("RETRY_MAX_SECONDS", 0.1)?,
+            rescan: seconds("RESCAN_SECONDS", 0.1)?,
+        })
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for AMQP URLs.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawConfig {
+        RawConfig {
+            vars: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_turn_sinks_off() {
+        let c = Config::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data_mentah"));
+        assert!(c.ftp.is_none() && c.amqp.is_none());
+        assert_eq!(c.settle, Duration::from_secs(3));
+        assert_eq!(c.group_window_s, 900);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = Config::from_raw(&raw(&[("FTP_HOST", "h"), ("FTP_PORT", "x")])).unwrap_err();
+        assert!(e.to_string().contains("FTP_PORT"), "{e}");
+        let e = Config::from_raw(&raw(&[("DIAMETER", "-1")])).unwrap_err();
+        assert!(e.to_string().contains("DIAMETER"), "{e}");
+        let e = Config::from_raw(&raw(&[
+            ("RABBITMQ_HOST", "h"),
+            ("RABBITMQ_QUEUE_DURABLE", "maybe"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("RABBITMQ_QUEUE_DURABLE"), "{e}");
+    }
+
+    #[test]
+    fn queue_alias_and_url() {
+        let c = Config::from_raw(&raw(&[
+            ("RABBITMQ_HOST", "127.0.0.1"),
+            ("RABBITMQ_QUEUE_RESULT", "q2"),
+            ("RABBITMQ_PASSWORD", "p@ss"),
+        ]))
+        .unwrap();
+        let a = c.amqp.unwrap();
+        assert_eq!(a.queue, "q2");
+        assert!(
+            a.url()
+                .starts_with("amqp://guest:p%40ss@127.0.0.1:5672/%2Fterawang?")
+        );
+        assert!(!format!("{a:?}").contains("p@ss"));
+    }
+}

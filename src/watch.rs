@@ -1,0 +1,219 @@
+//! Watching `DATA_DIR`: file events in, settled tap files out.
+//!
+//! [`Watcher`] owns the notify watcher; its callback only forwards the paths of events into a
+//! channel (a file renamed in yields Modify(Name(To)), one written in place yields Create then
+//! Close(Write); both end up as a path to look at). [`Settle`] is the pure debouncer: a file
+//! is handed on only after its size and modification time have stayed the same for the settle
+//! time, so a file still being written is never read. [`classify`] decides which names are
+//! tap files; [`reject`] sets a bad file aside in `rejected/` with a `.reason.txt`, never
+//! deleting it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use crate::device::{ReadErrorKind, TapName};
+
+/// Subfolder of `DATA_DIR` for files that cannot be read.
+pub const REJECTED_DIR: &str = "rejected";
+
+/// Owns the notify watcher; dropping it stops the events.
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Watches `dir` (not recursively) and calls `forward` with each path an event names.
+    pub fn start(
+        dir: &Path,
+        forward: impl Fn(PathBuf) + Send + 'static,
+    ) -> notify::Result<Watcher> {
+        let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            if matches!(event.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            {
+                return;
+            }
+            for path in event.paths {
+                forward(path);
+            }
+        })?;
+        inner.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(Watcher { _inner: inner })
+    }
+}
+
+/// What identifies one version of a file's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSig {
+    pub len: u64,
+    pub modified: SystemTime,
+}
+
+impl FileSig {
+    /// `None` when the path is missing or not a plain file.
+    pub fn of(path: &Path) -> Option<FileSig> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        Some(FileSig {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
+/// Debounces files until they stop changing. Pure: the caller supplies signatures and time.
+#[derive(Debug)]
+pub struct Settle {
+    settle: Duration,
+    files: HashMap<PathBuf, (FileSig, Instant)>,
+}
+
+impl Settle {
+    pub fn new(settle: Duration) -> Settle {
+        Settle {
+            settle,
+            files: HashMap::new(),
+        }
+    }
+
+    /// Records what `path` looks like at `now` (`None`: gone, forget it).
+    pub fn observe(&mut self, path: &Path, sig: Option<FileSig>, now: Instant) {
+        match sig {
+            None => {
+                self.files.remove(path);
+            }
+            Some(sig) => match self.files.get_mut(path) {
+                Some((old, since)) if *old != sig => {
+                    *old = sig;
+                    *since = now;
+                }
+                Some(_) => {}
+                None => {
+                    self.files.insert(path.to_path_buf(), (sig, now));
+                }
+            },
+        }
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Files being tracked, for the caller to look at again.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.keys().cloned().collect()
+    }
+
+    /// Takes out the files unchanged for the settle time, sorted by path.
+    pub fn take_settled(&mut self, now: Instant) -> Vec<(PathBuf, FileSig)> {
+        let mut done: Vec<(PathBuf, FileSig)> = self
+            .files
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= self.settle)
+            .map(|(p, (sig, _))| (p.clone(), *sig))
+            .collect();
+        for (p, _) in &done {
+            self.files.remove(p);
+        }
+        done.sort_by(|a, b| a.0.cmp(&b.0));
+        done
+    }
+}
+
+/// What a path in the data folder is.
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    Tap(TapName),
+    /// Not for us: the reason, logged once.
+    Ignored(String),
+}
+
+/// Classifies a path by name alone: only `<…>.json` tap names directly in `data_dir`.
+pub fn classify(data_dir: &Path, path: &Path) -> Kind {
+    if path.parent() != Some(data_dir) {
+        return Kind::Ignored("not directly in the data folder".into());
+    }
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Kind::Ignored("the name is not UTF-8".into());
+    };
+    if name.starts_with('.') {
+        return Kind::Ignored("hidden file".into());
+    }
+    if !name.ends_with(".json") {
+        return Kind::Ignored("not a .json file".into());
+    }
+    match TapName::parse(name) {
+        Ok(t) => Kind::Tap(t),
+        Err(e) => Kind::Ignored(e.to_string()),
+    }
+}
+
+/// Moves `path` into `data_dir/rejected/` and writes `<name>.reason.txt` beside it.
+pub fn reject(data_dir: &Path, path: &Path, why: &ReadErrorKind) -> std::io::Result<PathBuf> {
+    let dir = data_dir.join(REJECTED_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let dst = dir.join(name);
+    let mut reason = name.to_os_string();
+    reason.push(".reason.txt");
+    std::fs::write(dir.join(reason), format!("{why}\n"))?;
+    std::fs::rename(path, &dst)?;
+    Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(len: u64) -> Option<FileSig> {
+        Some(FileSig {
+            len,
+            modified: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn a_file_settles_only_after_it_stops_changing() {
+        let t0 = Instant::now();
+        let s3 = Duration::from_secs(3);
+        let mut s = Settle::new(s3);
+        let p = Path::new("/d/a_u_1_1.json");
+        s.observe(p, sig(10), t0);
+        s.observe(p, sig(20), t0 + Duration::from_secs(2));
+        assert!(s.take_settled(t0 + s3).is_empty());
+        s.observe(p, sig(20), t0 + Duration::from_secs(4));
+        assert_eq!(s.take_settled(t0 + Duration::from_secs(5)).len(), 1);
+        assert!(s.is_empty());
+        s.observe(p, sig(20), t0);
+        s.observe(p, None, t0);
+        assert!(s.take_settled(t0 + s3 * 10).is_empty());
+    }
+
+    #[test]
+    fn only_tap_names_directly_inside_count() {
+        let d = Path::new("/d");
+        assert!(matches!(
+            classify(d, Path::new("/d/1755752474_3.json")),
+            Kind::Tap(_)
+        ));
+        for p in [
+            "/d/.hidden_1_2.json",
+            "/d/notes.txt",
+            "/d/rejected/1755752474_3.json",
+            "/d/garbage.json",
+        ] {
+            assert!(matches!(classify(d, Path::new(p)), Kind::Ignored(_)), "{p}");
+        }
+    }
+}

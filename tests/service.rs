@@ -1,0 +1,661 @@
+//! The service end to end: the real binary against a real RabbitMQ broker (127.0.0.1:5672,
+//! guest/guest) and a real FTP server (pyftpdlib on loopback), with real folders and file
+//! events. Each test has its own temp dirs, vhost, queue and FTP server.
+//!
+//! Needs `rabbitmqctl` and `python3 -m pyftpdlib`: `.ci/service-setup.sh` installs and
+//! starts them.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use terawang::simulate::{SimFile, SimParams, Truth, simulate_many};
+
+const FTP_USER: &str = "tw";
+const FTP_PASS: &str = "secret-ftp-pw";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A vhost of its own on the local broker, deleted on drop.
+struct Vhost {
+    name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl must be installed (.ci/service-setup.sh)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Vhost {
+    fn new(test: &str) -> Vhost {
+        let name = format!("/terawang-test-{test}-{}", std::process::id());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost { name }
+    }
+
+    fn url(&self) -> String {
+        let enc: String = self
+            .name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("amqp://guest:guest@127.0.0.1:5672/{enc}")
+    }
+
+    /// Takes every message from `queue`: (body, delivery mode).
+    fn drain(&self, queue: &str) -> Vec<(String, Option<u8>)> {
+        let mut conn = amiquip::Connection::insecure_open(&self.url()).unwrap();
+        let ch = conn.open_channel(None).unwrap();
+        let q = ch
+            .queue_declare(queue, amiquip::QueueDeclareOptions::default())
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(get) = q.get(true).unwrap() {
+            out.push((
+                String::from_utf8(get.delivery.body.clone()).unwrap(),
+                *get.delivery.properties.delivery_mode(),
+            ));
+        }
+        let _ = conn.close();
+        out
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// pyftpdlib serving a temp root on loopback; killed on drop.
+struct FtpServer {
+    child: Child,
+}
+
+impl FtpServer {
+    fn start(port: u16, root: &Path) -> FtpServer {
+        std::fs::create_dir_all(root).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-w"])
+            .args(["-p", &port.to_string(), "-u", FTP_USER, "-P", FTP_PASS])
+            .arg("-d")
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m pyftpdlib (.ci/service-setup.sh)");
+        wait_until("the FTP server", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        FtpServer { child }
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder to the broker that can be switched on later ("the broker is back").
+struct Proxy {
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(port: u16, target: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        for (mut a, mut b) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut a, &mut b);
+                                let _ = b.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Proxy { stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One test's folders and settings.
+struct Site {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    result: PathBuf,
+    temp: PathBuf,
+    ftp_root: PathBuf,
+    ftp_port: u16,
+    amqp_port: u16,
+    queue: String,
+    vhost: Vhost,
+    settle_s: f64,
+}
+
+impl Site {
+    fn new(test: &str) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        Site {
+            data: root.join("data_mentah"),
+            result: root.join("hasil_proses_lokal"),
+            temp: root.join("temp_data"),
+            ftp_root: root.join("ftp"),
+            ftp_port: free_port(),
+            amqp_port: 5672,
+            queue: format!("results-{test}"),
+            vhost: Vhost::new(test),
+            settle_s: 0.5,
+            root,
+            _tmp: tmp,
+        }
+    }
+
+    fn ftp(&self) -> FtpServer {
+        FtpServer::start(self.ftp_port, &self.ftp_root)
+    }
+
+    fn start(&self, once: bool) -> Child {
+        std::fs::create_dir_all(&self.data).unwrap();
+        let env_file = self.root.join("test.env");
+        // The .env sets what the real environment does not: checks that the file is read.
+        std::fs::write(&env_file, format!("FTP_PASSWORD={FTP_PASS}\n")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("service.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_terawang"));
+        cmd.arg("run").arg("--env-file").arg(&env_file);
+        if once {
+            cmd.arg("--once");
+        }
+        cmd.current_dir(&self.root)
+            .env_remove("FTP_PASSWORD")
+            .env("RUST_LOG", "info")
+            .env("DATA_DIR", &self.data)
+            .env("RESULT_DIR", &self.result)
+            .env("TEMP_DIR", &self.temp)
+            .env("FTP_HOST", "127.0.0.1")
+            .env("FTP_PORT", self.ftp_port.to_string())
+            .env("FTP_USER", FTP_USER)
+            .env("FTP_FOLDER_HASIL", "/result")
+            .env("RABBITMQ_HOST", "127.0.0.1")
+            .env("RABBITMQ_PORT", self.amqp_port.to_string())
+            .env("RABBITMQ_USERNAME", "guest")
+            .env("RABBITMQ_PASSWORD", "guest")
+            .env("RABBITMQ_VHOST", &self.vhost.name)
+            .env("RABBITMQ_QUEUE", &self.queue)
+            .env("RABBITMQ_QUEUE_DURABLE", "false")
+            .env("FILE_SETTLE_SECONDS", self.settle_s.to_string())
+            .env("RETRY_MAX_SECONDS", "1")
+            .env("RESCAN_SECONDS", "2")
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd.spawn().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("service.log")).unwrap_or_default()
+    }
+
+    /// Writes a file the way a device upload does: a hidden name, then a rename.
+    fn drop_file(&self, f: &SimFile) {
+        let tmp = self.data.join(format!(".{}.part", f.file_name));
+        std::fs::write(&tmp, &f.json).unwrap();
+        std::fs::rename(&tmp, self.data.join(&f.file_name)).unwrap();
+    }
+
+    /// Writes a file in place.
+    fn write_file(&self, f: &SimFile) {
+        std::fs::write(self.data.join(&f.file_name), &f.json).unwrap();
+    }
+
+    fn json_files_in_data(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn ftp_file(&self, name: &str) -> PathBuf {
+        self.ftp_root.join("result").join(name)
+    }
+
+    fn assert_log_clean(&self) {
+        let log = self.log();
+        assert!(!log.contains(FTP_PASS), "the log shows the FTP password");
+    }
+}
+
+fn terminate(child: Child, site: &Site) {
+    signal(child, site, "-TERM");
+}
+
+/// Sends `sig` (as `kill` spells it) and expects exit code 0 within 10 s.
+fn signal(mut child: Child, site: &Site, sig: &str) {
+    let pid = child.id().to_string();
+    let t0 = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit {status}; log:\n{}", site.log());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s of SIGTERM; log:\n{}",
+            site.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sets(n: usize, seed: u64) -> (Vec<SimFile>, Truth) {
+    simulate_many(&SimParams::default(), n, seed, false)
+}
+
+#[test]
+fn happy_path_saves_uploads_publishes_once_and_deletes_sources() {
+    let site = Site::new("happy");
+    let _ftp = site.ftp();
+    let (files, truth) = sets(1, 11);
+    let name = truth.sets[0].result_file.clone();
+    std::fs::create_dir_all(&site.data).unwrap();
+    // Half before start (found by the startup scan), half after (file events), both ways.
+    for f in &files[..4] {
+        site.write_file(f);
+    }
+    std::fs::write(site.data.join("notes.txt"), "not a tap").unwrap();
+    let child = site.start(false);
+    for (i, f) in files[4..].iter().enumerate() {
+        if i % 2 == 0 {
+            site.drop_file(f);
+        } else {
+            site.write_file(f);
+        }
+    }
+    wait_until("the sources to go", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    let local = std::fs::read(site.result.join(&name)).unwrap();
+    let remote = std::fs::read(site.ftp_file(&name)).unwrap();
+    assert_eq!(local, remote, "FTP bytes differ from the local result");
+    let parsed: Vec<Vec<f64>> = serde_json::from_slice(&local).unwrap();
+    assert_eq!(parsed.len(), 8);
+    let msgs = site.vhost.drain(&site.queue);
+    assert_eq!(msgs, vec![(name.clone(), Some(2))]);
+    assert!(site.data.join("notes.txt").exists());
+    terminate(child, &site);
+    assert!(site.vhost.drain(&site.queue).is_empty());
+    let log = site.log();
+    assert!(log.contains(&format!("set {name}")), "{log}");
+    site.assert_log_clean();
+}
+
+#[test]
+fn corrupt_file_is_set_aside_with_reason_and_never_deleted() {
+    let site = Site::new("corrupt");
+    let _ftp = site.ftp();
+    let (files, truth) = sets(1, 12);
+    let name = truth.sets[0].result_file.clone();
+    std::fs::create_dir_all(&site.data).unwrap();
+    let bad = &files[2];
+    std::fs::write(
+        site.data.join(&bad.file_name),
+        &bad.json[..bad.json.len() / 2],
+    )
+    .unwrap();
+    for f in files.iter().filter(|f| f.file_name != bad.file_name) {
+        site.drop_file(f);
+    }
+    let child = site.start(false);
+    let rejected = site.data.join("rejected").join(&bad.file_name);
+    wait_until(
+        "the corrupt file to be set aside",
+        Duration::from_secs(30),
+        || rejected.exists(),
+    );
+    let reason = std::fs::read_to_string(
+        site.data
+            .join("rejected")
+            .join(format!("{}.reason.txt", bad.file_name)),
+    )
+    .unwrap();
+    assert!(reason.contains("JSON"), "{reason}");
+    assert_eq!(site.json_files_in_data().len(), 7, "the good taps stay");
+    assert!(site.vhost.drain(&site.queue).is_empty());
+    // A good copy of the tap completes the set.
+    site.drop_file(bad);
+    wait_until("the set to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    assert!(rejected.exists(), "a rejected file is never deleted");
+    assert_eq!(site.vhost.drain(&site.queue), vec![(name, Some(2))]);
+    signal(child, &site, "-INT");
+}
+
+#[test]
+fn slowly_written_file_is_not_rejected_and_is_processed_once_complete() {
+    let mut site = Site::new("slow");
+    site.settle_s = 1.0;
+    let _ftp = site.ftp();
+    let (files, truth) = sets(1, 13);
+    let name = truth.sets[0].result_file.clone();
+    let child = site.start(false);
+    for f in &files[..7] {
+        site.drop_file(f);
+    }
+    let slow = &files[7];
+    let path = site.data.join(&slow.file_name);
+    let bytes = slow.json.as_bytes();
+    let mut out = std::fs::File::create(&path).unwrap();
+    let chunks = 6;
+    for k in 0..chunks {
+        let a = bytes.len() * k / chunks;
+        let b = bytes.len() * (k + 1) / chunks;
+        out.write_all(&bytes[a..b]).unwrap();
+        out.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(out);
+    wait_until("the set to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    assert!(!site.data.join("rejected").exists(), "{}", site.log());
+    assert_eq!(site.vhost.drain(&site.queue), vec![(name, Some(2))]);
+    terminate(child, &site);
+}
+
+#[test]
+fn ftp_down_then_up_catches_up() {
+    let site = Site::new("ftpdown");
+    let (files, truth) = sets(2, 14);
+    std::fs::create_dir_all(&site.data).unwrap();
+    for f in &files {
+        site.drop_file(f);
+    }
+    let names: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    // --once with the FTP server down: saved locally, kept in the journal, exit code 2.
+    let status = site.start(true).wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", site.log());
+    assert!(names.iter().all(|n| site.result.join(n).exists()));
+    // The service resumes them and waits for the server.
+    let child = site.start(false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        site.json_files_in_data().len(),
+        16,
+        "sources kept while FTP is down"
+    );
+    assert!(
+        site.vhost.drain(&site.queue).is_empty(),
+        "published before upload"
+    );
+    let _ftp = site.ftp();
+    wait_until("the catch-up", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    for n in &names {
+        assert_eq!(
+            std::fs::read(site.result.join(n)).unwrap(),
+            std::fs::read(site.ftp_file(n)).unwrap()
+        );
+    }
+    let mut got: Vec<String> = site
+        .vhost
+        .drain(&site.queue)
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    got.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(got, want);
+    terminate(child, &site);
+}
+
+#[test]
+fn broker_unreachable_then_back() {
+    let mut site = Site::new("brokerdown");
+    site.amqp_port = free_port();
+    let _ftp = site.ftp();
+    let (files, truth) = sets(1, 15);
+    let name = truth.sets[0].result_file.clone();
+    let child = site.start(false);
+    for f in &files {
+        site.drop_file(f);
+    }
+    wait_until("the upload", Duration::from_secs(30), || {
+        site.ftp_file(&name).exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        site.json_files_in_data().len(),
+        8,
+        "sources kept while the broker is away"
+    );
+    let _proxy = Proxy::start(site.amqp_port, 5672);
+    wait_until("the publish", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    assert_eq!(site.vhost.drain(&site.queue), vec![(name, Some(2))]);
+    terminate(child, &site);
+}
+
+#[test]
+fn resume_after_kill_between_upload_and_publish_loses_nothing() {
+    let site = Site::new("resume");
+    let _ftp = site.ftp();
+    let (files, truth) = sets(2, 16);
+    std::fs::create_dir_all(&site.data).unwrap();
+    std::fs::create_dir_all(&site.result).unwrap();
+    std::fs::create_dir_all(&site.temp).unwrap();
+    // As a killed run left it: set 0 uploaded but not published, set 1 published but its
+    // sources not deleted.
+    let mut journal = String::new();
+    for (s, stage) in truth.sets.iter().zip(["uploaded", "published"]) {
+        for f in &s.files {
+            let sim = files.iter().find(|x| &x.file_name == f).unwrap();
+            site.write_file(sim);
+        }
+        std::fs::write(site.result.join(&s.result_file), b"[[0]]\n").unwrap();
+        journal.push_str(&format!(
+            "computed {} {}\n",
+            s.result_file,
+            s.files.join(" ")
+        ));
+        journal.push_str(&format!("saved {}\n", s.result_file));
+        journal.push_str(&format!("{stage} {}\n", s.result_file));
+    }
+    journal.push_str("publ"); // torn last line
+    std::fs::write(site.temp.join("journal.log"), journal).unwrap();
+    let child = site.start(false);
+    wait_until("both sets to finish", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    // Set 0 is published (once), set 1 is not published again; neither is recomputed or
+    // uploaded again.
+    assert_eq!(
+        site.vhost.drain(&site.queue),
+        vec![(truth.sets[0].result_file.clone(), Some(2))]
+    );
+    for s in &truth.sets {
+        assert!(!site.ftp_file(&s.result_file).exists());
+        assert_eq!(
+            std::fs::read(site.result.join(&s.result_file)).unwrap(),
+            b"[[0]]\n"
+        );
+    }
+    terminate(child, &site);
+}
+
+#[test]
+fn hundred_sets_at_once_are_all_processed() {
+    let site = Site::new("hundred");
+    let _ftp = site.ftp();
+    let (files, truth) = sets(100, 17);
+    std::fs::create_dir_all(&site.data).unwrap();
+    for f in &files {
+        site.drop_file(f);
+    }
+    let mut child = site.start(true);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{}", site.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}; log:\n{}", site.log());
+    assert!(site.json_files_in_data().is_empty());
+    let mut got: Vec<String> = site
+        .vhost
+        .drain(&site.queue)
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    for n in &want {
+        assert!(site.ftp_file(n).exists());
+    }
+}
+
+#[test]
+fn kill_9_midway_then_restart_delivers_everything() {
+    let site = Site::new("kill9");
+    let _ftp = site.ftp();
+    let (files, truth) = sets(60, 18);
+    std::fs::create_dir_all(&site.data).unwrap();
+    for f in &files {
+        site.drop_file(f);
+    }
+    let mut child = site.start(false);
+    let t0 = Instant::now();
+    while site.json_files_in_data().len() == files.len() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", site.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left = site.json_files_in_data().len();
+    assert!(left > 0, "the kill came too late to test anything");
+    let child = site.start(false);
+    wait_until("everything", Duration::from_secs(60), || {
+        site.json_files_in_data().is_empty()
+    });
+    terminate(child, &site);
+    let mut got: Vec<String> = site
+        .vhost
+        .drain(&site.queue)
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    got.sort();
+    got.dedup(); // at-least-once: a set in flight at the kill may come twice
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let mut buf = String::new();
+    std::fs::File::open(site.temp.join("journal.log"))
+        .unwrap()
+        .read_to_string(&mut buf)
+        .unwrap();
+    let left = terawang::journal::JournalState::replay(&buf);
+    assert!(left.sets.is_empty(), "{left:?}");
+}
+
+#[test]
+fn sigterm_while_the_ftp_server_hangs_exits_in_time() {
+    let mut site = Site::new("hang");
+    // Accepts connections (the kernel's backlog) but never says hello.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    site.ftp_port = hole.local_addr().unwrap().port();
+    let (files, truth) = sets(1, 19);
+    let name = truth.sets[0].result_file.clone();
+    let child = site.start(false);
+    for f in &files {
+        site.drop_file(f);
+    }
+    wait_until("the local result", Duration::from_secs(30), || {
+        site.result.join(&name).exists()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(child, &site);
+    assert_eq!(site.json_files_in_data().len(), 8, "sources kept");
+    assert!(site.vhost.drain(&site.queue).is_empty());
+    drop(hole);
+}
