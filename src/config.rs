@@ -372,4 +372,16 @@ mod tests {
         );
         assert!(!format!("{a:?}").contains("p@ss"));
     }
+
+    #[test]
+    fn env_example_lists_every_variable_with_its_default() {
+        let example = include_str!("../.env.example");
+        for (name, default, _) in VARIABLES {
+            let line = format!("{name}={default}");
+            assert!(
+                example.lines().any(|l| l.trim() == line),
+                ".env.example lacks {line:?}"
+            );
+        }
+    }
 }
