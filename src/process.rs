@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, unbounded};
 use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
 use crate::engine::{Engine, EngineConfig};
 use crate::group::{Grouper, TapSet};
-use crate::result::SetOutputs;
+use crate::result::{Durability, SetOutputs};
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -256,7 +256,7 @@ fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Ou
         engine.config(),
         &taps,
     );
-    let write = || outputs.write(out_dir, out_dir);
+    let write = || outputs.write(out_dir, out_dir, Durability::Fast);
     match write() {
         Ok(paths) => Outcome::Written { paths },
         Err(e) => Outcome::Failed(format!("{name}: cannot write: {e}")),

@@ -215,39 +215,57 @@ impl SetOutputs {
     /// Writes the report and the picture, then the plain result last, each atomically through
     /// `tmp_dir` (same file system as `dir`): once the plain result is there, all is there.
     /// Returns the paths, plain result first.
-    pub fn write(&self, tmp_dir: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    pub fn write(
+        &self,
+        tmp_dir: &Path,
+        dir: &Path,
+        sync: Durability,
+    ) -> std::io::Result<Vec<PathBuf>> {
         let mut paths = Vec::with_capacity(3);
         let report = write_atomic(
             tmp_dir,
             dir,
             &format!("{}.report.json", self.stem),
             &self.report,
+            sync,
         )?;
         if let Some(png) = &self.png {
-            paths.push(write_atomic(tmp_dir, dir, &self.png_name(), png)?);
+            paths.push(write_atomic(tmp_dir, dir, &self.png_name(), png, sync)?);
         }
         paths.push(report);
         paths.insert(
             0,
-            write_atomic(tmp_dir, dir, &self.result_name(), &self.plain)?,
+            write_atomic(tmp_dir, dir, &self.result_name(), &self.plain, sync)?,
         );
         Ok(paths)
     }
 }
 
-/// Writes `bytes` to `dir/name` atomically: a temporary file in `tmp_dir`, fsync, rename.
-/// `tmp_dir` must be on the same file system as `dir`.
+/// Whether a write waits until the bytes are on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the rename: the service, whose journal relies on it.
+    Durable,
+    /// Rename without waiting: `process`, whose results can be computed again.
+    Fast,
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file in `tmp_dir`, fsync when
+/// durable, rename. `tmp_dir` must be on the same file system as `dir`.
 pub fn write_atomic(
     tmp_dir: &Path,
     dir: &Path,
     name: &str,
     bytes: &[u8],
+    sync: Durability,
 ) -> std::io::Result<PathBuf> {
     let tmp = tmp_dir.join(format!(".{name}.{}.tmp", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync == Durability::Durable {
+            f.sync_all()?;
+        }
     }
     let dst = dir.join(name);
     std::fs::rename(&tmp, &dst)?;

@@ -26,7 +26,7 @@ use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
 use crate::engine::{Engine, EngineConfig};
 use crate::group::{Grouper, TapSet};
 use crate::journal::{Entry, Journal, Stage};
-use crate::result::SetOutputs;
+use crate::result::{Durability, SetOutputs};
 use crate::sink::{
     Delivery, DeliveryConfig, DeliveryItem, DeliveryMsg, DeliveryReport, SetTimings,
 };
@@ -511,7 +511,7 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
         .context("cannot write the journal")?;
         drop(j);
         outputs
-            .write(&ctx.cfg.temp_dir, &ctx.cfg.result_dir)
+            .write(&ctx.cfg.temp_dir, &ctx.cfg.result_dir, Durability::Durable)
             .with_context(|| format!("cannot save in {}", ctx.cfg.result_dir.display()))?;
         let mut j = ctx.journal.lock().unwrap_or_else(|e| e.into_inner());
         j.record(&Entry {

@@ -277,36 +277,56 @@ pub fn reconstruct(
 /// Box smoothing of the correction, each cell weighted by the ray length through it, so cells
 /// no ray crosses take their neighbours' correction instead of diluting it.
 fn smooth(field: &mut [f64], scratch: &mut [f64], weight: &[f64], n: usize, radius: usize) {
-    // Weighted sums, separably: first along rows into scratch, then along columns.
+    // Weighted box sums, separably (rows into scratch, then columns), each by a running sum:
+    // the cost does not grow with the radius.
     let mut wsum = vec![0.0; n * n];
     let mut wscratch = vec![0.0; n * n];
-    for row in 0..n {
-        for col in 0..n {
-            let (lo, hi) = (col.saturating_sub(radius), (col + radius).min(n - 1));
-            let (mut s, mut w) = (0.0, 0.0);
-            for k in lo..=hi {
-                let c = row * n + k;
-                s += field[c] * weight[c];
-                w += weight[c];
-            }
-            scratch[row * n + col] = s;
-            wscratch[row * n + col] = w;
+    let window = |get: &dyn Fn(usize) -> (f64, f64), put: &mut dyn FnMut(usize, f64, f64)| {
+        let (mut s, mut w) = (0.0, 0.0);
+        for k in 0..radius.min(n - 1) {
+            let (a, b) = get(k);
+            s += a;
+            w += b;
         }
+        for i in 0..n {
+            if i + radius < n {
+                let (a, b) = get(i + radius);
+                s += a;
+                w += b;
+            }
+            if i > radius {
+                let (a, b) = get(i - radius - 1);
+                s -= a;
+                w -= b;
+            }
+            put(i, s, w);
+        }
+    };
+    for row in 0..n {
+        window(
+            &|k| {
+                (
+                    field[row * n + k] * weight[row * n + k],
+                    weight[row * n + k],
+                )
+            },
+            &mut |i, s, w| {
+                scratch[row * n + i] = s;
+                wscratch[row * n + i] = w;
+            },
+        );
     }
     for col in 0..n {
-        for row in 0..n {
-            let (lo, hi) = (row.saturating_sub(radius), (row + radius).min(n - 1));
-            let (mut s, mut w) = (0.0, 0.0);
-            for k in lo..=hi {
-                s += scratch[k * n + col];
-                w += wscratch[k * n + col];
-            }
-            field[row * n + col] = s;
-            wsum[row * n + col] = w;
-        }
+        window(
+            &|k| (scratch[k * n + col], wscratch[k * n + col]),
+            &mut |i, s, w| {
+                field[i * n + col] = s;
+                wsum[i * n + col] = w;
+            },
+        );
     }
     for (f, w) in field.iter_mut().zip(&wsum) {
-        *f = if *w > 0.0 { *f / w } else { 0.0 };
+        *f = if *w > 1e-12 { *f / w } else { 0.0 };
     }
 }
 

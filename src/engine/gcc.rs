@@ -183,7 +183,7 @@ impl Correlator for CpuGcc {
 }
 
 /// Band-limited value of a circular correlation `r` at fractional lag `tau` (samples), by
-/// windowed-sinc interpolation over ±`half` neighbours.
+/// windowed-sinc interpolation over ±`half` neighbours (the reference for the table below).
 pub fn interpolate(r: &[f32], tau: f64, half: usize) -> f64 {
     let n = r.len() as isize;
     let base = tau.floor() as isize;
@@ -205,6 +205,49 @@ fn sinc(x: f64) -> f64 {
     }
 }
 
+/// Interpolation kernel half-width (taps on each side).
+const HALF: usize = 16;
+/// Fractional positions per sample in the precomputed kernel table.
+const PHASES: usize = 64;
+
+/// Windowed-sinc weights for lags `phase/PHASES` past an integer, `2·HALF` taps each,
+/// computed once: the peak search then needs no trigonometry.
+fn kernel_table() -> &'static [[f32; 2 * HALF]] {
+    static TABLE: std::sync::OnceLock<Vec<[f32; 2 * HALF]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..PHASES)
+            .map(|phase| {
+                let frac = phase as f64 / PHASES as f64;
+                std::array::from_fn(|t| {
+                    // Tap t is the sample at floor(tau) − HALF + 1 + t.
+                    let x = frac + HALF as f64 - 1.0 - t as f64;
+                    let w = 0.5 + 0.5 * (std::f64::consts::PI * x / HALF as f64).cos();
+                    (sinc(x) * w) as f32
+                })
+            })
+            .collect()
+    })
+}
+
+/// [`interpolate`] at `base + phase/PHASES` from the table.
+fn interpolate_at(r: &[f32], base: isize, phase: usize) -> f64 {
+    let n = r.len() as isize;
+    let weights = &kernel_table()[phase];
+    let first = base - HALF as isize + 1;
+    let mut acc = 0.0f32;
+    if first >= 0 && first + 2 * HALF as isize <= n {
+        let first = first as usize;
+        for (x, w) in r[first..first + 2 * HALF].iter().zip(weights) {
+            acc += x * w;
+        }
+    } else {
+        for (t, w) in weights.iter().enumerate() {
+            acc += r[(first + t as isize).rem_euclid(n) as usize] * w;
+        }
+    }
+    acc as f64
+}
+
 /// A correlation peak inside a lag window.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Peak {
@@ -219,7 +262,8 @@ pub struct Peak {
 }
 
 /// Finds the largest value of `r` for lags in `lo..=hi` (may be negative) and refines it
-/// below one sample on the band-limited interpolant (1/64-sample grid, then a parabola).
+/// below one sample on the band-limited interpolant: coarse (1/8 sample) then fine (1/64)
+/// grid searches within ±1 sample, then a parabola through the fine grid's best three.
 pub fn find_peak(r: &[f32], lo: isize, hi: isize) -> Option<Peak> {
     let n = r.len() as isize;
     if hi < lo || n == 0 {
@@ -232,28 +276,38 @@ pub fn find_peak(r: &[f32], lo: isize, hi: isize) -> Option<Peak> {
         .map(at)
         .fold(f64::MIN, f64::max);
     let on_edge = best == lo || best == hi;
-    let steps = 64;
-    let mut fine_best = (best as f64, at(best));
-    for s in -steps..=steps {
-        let tau = best as f64 + s as f64 / steps as f64;
-        let v = interpolate(r, tau, 16);
-        if v > fine_best.1 {
-            fine_best = (tau, v);
+    // Positions in units of 1/PHASES sample, relative to `best`.
+    let value = |u: isize| -> f64 {
+        let pos = best * PHASES as isize + u;
+        interpolate_at(
+            r,
+            pos.div_euclid(PHASES as isize),
+            pos.rem_euclid(PHASES as isize) as usize,
+        )
+    };
+    let coarse = (PHASES / 8) as isize;
+    let mut top = (0isize, value(0));
+    for s in -8..=8isize {
+        let v = value(s * coarse);
+        if v > top.1 {
+            top = (s * coarse, v);
         }
     }
-    let h = 1.0 / steps as f64;
-    let (y0, y1, y2) = (
-        interpolate(r, fine_best.0 - h, 16),
-        fine_best.1,
-        interpolate(r, fine_best.0 + h, 16),
-    );
+    let centre = top.0;
+    for u in (centre - coarse + 1)..(centre + coarse) {
+        let v = value(u);
+        if v > top.1 {
+            top = (u, v);
+        }
+    }
+    let (y0, y1, y2) = (value(top.0 - 1), top.1, value(top.0 + 1));
     let denom = y0 - 2.0 * y1 + y2;
     let shift = if denom < 0.0 {
         (0.5 * (y0 - y2) / denom).clamp(-1.0, 1.0)
     } else {
         0.0
     };
-    let lag = fine_best.0 + shift * h;
+    let lag = best as f64 + (top.0 as f64 + shift) / PHASES as f64;
     let sharpness = if side > 0.0 { y1 / side } else { f64::INFINITY };
     Some(Peak {
         lag,
@@ -391,6 +445,23 @@ mod tests {
                 "pair {p}: fft peak {} vs naive {naive}",
                 peak.lag
             );
+        }
+    }
+
+    #[test]
+    fn table_interpolation_matches_direct_windowed_sinc() {
+        let mut rng = Rng::new(5);
+        let r: Vec<f32> = (0..64).map(|_| rng.normal() as f32).collect();
+        for base in [-3isize, 0, 5, 40, 63, 70] {
+            for phase in [0usize, 1, 17, 32, 63] {
+                let tau = base as f64 + phase as f64 / PHASES as f64;
+                let direct = interpolate(&r, tau, HALF);
+                let table = interpolate_at(&r, base, phase);
+                assert!(
+                    (direct - table).abs() < 1e-4,
+                    "tau {tau}: {direct} vs {table}"
+                );
+            }
         }
     }
 
