@@ -219,6 +219,32 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         loop {
+            // The common case: a short unsigned number and a comma or the closing bracket,
+            // all within eight bytes. The delimiter comes out of the same load, which keeps
+            // the next number's address off the load-latency chain.
+            if let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
+                let chunk = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+                let (value, n) = eight_digits(chunk);
+                let delimiter = (chunk >> (8 * n as u32 & 63)) as u8;
+                let leading_zero = chunk as u8 == b'0' && n > 1;
+                if (1..8).contains(&n) && !leading_zero {
+                    match delimiter {
+                        b',' => {
+                            out.push(conv(value as i64));
+                            self.pos += n + 1;
+                            continue;
+                        }
+                        b']' => {
+                            out.push(conv(value as i64));
+                            self.pos += n + 1;
+                            return Some(());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // Whitespace may follow a comma.
+            self.skip_ws();
             out.push(conv(self.int()?));
             let mut delimiter = self.next()?;
             if let b' ' | b'\t' | b'\n' | b'\r' = delimiter {
@@ -226,7 +252,7 @@ impl<'a> Cursor<'a> {
                 delimiter = self.next()?;
             }
             match delimiter {
-                b',' => self.skip_ws(),
+                b',' => {}
                 b']' => return Some(()),
                 _ => return None,
             }
