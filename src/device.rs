@@ -315,8 +315,8 @@ struct RawTap {
 /// the fast scanner leaves to it and names every error.
 fn parse_general(bytes: &[u8]) -> Result<RawTap, ReadErrorKind> {
     let mut owned = bytes.to_vec();
-    let value = simd_json::to_borrowed_value(&mut owned)
-        .map_err(|e| ReadErrorKind::Json(e.to_string()))?;
+    let value =
+        simd_json::to_borrowed_value(&mut owned).map_err(|e| ReadErrorKind::Json(e.to_string()))?;
     let BorrowedValue::Array(objects) = value else {
         return Err(ReadErrorKind::NotAnArrayOfObjects);
     };
@@ -768,7 +768,10 @@ mod tests {
                     .collect();
                 vec![
                     (format!("\"value{k}\""), Part::Array(samples)),
-                    ("\"guid\"".to_string(), Part::Raw(format!("\"{}\"", rng.uuid()))),
+                    (
+                        "\"guid\"".to_string(),
+                        Part::Raw(format!("\"{}\"", rng.uuid())),
+                    ),
                 ]
             })
             .collect();
@@ -789,19 +792,66 @@ mod tests {
 
     fn mutate_structure(rng: &mut Rng, objects: &mut Vec<Vec<(String, Part)>>) {
         const ODD_NUMBERS: &[&str] = &[
-            "2013.0", "2.5e3", "1E2", "-0", "0", "007", "-12", "-4096", "1.0e-5", "1e400",
-            "123456789012345678", "1234567890123456789", "9223372036854775807",
-            "-9223372036854775808", "18446744073709551615", "99999999999999999999999",
-            "\"5\"", "null", "[1]", "true", "{}", "- 1", "+1", "0x10", ".5", "1.",
+            "2013.0",
+            "2.5e3",
+            "1E2",
+            "-0",
+            "0",
+            "007",
+            "-12",
+            "-4096",
+            "1.0e-5",
+            "1e400",
+            "123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "\"5\"",
+            "null",
+            "[1]",
+            "true",
+            "{}",
+            "- 1",
+            "+1",
+            "0x10",
+            ".5",
+            "1.",
         ];
         const ODD_KEYS: &[&str] = &[
-            "\"value01\"", "\"value+3\"", "\"value9\"", "\"value0\"", "\"value\"",
-            "\"val\\u0075e2\"", "\"timestamp\"", "\"guid\"", "\"guidteensy\"", "\"Value1\"",
-            "\"value1 \"", "\"firmware\"", "\"\"", "\"t\\u00e9\"",
+            "\"value01\"",
+            "\"value+3\"",
+            "\"value9\"",
+            "\"value0\"",
+            "\"value\"",
+            "\"val\\u0075e2\"",
+            "\"timestamp\"",
+            "\"guid\"",
+            "\"guidteensy\"",
+            "\"Value1\"",
+            "\"value1 \"",
+            "\"firmware\"",
+            "\"\"",
+            "\"t\\u00e9\"",
         ];
         const ODD_VALUES: &[&str] = &[
-            "\"a\\nb\"", "5", "null", "\"\"", "\"\u{fc}\"", "[\"x\"]", "1.5", "true", "false",
-            "{\"a\":[1,{}]}", "[]", "[1,2,3]", "\"x\\\"y\"", "-7", "{}", "\"\x01\"",
+            "\"a\\nb\"",
+            "5",
+            "null",
+            "\"\"",
+            "\"\u{fc}\"",
+            "[\"x\"]",
+            "1.5",
+            "true",
+            "false",
+            "{\"a\":[1,{}]}",
+            "[]",
+            "[1,2,3]",
+            "\"x\\\"y\"",
+            "-7",
+            "{}",
+            "\"\x01\"",
         ];
         if objects.is_empty() {
             return;
@@ -982,8 +1032,17 @@ mod tests {
         }
         // The cases must exercise both the scanner's own answers and the fallback.
         assert!(scanned > cases / 6, "scanner answered {scanned} of {cases}");
-        assert!(scanned < cases * 3 / 4, "scanner answered {scanned} of {cases}");
-        assert!(ok > cases / 5 && ok < cases * 4 / 5, "{ok} of {cases} parsed");
-        assert!(scanned_err > cases / 50, "{scanned_err} scanned files failed later checks");
+        assert!(
+            scanned < cases * 3 / 4,
+            "scanner answered {scanned} of {cases}"
+        );
+        assert!(
+            ok > cases / 5 && ok < cases * 4 / 5,
+            "{ok} of {cases} parsed"
+        );
+        assert!(
+            scanned_err > cases / 50,
+            "{scanned_err} scanned files failed later checks"
+        );
     }
 }

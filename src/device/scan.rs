@@ -292,7 +292,12 @@ fn leading_digits(bytes: &[u8], start: usize) -> (u64, usize) {
         }
     }
     let (tail, n) = leading_digits_scalar(&bytes[pos..], MAX_DIGITS + 1 - (pos - start));
-    (value.wrapping_mul(10u64.wrapping_pow(n as u32)).wrapping_add(tail), pos - start + n)
+    (
+        value
+            .wrapping_mul(10u64.wrapping_pow(n as u32))
+            .wrapping_add(tail),
+        pos - start + n,
+    )
 }
 
 /// The scalar twin of [`leading_digits`]: the leading digits of `bytes`, at most `limit`.
@@ -356,7 +361,11 @@ mod tests {
             let start = start.min(len);
             // Runs over MAX_DIGITS are only said to be too long.
             let too_long = |(value, n): (u64, usize)| {
-                if n > MAX_DIGITS { (0, MAX_DIGITS + 1) } else { (value, n) }
+                if n > MAX_DIGITS {
+                    (0, MAX_DIGITS + 1)
+                } else {
+                    (value, n)
+                }
             };
             assert_eq!(
                 too_long(leading_digits(&bytes, start)),
@@ -365,7 +374,13 @@ mod tests {
                 String::from_utf8_lossy(&bytes)
             );
         }
-        for chunk in [*b"12345678", *b"00000000", *b"9,999999", *b"/:/:/:/:", *b"99999999"] {
+        for chunk in [
+            *b"12345678",
+            *b"00000000",
+            *b"9,999999",
+            *b"/:/:/:/:",
+            *b"99999999",
+        ] {
             let (value, n) = eight_digits(u64::from_le_bytes(chunk));
             assert_eq!((value, n), leading_digits_scalar(&chunk, 8));
         }
