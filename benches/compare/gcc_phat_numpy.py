@@ -4,9 +4,10 @@
 For every tap file (`<device>_<upload-id>_<unix-seconds>_<tap>.json`): json.load, one batched
 rfft of the eight channels (first SEGMENT samples, mean removed, zero-padded to N_FFT), the
 cross-spectra against the tapped channel with PHAT weighting, one batched irfft, and the argmax
-in the physical lag window 0 .. ceil(D / V_MIN / dt) + 1 samples. Files are grouped into sets by
-everything before the tap number; each complete set gives an 8x8 velocity matrix (m/s, chord /
-ToF, 0 on the diagonal and where the lag is 0), written as result_<set>.json when --out is given.
+in the physical lag window 0 .. ceil(D / V_MIN / dt) + 1 samples. Files are grouped into sets as
+the service does: same device, taps 1..8, made within WINDOW_S of the set's first file. Each
+complete set gives an 8x8 velocity matrix (m/s, chord / ToF, 0 on the diagonal and where the lag
+is 0), written as result_<device>_<unix-seconds>.json when --out is given.
 
 This is the straightforward method (integer lag, no onset physics): it is the baseline the
 Rust engine is timed against, not a reference for accuracy.
@@ -32,6 +33,7 @@ V_MIN_M_S = 300.0
 SEGMENT = 256
 N_FFT = 512
 EPS = 1e-12
+WINDOW_S = 900
 
 
 def chords(diameter_m):
@@ -75,15 +77,26 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     start = time.perf_counter()
-    sets = {}
-    for name in sorted(os.listdir(args.folder)):
+    by_device = {}
+    for name in os.listdir(args.folder):
         stem, ext = os.path.splitext(name)
         fields = stem.split("_")
-        if ext != ".json" or len(fields) not in (2, 4) or not fields[-1].isdigit():
+        if ext != ".json" or len(fields) not in (2, 4) or not all(f.isdigit() for f in fields[-2:]):
             continue
+        device = fields[0] if len(fields) == 4 else "legacy"
         tap = int(fields[-1])
         if 1 <= tap <= N_SENSORS:
-            sets.setdefault("_".join(fields[:-1]), {})[tap - 1] = name
+            by_device.setdefault(device, []).append((int(fields[-2]), tap - 1, name))
+    sets = {}
+    for device, files in by_device.items():
+        files.sort()
+        group, first = {}, None
+        for unix_s, tap_idx, name in files + [(math.inf, 0, None)]:
+            if first is None or unix_s - first > WINDOW_S or tap_idx in group:
+                if len(group) == N_SENSORS:
+                    sets[f"{device}_{first}"] = group
+                group, first = {}, unix_s
+            group[tap_idx] = name
     chord = chords(DIAMETER_M)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -36,8 +36,8 @@ t0=$(now)
 python3 "$HERE/gcc_phat_numpy.py" "$WORK/data" --out "$WORK/numpy" >"$WORK/numpy.log"
 numpy_ms=$(ms_since "$t0")
 
-n_rust=$(ls "$WORK"/rust/result_*.json 2>/dev/null | grep -vc report || true)
-n_numpy=$(ls "$WORK"/numpy/result_*.json | wc -l)
+n_rust=$(find "$WORK/rust" -name 'result_*.json' ! -name '*report*' | wc -l)
+n_numpy=$(find "$WORK/numpy" -name 'result_*.json' | wc -l)
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
 echo "sets: $SETS simulated; result files: terawang $n_rust, numpy $n_numpy"
 head -1 "$WORK/rust.log"
