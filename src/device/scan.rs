@@ -225,7 +225,8 @@ impl<'a> Cursor<'a> {
             if let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
                 let chunk = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
                 let (value, n) = eight_digits(chunk);
-                let delimiter = (chunk >> (8 * n as u32 & 63)) as u8;
+                // n is 0..=8; the mask keeps the shift in range when n is 8.
+                let delimiter = (chunk >> ((8 * n as u32) & 63)) as u8;
                 let leading_zero = chunk as u8 == b'0' && n > 1;
                 if (1..8).contains(&n) && !leading_zero {
                     match delimiter {
