@@ -209,6 +209,32 @@ impl<'a> Cursor<'a> {
         Some(if negative { -value } else { value })
     }
 
+    /// An unsigned number of 1 to 15 digits at the cursor (no leading zero) and the byte after
+    /// it, from one or two eight-byte loads; `None` where the general [`Cursor::int`] must look.
+    /// The cursor does not move.
+    #[inline]
+    fn short_number(&self) -> Option<(u64, usize, u8)> {
+        let first = self.bytes.get(self.pos..self.pos + 8)?;
+        let first = u64::from_le_bytes(first.try_into().expect("eight bytes"));
+        let (value, n) = eight_digits(first);
+        if n == 0 || (first as u8 == b'0' && n > 1) {
+            return None;
+        }
+        if n < 8 {
+            // n is 1..=7, so the shift stays in range.
+            return Some((value, n, (first >> (8 * n as u32)) as u8));
+        }
+        // Eight digits so far (the timestamps have nine): one more load.
+        let second = self.bytes.get(self.pos + 8..self.pos + 16)?;
+        let second = u64::from_le_bytes(second.try_into().expect("eight bytes"));
+        let (rest, m) = eight_digits(second);
+        if m == 8 {
+            return None;
+        }
+        let delimiter = (second >> (8 * m as u32)) as u8;
+        Some((value * POW10[m] + rest, 8 + m, delimiter))
+    }
+
     /// An array of integers, each converted with `conv` and pushed onto `out`.
     #[inline]
     fn int_array<T>(&mut self, out: &mut Vec<T>, conv: impl Fn(i64) -> T) -> Option<()> {
@@ -222,26 +248,19 @@ impl<'a> Cursor<'a> {
             // The common case: a short unsigned number and a comma or the closing bracket,
             // all within eight bytes. The delimiter comes out of the same load, which keeps
             // the next number's address off the load-latency chain.
-            if let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
-                let chunk = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-                let (value, n) = eight_digits(chunk);
-                // n is 0..=8; the mask keeps the shift in range when n is 8.
-                let delimiter = (chunk >> ((8 * n as u32) & 63)) as u8;
-                let leading_zero = chunk as u8 == b'0' && n > 1;
-                if (1..8).contains(&n) && !leading_zero {
-                    match delimiter {
-                        b',' => {
-                            out.push(conv(value as i64));
-                            self.pos += n + 1;
-                            continue;
-                        }
-                        b']' => {
-                            out.push(conv(value as i64));
-                            self.pos += n + 1;
-                            return Some(());
-                        }
-                        _ => {}
+            if let Some((value, len, delimiter)) = self.short_number() {
+                match delimiter {
+                    b',' => {
+                        out.push(conv(value as i64));
+                        self.pos += len + 1;
+                        continue;
                     }
+                    b']' => {
+                        out.push(conv(value as i64));
+                        self.pos += len + 1;
+                        return Some(());
+                    }
+                    _ => {}
                 }
             }
             // Whitespace may follow a comma.
