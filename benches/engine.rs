@@ -32,6 +32,15 @@ fn parse(c: &mut Criterion) {
     group.bench_function("one_file", |b| {
         b.iter(|| parse_tap(black_box(&file.file_name), black_box(file.json.as_bytes())))
     });
+    // Same-run reference: simd-json's borrowed value alone, the first half of the general
+    // path the scanner replaces (the general path also copies the bytes and builds vectors).
+    group.bench_function("simd_json_value_only", |b| {
+        b.iter(|| {
+            let mut bytes = black_box(file.json.as_bytes()).to_vec();
+            simd_json::to_borrowed_value(&mut bytes)
+                .map(|v| matches!(black_box(v), simd_json::BorrowedValue::Array(_)))
+        })
+    });
     group.finish();
 }
 
