@@ -1,1 +1,82 @@
-fn main() {}
+//! Throughput benchmarks: parsing one tap file, estimating one set, and both together.
+//!
+//! Files are simulated in memory (`simulate_many`, default parameters: 500 samples, about
+//! 26 KB each, the size of a real device file), so the bench needs no data on disk.
+//! Measurement time is kept short so `cargo bench` finishes in a couple of minutes.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use terawang::device::{N_SENSORS, TapRecording, parse_tap};
+use terawang::engine::{Engine, EngineConfig};
+use terawang::simulate::{SimFile, SimParams, simulate_many};
+
+fn one_set() -> Vec<SimFile> {
+    let (files, _) = simulate_many(&SimParams::default(), 1, 1, false);
+    assert_eq!(files.len(), N_SENSORS);
+    files
+}
+
+fn parse_set(files: &[SimFile]) -> [TapRecording; N_SENSORS] {
+    std::array::from_fn(|k| {
+        parse_tap(&files[k].file_name, files[k].json.as_bytes()).expect("simulated file parses")
+    })
+}
+
+fn parse(c: &mut Criterion) {
+    let files = one_set();
+    let file = &files[0];
+    let mut group = c.benchmark_group("parse");
+    group.throughput(criterion::Throughput::Bytes(file.json.len() as u64));
+    group.bench_function("one_file", |b| {
+        b.iter(|| parse_tap(black_box(&file.file_name), black_box(file.json.as_bytes())))
+    });
+    // Same-run reference: simd-json's borrowed value alone, the first half of the general
+    // path the scanner replaces (the general path also copies the bytes and builds vectors).
+    group.bench_function("simd_json_value_only", |b| {
+        b.iter(|| {
+            let mut bytes = black_box(file.json.as_bytes()).to_vec();
+            simd_json::to_borrowed_value(&mut bytes)
+                .map(|v| matches!(black_box(v), simd_json::BorrowedValue::Array(_)))
+        })
+    });
+    group.finish();
+}
+
+fn engine(c: &mut Criterion) {
+    let taps = parse_set(&one_set());
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut group = c.benchmark_group("engine");
+    group.bench_function("one_set", |b| {
+        b.iter(|| engine.estimate_set(black_box(&taps)))
+    });
+    group.finish();
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let files = one_set();
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut group = c.benchmark_group("end_to_end");
+    group.bench_function("parse_8_files_and_estimate", |b| {
+        b.iter(|| {
+            let taps = parse_set(black_box(&files));
+            engine.estimate_set(&taps)
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = parse, engine, end_to_end
+}
+criterion_main!(benches);

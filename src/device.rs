@@ -7,6 +7,11 @@
 //!
 //! [`read_tap_file`] and [`parse_tap`] turn a file into a [`TapRecording`] or a [`ReadError`]
 //! that names the file and what is wrong. They never panic, whatever the bytes.
+//!
+//! Two parsers share the work: the fast scanner in `scan` reads the device's own layout
+//! (integer arrays, plain strings) straight into the sample vectors; anything else falls back
+//! to the general simd-json path, which also names every JSON and per-value error. Both feed
+//! the same checks across objects, so the result never depends on which one read the file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,8 @@ use std::path::{Path, PathBuf};
 use simd_json::BorrowedValue;
 use simd_json::StaticNode;
 use simd_json::prelude::ValueAsScalar;
+
+mod scan;
 
 /// Number of sensors (and channels) around the trunk.
 pub const N_SENSORS: usize = 8;
@@ -259,8 +266,8 @@ pub fn read_tap_file(path: &Path) -> Result<TapRecording, ReadError> {
             limit: MAX_FILE_BYTES,
         }));
     }
-    let mut bytes = std::fs::read(path).map_err(|e| err(ReadErrorKind::Io(e.to_string())))?;
-    parse_content(file_name, name, &mut bytes).map_err(err)
+    let bytes = std::fs::read(path).map_err(|e| err(ReadErrorKind::Io(e.to_string())))?;
+    parse_content(file_name, name, &bytes).map_err(err)
 }
 
 /// Parses the content of a file called `file_name` (the name is validated too).
@@ -272,27 +279,48 @@ pub fn parse_tap(file_name: &str, bytes: &[u8]) -> Result<TapRecording, ReadErro
             limit: MAX_FILE_BYTES,
         });
     }
-    let mut owned = bytes.to_vec();
-    parse_content(file_name, name, &mut owned)
+    parse_content(file_name, name, bytes)
 }
 
 fn parse_content(
     file_name: &str,
     name: TapName,
-    bytes: &mut [u8],
+    bytes: &[u8],
 ) -> Result<TapRecording, ReadErrorKind> {
+    check_not_empty(bytes)?;
+    let raw = match scan::scan(bytes) {
+        Some(raw) => raw,
+        None => parse_general(bytes)?,
+    };
+    raw.finish(file_name, name)
+}
+
+fn check_not_empty(bytes: &[u8]) -> Result<(), ReadErrorKind> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ReadErrorKind::Empty);
     }
+    Ok(())
+}
+
+/// What the objects of a file hold, before the checks across them.
+#[derive(Debug, Default)]
+struct RawTap {
+    channels: [Option<Vec<f32>>; N_SENSORS],
+    timestamps: Option<Vec<i64>>,
+    guids: [Option<String>; N_SENSORS],
+    guid_teensy: Option<String>,
+}
+
+/// The general path: any JSON, through simd-json's borrowed value. It decides every input
+/// the fast scanner leaves to it and names every error.
+fn parse_general(bytes: &[u8]) -> Result<RawTap, ReadErrorKind> {
+    let mut owned = bytes.to_vec();
     let value =
-        simd_json::to_borrowed_value(bytes).map_err(|e| ReadErrorKind::Json(e.to_string()))?;
+        simd_json::to_borrowed_value(&mut owned).map_err(|e| ReadErrorKind::Json(e.to_string()))?;
     let BorrowedValue::Array(objects) = value else {
         return Err(ReadErrorKind::NotAnArrayOfObjects);
     };
-    let mut channels: [Option<Vec<f32>>; N_SENSORS] = Default::default();
-    let mut guids: [Option<String>; N_SENSORS] = Default::default();
-    let mut timestamps: Option<Vec<i64>> = None;
-    let mut guid_teensy = None;
+    let mut raw = RawTap::default();
     for object in objects.iter() {
         let BorrowedValue::Object(object) = object else {
             return Err(ReadErrorKind::NotAnArrayOfObjects);
@@ -306,63 +334,77 @@ fn parse_content(
                 .and_then(|k| k.parse::<usize>().ok())
                 .filter(|k| (1..=N_SENSORS).contains(k))
             {
-                if channels[k - 1].is_some() {
+                if raw.channels[k - 1].is_some() {
                     return Err(ReadErrorKind::DuplicateChannel(k));
                 }
-                channels[k - 1] = Some(numbers(key, value, |x| x as f32)?);
+                raw.channels[k - 1] = Some(numbers(key, value, |x| x as f32)?);
                 channel_here = Some(k);
             } else if key == "timestamp" {
-                timestamps = Some(numbers(key, value, |x| x as i64)?);
+                raw.timestamps = Some(numbers(key, value, |x| x as i64)?);
             } else if key == "guid" {
                 guid_here = value.as_str().map(str::to_string);
             } else if key == "guidteensy" {
-                guid_teensy = value.as_str().map(str::to_string);
+                raw.guid_teensy = value.as_str().map(str::to_string);
             }
         }
         if let (Some(k), Some(guid)) = (channel_here, guid_here) {
-            guids[k - 1] = Some(guid);
+            raw.guids[k - 1] = Some(guid);
         }
     }
-    let mut timestamps_ns = timestamps.ok_or(ReadErrorKind::MissingTimestamps)?;
-    let mut warnings = Vec::new();
-    let mut taken: [Vec<f32>; N_SENSORS] = Default::default();
-    for (k, slot) in channels.iter_mut().enumerate() {
-        taken[k] = slot.take().ok_or(ReadErrorKind::MissingChannel(k + 1))?;
-    }
-    let lengths = taken.iter().map(Vec::len).chain([timestamps_ns.len()]);
-    let shortest = lengths.clone().min().unwrap_or(0);
-    let longest = lengths.max().unwrap_or(0);
-    if shortest != longest {
-        warnings.push(format!(
-            "arrays of unequal length ({shortest} to {longest} samples): cut to {shortest}"
-        ));
-        for ch in &mut taken {
-            ch.truncate(shortest);
+    Ok(raw)
+}
+
+impl RawTap {
+    /// The checks across objects: every channel and the timestamps present, equal lengths
+    /// (else cut, with a warning), enough samples, increasing timestamps.
+    fn finish(self, file_name: &str, name: TapName) -> Result<TapRecording, ReadErrorKind> {
+        let RawTap {
+            mut channels,
+            timestamps,
+            guids,
+            guid_teensy,
+        } = self;
+        let mut timestamps_ns = timestamps.ok_or(ReadErrorKind::MissingTimestamps)?;
+        let mut warnings = Vec::new();
+        let mut taken: [Vec<f32>; N_SENSORS] = Default::default();
+        for (k, slot) in channels.iter_mut().enumerate() {
+            taken[k] = slot.take().ok_or(ReadErrorKind::MissingChannel(k + 1))?;
         }
-        timestamps_ns.truncate(shortest);
+        let lengths = taken.iter().map(Vec::len).chain([timestamps_ns.len()]);
+        let shortest = lengths.clone().min().unwrap_or(0);
+        let longest = lengths.max().unwrap_or(0);
+        if shortest != longest {
+            warnings.push(format!(
+                "arrays of unequal length ({shortest} to {longest} samples): cut to {shortest}"
+            ));
+            for ch in &mut taken {
+                ch.truncate(shortest);
+            }
+            timestamps_ns.truncate(shortest);
+        }
+        if shortest < MIN_SAMPLES {
+            return Err(ReadErrorKind::TooFewSamples {
+                found: shortest,
+                min: MIN_SAMPLES,
+            });
+        }
+        if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
+            return Err(ReadErrorKind::TimestampsNotIncreasing {
+                index: i + 1,
+                prev: timestamps_ns[i],
+                next: timestamps_ns[i + 1],
+            });
+        }
+        Ok(TapRecording {
+            file_name: file_name.to_string(),
+            name,
+            channels: taken,
+            timestamps_ns,
+            guids,
+            guid_teensy,
+            warnings,
+        })
     }
-    if shortest < MIN_SAMPLES {
-        return Err(ReadErrorKind::TooFewSamples {
-            found: shortest,
-            min: MIN_SAMPLES,
-        });
-    }
-    if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
-        return Err(ReadErrorKind::TimestampsNotIncreasing {
-            index: i + 1,
-            prev: timestamps_ns[i],
-            next: timestamps_ns[i + 1],
-        });
-    }
-    Ok(TapRecording {
-        file_name: file_name.to_string(),
-        name,
-        channels: taken,
-        timestamps_ns,
-        guids,
-        guid_teensy,
-        warnings,
-    })
 }
 
 /// Reads a JSON array of numbers, converting each with `conv`; integers are exact, finite
@@ -672,5 +714,335 @@ mod tests {
                 "prefix of {cut} bytes parsed"
             );
         }
+    }
+
+    /// The general path alone, for holding the scanner against it.
+    fn general(bytes: &[u8]) -> Result<TapRecording, ReadErrorKind> {
+        check_not_empty(bytes)?;
+        parse_general(bytes)?.finish(NAME, TapName::parse(NAME).unwrap())
+    }
+
+    #[test]
+    fn the_scanner_reads_the_device_layout_itself() {
+        let (files, _) =
+            crate::simulate::simulate_many(&crate::simulate::SimParams::default(), 1, 5, false);
+        let doc: serde_json::Value = serde_json::from_str(&sample_json(120)).unwrap();
+        let mut shuffled = doc.as_array().unwrap().clone();
+        shuffled.swap(0, 8);
+        shuffled.push(serde_json::json!({"n": -3, "ok": true, "x": null, "s": "v"}));
+        let texts = [
+            files[0].json.clone(),
+            sample_json(500),
+            serde_json::to_string_pretty(&doc).unwrap(),
+            serde_json::to_string(&shuffled).unwrap(),
+            format!("\r\n\t {} \n", sample_json(64)),
+        ];
+        for text in &texts {
+            let bytes = text.as_bytes();
+            assert!(scan::scan(bytes).is_some(), "fell back on {:.80}", text);
+            assert_eq!(parse_tap(NAME, bytes), general(bytes));
+            assert!(parse_tap(NAME, bytes).is_ok());
+        }
+    }
+
+    /// A tap file as editable parts: objects of (raw key, value), arrays as raw elements.
+    enum Part {
+        Array(Vec<String>),
+        Raw(String),
+    }
+
+    fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
+        items[below(rng, items.len())]
+    }
+
+    fn below(rng: &mut Rng, n: usize) -> usize {
+        ((rng.unit() * n as f64) as usize).min(n.saturating_sub(1))
+    }
+
+    fn random_file(rng: &mut Rng) -> Vec<Vec<(String, Part)>> {
+        let n = [64, 65, 80, 130][below(rng, 4)];
+        let mut objects: Vec<Vec<(String, Part)>> = (1..=N_SENSORS)
+            .map(|k| {
+                let samples = (0..n)
+                    .map(|_| (1050 + below(rng, 3030)).to_string())
+                    .collect();
+                vec![
+                    (format!("\"value{k}\""), Part::Array(samples)),
+                    (
+                        "\"guid\"".to_string(),
+                        Part::Raw(format!("\"{}\"", rng.uuid())),
+                    ),
+                ]
+            })
+            .collect();
+        let mut t = 346_229_149_i64 + below(rng, 1 << 20) as i64;
+        let ts = (0..n)
+            .map(|_| {
+                t += 26_900 + below(rng, 900) as i64;
+                t.to_string()
+            })
+            .collect();
+        objects.push(vec![("\"timestamp\"".to_string(), Part::Array(ts))]);
+        objects.push(vec![(
+            "\"guidteensy\"".to_string(),
+            Part::Raw(format!("\"{}\"", rng.uuid())),
+        )]);
+        objects
+    }
+
+    fn mutate_structure(rng: &mut Rng, objects: &mut Vec<Vec<(String, Part)>>) {
+        const ODD_NUMBERS: &[&str] = &[
+            "2013.0",
+            "2.5e3",
+            "1E2",
+            "-0",
+            "0",
+            "007",
+            "-12",
+            "-4096",
+            "1.0e-5",
+            "1e400",
+            "123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "\"5\"",
+            "null",
+            "[1]",
+            "true",
+            "{}",
+            "- 1",
+            "+1",
+            "0x10",
+            ".5",
+            "1.",
+        ];
+        const ODD_KEYS: &[&str] = &[
+            "\"value01\"",
+            "\"value+3\"",
+            "\"value9\"",
+            "\"value0\"",
+            "\"value\"",
+            "\"val\\u0075e2\"",
+            "\"timestamp\"",
+            "\"guid\"",
+            "\"guidteensy\"",
+            "\"Value1\"",
+            "\"value1 \"",
+            "\"firmware\"",
+            "\"\"",
+            "\"t\\u00e9\"",
+        ];
+        const ODD_VALUES: &[&str] = &[
+            "\"a\\nb\"",
+            "5",
+            "null",
+            "\"\"",
+            "\"\u{fc}\"",
+            "[\"x\"]",
+            "1.5",
+            "true",
+            "false",
+            "{\"a\":[1,{}]}",
+            "[]",
+            "[1,2,3]",
+            "\"x\\\"y\"",
+            "-7",
+            "{}",
+            "\"\x01\"",
+        ];
+        if objects.is_empty() {
+            return;
+        }
+        let o = below(rng, objects.len());
+        let p = below(rng, objects.len());
+        match below(rng, 12) {
+            0 => objects.swap(o, p),
+            1 => {
+                objects.remove(o);
+            }
+            2 => {
+                let copy = objects[o]
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Part::Array(a) => Part::Array(a.clone()),
+                            Part::Raw(r) => Part::Raw(r.clone()),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect();
+                objects.insert(p, copy);
+            }
+            3 => {
+                let key = pick(rng, &["\"firmware\"", "\"n\"", "\"rate\""]).to_string();
+                let value = Part::Raw(pick(rng, ODD_VALUES).to_string());
+                let at = below(rng, objects[o].len() + 1);
+                objects[o].insert(at, (key, value));
+            }
+            4 => objects[o].reverse(),
+            5 | 6 | 10 => {
+                let arrays: Vec<(usize, usize)> = objects
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, obj)| {
+                        obj.iter()
+                            .enumerate()
+                            .filter(|(_, (_, v))| matches!(v, Part::Array(a) if a.len() > 1))
+                            .map(move |(j, _)| (i, j))
+                    })
+                    .collect();
+                if arrays.is_empty() {
+                    return;
+                }
+                let (i, j) = arrays[below(rng, arrays.len())];
+                let Part::Array(a) = &mut objects[i][j].1 else {
+                    unreachable!()
+                };
+                let at = below(rng, a.len());
+                match below(rng, 3) {
+                    0 => a[at] = pick(rng, ODD_NUMBERS).to_string(),
+                    1 => a.truncate(at),
+                    _ => {
+                        let other = below(rng, a.len());
+                        a.swap(at, other);
+                    }
+                }
+            }
+            7 => {
+                if !objects[o].is_empty() {
+                    let j = below(rng, objects[o].len());
+                    objects[o][j].0 = pick(rng, ODD_KEYS).to_string();
+                }
+            }
+            8 => {
+                if !objects[o].is_empty() {
+                    let j = below(rng, objects[o].len());
+                    objects[o][j].1 = Part::Raw(pick(rng, ODD_VALUES).to_string());
+                }
+            }
+            _ => {
+                if o != p {
+                    let moved = std::mem::take(&mut objects[p]);
+                    objects[o].extend(moved);
+                    objects.remove(p);
+                }
+            }
+        }
+    }
+
+    fn render(rng: &mut Rng, objects: &[Vec<(String, Part)>], ws_rate: f64) -> Vec<u8> {
+        let mut out = String::new();
+        let ws = |out: &mut String, rng: &mut Rng| {
+            if rng.unit() < ws_rate {
+                out.push_str(pick(rng, &[" ", "\n", "\t", "\r\n", "  ", "\x0c"]));
+            }
+        };
+        out.push('[');
+        for (i, object) in objects.iter().enumerate() {
+            ws(&mut out, rng);
+            if i > 0 {
+                out.push(',');
+                ws(&mut out, rng);
+            }
+            out.push('{');
+            for (j, (key, value)) in object.iter().enumerate() {
+                ws(&mut out, rng);
+                if j > 0 {
+                    out.push(',');
+                    ws(&mut out, rng);
+                }
+                out.push_str(key);
+                ws(&mut out, rng);
+                out.push(':');
+                ws(&mut out, rng);
+                match value {
+                    Part::Raw(r) => out.push_str(r),
+                    Part::Array(a) => {
+                        out.push('[');
+                        for (e, x) in a.iter().enumerate() {
+                            if e > 0 {
+                                ws(&mut out, rng);
+                                out.push(',');
+                            }
+                            ws(&mut out, rng);
+                            out.push_str(x);
+                        }
+                        ws(&mut out, rng);
+                        out.push(']');
+                    }
+                }
+            }
+            ws(&mut out, rng);
+            out.push('}');
+        }
+        ws(&mut out, rng);
+        out.push(']');
+        ws(&mut out, rng);
+        out.into_bytes()
+    }
+
+    fn mutate_bytes(rng: &mut Rng, bytes: &mut Vec<u8>) {
+        const ALPHABET: &[u8] = b"[]{}\",:0123456789-+.eE \n\t\r\x0cvalue\\u\x00\x01\xc3\xff";
+        if bytes.is_empty() {
+            return;
+        }
+        let at = below(rng, bytes.len());
+        match below(rng, 4) {
+            0 => bytes[at] = ALPHABET[below(rng, ALPHABET.len())],
+            1 => bytes.truncate(at),
+            2 => bytes.insert(at, b" \n\t\r"[below(rng, 4)]),
+            _ => {
+                bytes.remove(at);
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_and_general_path_agree_on_mutated_files() {
+        let mut rng = Rng::new(6);
+        let cases = 4000;
+        let (mut scanned, mut ok, mut scanned_err) = (0, 0, 0);
+        for case in 0..cases {
+            let mut objects = random_file(&mut rng);
+            for _ in 0..below(&mut rng, 3) {
+                mutate_structure(&mut rng, &mut objects);
+            }
+            let ws_rate = [0.0, 0.0, 0.05, 0.5][below(&mut rng, 4)];
+            let mut bytes = render(&mut rng, &objects, ws_rate);
+            if rng.unit() < 0.3 {
+                for _ in 0..1 + below(&mut rng, 3) {
+                    mutate_bytes(&mut rng, &mut bytes);
+                }
+            }
+            let fast = parse_tap(NAME, &bytes);
+            let reference = general(&bytes);
+            assert_eq!(
+                fast,
+                reference,
+                "case {case}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            );
+            let by_scanner = scan::scan(&bytes).is_some();
+            scanned += usize::from(by_scanner);
+            ok += usize::from(fast.is_ok());
+            scanned_err += usize::from(by_scanner && fast.is_err());
+        }
+        // The cases must exercise both the scanner's own answers and the fallback.
+        assert!(scanned > cases / 6, "scanner answered {scanned} of {cases}");
+        assert!(
+            scanned < cases * 3 / 4,
+            "scanner answered {scanned} of {cases}"
+        );
+        assert!(
+            ok > cases / 5 && ok < cases * 4 / 5,
+            "{ok} of {cases} parsed"
+        );
+        assert!(
+            scanned_err > cases / 50,
+            "{scanned_err} scanned files failed later checks"
+        );
     }
 }
