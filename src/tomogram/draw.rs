@@ -50,7 +50,7 @@ pub fn colour(f: f64) -> [u8; 3] {
         if f <= b {
             let t = (f - a) / (b - a);
             return std::array::from_fn(|k| {
-                (ca[k] as f64 + t * (cb[k] as f64 - ca[k] as f64)).round() as u8
+                (ca[k] as f64 + t * (cb[k] as f64 - ca[k] as f64) + 0.5) as u8
             });
         }
     }
@@ -119,8 +119,9 @@ impl Canvas {
         let (y0, y1) = ((cy - r1).floor() as i64, (cy + r1).ceil() as i64);
         for y in y0..=y1 {
             for x in x0..=x1 {
-                let d = (x as f64 + 0.5 - cx).hypot(y as f64 + 0.5 - cy);
-                if d >= r0 && d <= r1 {
+                let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
+                let d2 = dx * dx + dy * dy;
+                if d2 >= r0 * r0 && d2 <= r1 * r1 {
                     self.set(x, y, c);
                 }
             }
@@ -221,7 +222,7 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         for px in (cx - RADIUS_PX) as i64..=(cx + RADIUS_PX) as i64 {
             let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
             let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
-            if x.hypot(y) > 1.0 {
+            if x * x + y * y > 1.0 {
                 continue;
             }
             let c = match sample(t, x, y) {
