@@ -3,15 +3,17 @@
 //! Stages, one module each: [`device`] reads tap files, [`group`] groups them into sets,
 //! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
 //! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
-//! the cross-section.
+//! the cross-section. [`backend`] picks the correlator: the CPU, or the GPU in [`gpu`].
 
 // Ray matrices are indexed [tapped][receiver]; index loops read closer to the physics.
 #![allow(clippy::needless_range_loop)]
 
+pub mod backend;
 pub mod device;
 pub mod engine;
 pub mod evaluate;
 pub mod geometry;
+pub mod gpu;
 pub mod group;
 pub mod process;
 pub mod result;

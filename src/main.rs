@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use terawang::backend::BackendChoice;
 use terawang::engine::{EngineConfig, Method};
 use terawang::evaluate::evaluate;
 use terawang::process::{ProcessOptions, run};
@@ -95,9 +96,9 @@ struct ProcessArgs {
     out: PathBuf,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Compute backend (only `cpu` in this build).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
-    backend: String,
+    /// Compute backend: `auto` uses a real GPU when present, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
     /// Worker threads; defaults to the number of cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -163,11 +164,11 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Process(a) => {
-            let _ = &a.backend;
             let opts = ProcessOptions {
                 inputs: a.inputs,
                 out_dir: a.out,
                 engine: a.engine.config()?,
+                backend: a.backend,
                 threads: a
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
