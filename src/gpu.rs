@@ -475,24 +475,29 @@ mod enabled {
                 submission_index: Some(submission),
                 timeout: None,
             });
-            if let Some(e) = pollster::block_on(oom.pop()) {
-                return Err(gpu_err("out of memory", e));
-            }
-            if let Some(e) = pollster::block_on(validation.pop()) {
-                return Err(gpu_err("validation error", e));
-            }
-            polled.map_err(|e| gpu_err("poll failed", e))?;
-            rx.recv()
-                .map_err(|e| gpu_err("map callback lost", e))?
-                .map_err(|e| gpu_err("read-back failed", e))?;
-            {
+            let oom = pollster::block_on(oom.pop());
+            let validation = pollster::block_on(validation.pop());
+            let read = || -> Result<(), CorrelatorError> {
+                if let Some(e) = oom {
+                    return Err(gpu_err("out of memory", e));
+                }
+                if let Some(e) = validation {
+                    return Err(gpu_err("validation error", e));
+                }
+                polled.map_err(|e| gpu_err("poll failed", e))?;
+                rx.recv()
+                    .map_err(|e| gpu_err("map callback lost", e))?
+                    .map_err(|e| gpu_err("read-back failed", e))?;
                 let view = slice
                     .get_mapped_range()
                     .map_err(|e| gpu_err("read-back failed", e))?;
                 out.copy_from_slice(bytemuck::cast_slice(&view));
-            }
+                Ok(())
+            };
+            let result = read();
+            // Unmapped on failure too (a pending map is cancelled), so the next batch can map.
             bufs.readback.unmap();
-            Ok(())
+            result
         }
 
         /// Runs a batch too big for one binding: chunks of consecutive pairs, each with only
