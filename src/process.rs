@@ -131,6 +131,8 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     }
 
     let threads = opts.threads.max(1);
+    // Built before any work, so a backend that cannot start fails the run cleanly, and `auto`
+    // is decided once for all workers.
     let mut correlators = Vec::with_capacity(threads);
     let mut backend = opts.backend;
     for _ in 0..threads {
