@@ -5,15 +5,18 @@
 //! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
 //! the cross-section. The service `run` is [`service`]:
 //! [`config`] → [`watch`] → [`group`] → [`engine`] → [`sink`], with [`journal`] keeping state.
+//! [`backend`] picks the correlator: the CPU, or the GPU in [`gpu`].
 
 // Ray matrices are indexed [tapped][receiver]; index loops read closer to the physics.
 #![allow(clippy::needless_range_loop)]
 
+pub mod backend;
 pub mod config;
 pub mod device;
 pub mod engine;
 pub mod evaluate;
 pub mod geometry;
+pub mod gpu;
 pub mod group;
 pub mod journal;
 pub mod process;

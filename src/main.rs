@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use terawang::backend::BackendChoice;
 use terawang::engine::{EngineConfig, Method};
 use terawang::evaluate::evaluate;
 use terawang::process::{ProcessOptions, run};
@@ -56,9 +57,9 @@ struct RunArgs {
     /// (exit code 2 when a set stays undelivered).
     #[arg(long)]
     once: bool,
-    /// Compute backend (only `cpu` in this build).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
-    backend: String,
+    /// Compute backend: `auto` uses a real GPU when present, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
     /// Settings file; defaults to ./.env when present. Real environment variables win.
     #[arg(long)]
     env_file: Option<PathBuf>,
@@ -114,9 +115,9 @@ struct ProcessArgs {
     out: PathBuf,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Compute backend (only `cpu` in this build).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
-    backend: String,
+    /// Compute backend: `auto` uses a real GPU when present, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
     /// Worker threads; defaults to the number of cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -182,11 +183,11 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Process(a) => {
-            let _ = &a.backend;
             let opts = ProcessOptions {
                 inputs: a.inputs,
                 out_dir: a.out,
                 engine: a.engine.config()?,
+                backend: a.backend,
                 threads: a
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -242,7 +243,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
-            let _ = &a.backend;
             let raw = terawang::config::RawConfig::load(a.env_file.as_deref())?;
             let cfg = terawang::config::Config::from_raw(&raw)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -252,6 +252,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let opts = terawang::service::ServiceOptions {
                 once: a.once,
+                backend: a.backend,
                 threads: a
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded};
 
+use crate::backend::{BackendChoice, make_correlators};
 use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::result::{Durability, SetOutputs};
 
@@ -22,6 +23,8 @@ pub struct ProcessOptions {
     pub inputs: Vec<PathBuf>,
     pub out_dir: PathBuf,
     pub engine: EngineConfig,
+    /// Correlator backend; `auto` is settled once, before the workers start.
+    pub backend: BackendChoice,
     pub threads: usize,
     pub window_s: i64,
     pub progress: bool,
@@ -127,12 +130,14 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     }
 
     let threads = opts.threads.max(1);
+    let correlators = make_correlators(opts.backend, n_fft_for(&opts.engine), threads)
+        .map_err(|e| anyhow::anyhow!("--backend {}: {e}", opts.backend))?;
     let (job_tx, job_rx) = bounded::<TapSet<PathBuf>>(threads * 2);
     let (done_tx, done_rx) = unbounded::<Outcome>();
     let started = Instant::now();
     let show_progress = opts.progress && std::io::stderr().is_terminal();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        for w in 0..threads {
+        for (w, correlator) in correlators.into_iter().enumerate() {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let cfg = opts.engine.clone();
@@ -140,7 +145,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn_scoped(scope, move || {
-                    let mut engine = Engine::new(cfg);
+                    let mut engine = Engine::with_correlator(cfg, correlator);
                     for set in job_rx {
                         let outcome = process_set(&mut engine, &set, &out_dir);
                         if done_tx.send(outcome).is_err() {

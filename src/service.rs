@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::backend::{BackendChoice, make_correlators};
 use crate::config::Config;
 use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::journal::{Entry, Journal, Stage};
 use crate::result::{Durability, SetOutputs};
@@ -38,6 +39,8 @@ pub struct ServiceOptions {
     /// Process what is there, deliver it (one try per sink) and return.
     pub once: bool,
     pub threads: usize,
+    /// Correlator backend; `auto` is settled once, before the workers start.
+    pub backend: BackendChoice,
 }
 
 /// What a run did.
@@ -197,8 +200,15 @@ pub fn run(
         journal: journal.clone(),
         delivery: delivery.sender(),
     });
+    let engine_cfg = EngineConfig {
+        diameter_m: cfg.diameter_m,
+        ..EngineConfig::default()
+    };
+    let correlators = make_correlators(opts.backend, n_fft_for(&engine_cfg), threads)
+        .map_err(|e| anyhow::anyhow!("--backend {}: {e}", opts.backend))?;
     let mut workers = Vec::new();
-    for w in 0..threads {
+    for (w, correlator) in correlators.into_iter().enumerate() {
+        let engine_cfg = engine_cfg.clone();
         let job_rx: Receiver<TapSet<PathBuf>> = job_rx.clone();
         let inbox_tx = inbox_tx.clone();
         let ctx = ctx.clone();
@@ -206,10 +216,7 @@ pub fn run(
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn(move || {
-                    let mut engine = Engine::new(EngineConfig {
-                        diameter_m: ctx.cfg.diameter_m,
-                        ..EngineConfig::default()
-                    });
+                    let mut engine = Engine::with_correlator(engine_cfg, correlator);
                     for set in job_rx {
                         let outcome = work(&mut engine, &set, &ctx);
                         if inbox_tx.send(Inbox::Outcome(outcome)).is_err() {
