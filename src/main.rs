@@ -124,6 +124,9 @@ struct ProcessArgs {
     /// Largest span of a set's file times, seconds.
     #[arg(long, default_value_t = 900)]
     window: i64,
+    /// Skip the tomogram (the `.png` and the report's grid), for bulk reprocessing.
+    #[arg(long)]
+    no_tomogram: bool,
 }
 
 #[derive(Args)]
@@ -193,6 +196,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 window_s: a.window,
                 progress: true,
+                tomogram: !a.no_tomogram,
             };
             let summary = run(&opts)?;
             summary.print(&mut std::io::stdout())?;

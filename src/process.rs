@@ -25,6 +25,8 @@ pub struct ProcessOptions {
     pub engine: EngineConfig,
     /// Correlator backend; `auto` is settled once, before the workers start.
     pub backend: BackendChoice,
+    /// Reconstruct and draw the cross-section of each set.
+    pub tomogram: bool,
     pub threads: usize,
     pub window_s: i64,
     pub progress: bool,
@@ -142,12 +144,13 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
             let done_tx = done_tx.clone();
             let cfg = opts.engine.clone();
             let out_dir = opts.out_dir.clone();
+            let tomogram = opts.tomogram;
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn_scoped(scope, move || {
                     let mut engine = Engine::with_correlator(cfg, correlator);
                     for set in job_rx {
-                        let outcome = process_set(&mut engine, &set, &out_dir);
+                        let outcome = process_set(&mut engine, &set, &out_dir, tomogram);
                         if done_tx.send(outcome).is_err() {
                             break;
                         }
@@ -223,7 +226,12 @@ fn draw_progress(done: usize, total: usize) {
 }
 
 /// Reads, computes and writes one set.
-fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Outcome {
+fn process_set(
+    engine: &mut Engine,
+    set: &TapSet<PathBuf>,
+    out_dir: &Path,
+    tomogram: bool,
+) -> Outcome {
     let mut rejected = Vec::new();
     let mut good = Vec::new();
     let mut taps = Vec::with_capacity(N_SENSORS);
@@ -260,6 +268,7 @@ fn process_set(engine: &mut Engine, set: &TapSet<PathBuf>, out_dir: &Path) -> Ou
         &est,
         engine.config(),
         &taps,
+        tomogram,
     );
     let write = || outputs.write(out_dir, out_dir, Durability::Fast);
     match write() {

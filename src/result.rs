@@ -173,7 +173,8 @@ pub struct SetOutputs {
 }
 
 impl SetOutputs {
-    /// Builds the three files of a set from its estimate (reconstructs and draws the tomogram).
+    /// Builds the files of a set from its estimate; `with_tomogram` reconstructs and draws the
+    /// cross-section too.
     pub fn build(
         stem: &str,
         device: Option<&str>,
@@ -181,17 +182,18 @@ impl SetOutputs {
         est: &SetEstimate,
         cfg: &EngineConfig,
         taps: &[TapRecording; N_SENSORS],
+        with_tomogram: bool,
     ) -> SetOutputs {
         let name = format!("{stem}.json");
-        let tomogram = reconstruct(
-            &est.plain_matrix(),
-            cfg.diameter_m,
-            &TomogramConfig::default(),
-        );
-        if let Err(e) = &tomogram {
-            log::warn!("{name}: no tomogram: {e}");
-        }
-        let tomogram = tomogram.ok();
+        let tomogram = with_tomogram
+            .then(|| {
+                reconstruct(
+                    &est.plain_matrix(),
+                    cfg.diameter_m,
+                    &TomogramConfig::default(),
+                )
+            })
+            .and_then(|t| t.map_err(|e| log::warn!("{name}: no tomogram: {e}")).ok());
         SetOutputs {
             stem: stem.to_string(),
             plain: plain_json(est),

@@ -501,6 +501,7 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
         &est,
         engine.config(),
         &taps,
+        true,
     );
     let t_compute = t1.elapsed();
     let sources: Vec<String> = members

@@ -472,30 +472,69 @@ const STACK_LEVEL: f64 = 0.15;
 const RECIPROCAL_GCC_WEIGHT: f64 = 2.0;
 
 /// Least squares for `n` unknowns from weighted `x_b − x_a = d` equations `(a, b, d, w)`,
-/// with mean zero (Gauss–Seidel on the weighted graph Laplacian; the systems are tiny).
-/// Unknowns in no equation stay 0.
+/// with mean zero. The normal equations (the weighted graph Laplacian) plus the all-ones
+/// matrix, which fixes the free offset, are solved directly; a tiny ridge keeps unknowns in no
+/// equation at 0. Systems have at most 16 unknowns.
 pub fn solve_differences(n: usize, equations: &[(usize, usize, f64, f64)]) -> Vec<f64> {
-    let mut x = vec![0.0f64; n];
-    for _ in 0..300 {
-        for k in 0..n {
-            let (mut num, mut den) = (0.0, 0.0);
-            for &(a, b, d, w) in equations {
-                if a == k {
-                    num += w * (x[b] - d);
-                    den += w;
-                } else if b == k {
-                    num += w * (x[a] + d);
-                    den += w;
+    let mut m = vec![0.0f64; n * n];
+    let mut rhs = vec![0.0f64; n];
+    for &(a, b, d, w) in equations {
+        m[a * n + a] += w;
+        m[b * n + b] += w;
+        m[a * n + b] -= w;
+        m[b * n + a] -= w;
+        rhs[b] += w * d;
+        rhs[a] -= w * d;
+    }
+    let scale = (0..n).map(|k| m[k * n + k]).fold(0.0, f64::max).max(1.0);
+    for r in 0..n {
+        for c in 0..n {
+            m[r * n + c] += scale / n as f64;
+        }
+        m[r * n + r] += 1e-9 * scale;
+    }
+    let mut x = gauss_solve(&mut m, &mut rhs, n);
+    let mean = x.iter().sum::<f64>() / n.max(1) as f64;
+    for v in &mut x {
+        *v -= mean;
+    }
+    x
+}
+
+/// Solves the dense `n×n` system `m·x = rhs` by Gaussian elimination with partial pivoting.
+fn gauss_solve(m: &mut [f64], rhs: &mut [f64], n: usize) -> Vec<f64> {
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&a, &b| m[a * n + col].abs().total_cmp(&m[b * n + col].abs()))
+            .unwrap_or(col);
+        if m[pivot * n + col].abs() < 1e-300 {
+            continue;
+        }
+        if pivot != col {
+            for c in 0..n {
+                m.swap(pivot * n + c, col * n + c);
+            }
+            rhs.swap(pivot, col);
+        }
+        for r in (col + 1)..n {
+            let f = m[r * n + col] / m[col * n + col];
+            if f != 0.0 {
+                for c in col..n {
+                    m[r * n + c] -= f * m[col * n + c];
                 }
-            }
-            if den > 0.0 {
-                x[k] = num / den;
+                rhs[r] -= f * rhs[col];
             }
         }
-        let mean = x.iter().sum::<f64>() / n as f64;
-        for v in &mut x {
-            *v -= mean;
-        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = ((r + 1)..n).map(|c| m[r * n + c] * x[c]).sum();
+        let d = m[r * n + r];
+        x[r] = if d.abs() < 1e-300 {
+            0.0
+        } else {
+            (rhs[r] - s) / d
+        };
     }
     x
 }
@@ -534,4 +573,53 @@ pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f
     let mut sorted = x.clone();
     let pin = super::median(&mut sorted).unwrap_or(0.0);
     std::array::from_fn(|k| x[k] - pin + mean_lead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_solved_exactly_with_mean_zero() {
+        let truth = [3.0, -1.0, 0.5, 7.0, -9.5];
+        let mean = truth.iter().sum::<f64>() / 5.0;
+        let mut eq = Vec::new();
+        for a in 0..5 {
+            for b in (a + 1)..5 {
+                eq.push((a, b, truth[b] - truth[a], 1.0 + a as f64));
+            }
+        }
+        let x = solve_differences(5, &eq);
+        for (x, t) in x.iter().zip(truth) {
+            assert!((x - (t - mean)).abs() < 1e-6, "{x} vs {}", t - mean);
+        }
+    }
+
+    #[test]
+    fn unknowns_in_no_equation_stay_at_the_mean() {
+        // 0–1 connected, 2 alone.
+        let x = solve_differences(3, &[(0, 1, 4.0, 1.0)]);
+        assert!((x[1] - x[0] - 4.0).abs() < 1e-6);
+        assert!(x.iter().sum::<f64>().abs() < 1e-9);
+        assert!(x[2].abs() < 1e-6);
+        assert_eq!(solve_differences(2, &[]), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn leads_pin_the_median() {
+        // lead_j − lead_i = d: one tap fired far off, the median is pinned, not the mean.
+        let mut eq = Vec::new();
+        let truth = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -300.0];
+        for i in 0..8 {
+            for j in (i + 1)..8 {
+                eq.push((i, j, truth[j] - truth[i], 1.0));
+            }
+        }
+        let leads = solve_leads(&eq, 10.0);
+        let mut sorted = leads;
+        sorted.sort_by(f64::total_cmp);
+        assert!((0.5 * (sorted[3] + sorted[4]) - 10.0).abs() < 1e-6);
+        assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
+        assert!((leads[7] - leads[0] + 300.0).abs() < 1e-6);
+    }
 }
