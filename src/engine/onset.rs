@@ -181,7 +181,8 @@ pub struct OnsetPlan {
 struct ClassPlan {
     rays: Vec<(usize, usize)>,
     /// First sample of each ray's window.
-    starts: Vec<usize>,
+    /// Start of each ray's window, µs in its file's time axis (common grid `dt`).
+    starts: Vec<f64>,
     /// `(a, b, pair index)`: ray b's window correlated against ray a's.
     pairs: Vec<(usize, usize, u32)>,
 }
@@ -194,10 +195,16 @@ struct ReciprocalPlan {
     pair: u32,
 }
 
+/// The common time grid of a set's correlation windows: its mean sampling interval, µs.
+fn grid_dt(set: &[Prepared; N_SENSORS]) -> f64 {
+    set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64
+}
+
 /// Phase one: baselines and picks, and the windows and pairs the correlator must compute
 /// (appended to `batch`, whose `n_fft` must be at least 32).
 pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> OnsetPlan {
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
+    let dt = grid_dt(set);
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
         let max_lag = max_lag_samples(cfg, tap.dt_us).max(2) as usize;
@@ -213,7 +220,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
             .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
             .filter(|&(i, j)| {
                 let d = i.abs_diff(j);
-                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some_and(|p| !p.clipped)
+                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some()
             })
             .collect();
         if rays.len() < 3 {
@@ -222,7 +229,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
         let mut starts = Vec::with_capacity(rays.len());
         let mut windows = Vec::with_capacity(rays.len());
         for &(i, j) in &rays {
-            let (start, w) = ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us));
+            let (start, w) = ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us), dt);
             starts.push(start);
             windows.push(batch.push_window(&w));
         }
@@ -244,7 +251,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
             let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
                 continue;
             };
-            let (wa, wb) = reciprocal_windows(&set[i], &set[j], i, j, a.t_us, b.t_us);
+            let (wa, wb) = reciprocal_windows(&set[i], &set[j], i, j, a.t_us, b.t_us, dt);
             let (ra, rb) = (batch.push_window(&wa), batch.push_window(&wb));
             reciprocal.push(ReciprocalPlan {
                 i,
@@ -282,7 +289,7 @@ pub fn solve(
             continue;
         };
         equations.push((r.i, r.j, a.t_us - b.t_us, 1.0));
-        let dt = 0.5 * (set[r.i].dt_us + set[r.j].dt_us);
+        let dt = grid_dt(set);
         let expect = (a.t_us - b.t_us) / dt;
         let (lo, hi) = (
             (expect - 2.0).floor() as isize,
@@ -322,26 +329,51 @@ pub fn solve(
 const CLASS_NEIGHBOURS: usize = 6;
 
 /// Samples in the window that the ray-to-ray correlations look at.
-const RAY_WINDOW: usize = 20;
+const RAY_WINDOW: usize = 16;
 /// Quiet samples kept before the pick in that window.
 const RAY_PRE: usize = 3;
 
-/// The early part of ray i→j, from `RAY_PRE` samples before its pick; the tail is tapered.
-fn ray_window(tap: &Prepared, j: usize, pick_us: f64) -> (usize, Vec<f32>) {
-    let k_pick = tap.t_us.partition_point(|&t| t < pick_us);
-    let start = k_pick.saturating_sub(RAY_PRE);
-    let window = (0..RAY_WINDOW)
-        .map(|k| {
-            let w = if k < RAY_WINDOW / 2 {
-                1.0
-            } else {
-                let x = (k - RAY_WINDOW / 2) as f64 / (RAY_WINDOW / 2) as f64;
-                0.5 + 0.5 * (std::f64::consts::PI * x).cos()
-            };
-            tap.channels[j].get(start + k).copied().unwrap_or(0.0) * w as f32
-        })
-        .collect();
+/// The early part of ray i→j on the set's common grid `dt`, from `RAY_PRE` intervals before
+/// its pick; the tail is tapered. Returns the window's start (µs in the file's time axis).
+fn ray_window(tap: &Prepared, j: usize, pick_us: f64, dt: f64) -> (f64, Vec<f32>) {
+    let start = (pick_us - RAY_PRE as f64 * dt).max(0.0);
+    let mut window = resample(&tap.channels[j], &tap.t_us, start, dt, RAY_WINDOW);
+    for (k, v) in window.iter_mut().enumerate().skip(RAY_WINDOW / 2) {
+        let x = (k - RAY_WINDOW / 2) as f64 / (RAY_WINDOW / 2) as f64;
+        *v *= (0.5 + 0.5 * (std::f64::consts::PI * x).cos()) as f32;
+    }
     (start, window)
+}
+
+/// `len` values of `x` (sampled at the instants `t_us`) at `t0 + k·dt`, by Catmull–Rom cubic
+/// interpolation in each sample interval; 0 outside the record. Files of one set are sampled
+/// at intervals up to 3 % apart and jitter by ±0.5 µs, so windows must share one time grid
+/// before they are correlated: over ten samples 3 % is already a third of a sample.
+pub fn resample(x: &[f32], t_us: &[f64], t0: f64, dt: f64, len: usize) -> Vec<f32> {
+    let n = x.len().min(t_us.len());
+    let at = |k: isize| -> f64 { x[k.clamp(0, n as isize - 1) as usize] as f64 };
+    let mut k = 0usize;
+    (0..len)
+        .map(|i| {
+            let t = t0 + i as f64 * dt;
+            if n < 2 || t < t_us[0] || t > t_us[n - 1] {
+                return 0.0;
+            }
+            while k + 2 < n && t_us[k + 1] <= t {
+                k += 1;
+            }
+            let u = (t - t_us[k]) / (t_us[k + 1] - t_us[k]);
+            let k = k as isize;
+            let (p0, p1, p2, p3) = (at(k - 1), at(k), at(k + 1), at(k + 2));
+            let v = p1
+                + 0.5
+                    * u
+                    * (p2 - p0
+                        + u * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3
+                            + u * (3.0 * (p1 - p2) + p3 - p0)));
+            v as f32
+        })
+        .collect()
 }
 
 /// Rays of the same chord length through sound wood carry the same waveform, shifted by
@@ -358,13 +390,13 @@ fn refine_class(
     corr: &[f32],
 ) {
     let rays = &class.rays;
+    let dt_grid = grid_dt(set);
     let pick_of = |(i, j): (usize, usize)| picks[i][j].map_or(0.0, |p| p.t_us);
     let mut equations = Vec::new();
     for &(a, b, pair) in &class.pairs {
-        let ((ia, _), (ib, _)) = (rays[a], rays[b]);
         let (pa, pb) = (pick_of(rays[a]), pick_of(rays[b]));
-        let (ta, tb) = (set[ia].t_us[class.starts[a]], set[ib].t_us[class.starts[b]]);
-        let dt = 0.5 * (set[ia].dt_us + set[ib].dt_us);
+        let (ta, tb) = (class.starts[a], class.starts[b]);
+        let dt = dt_grid;
         let expect = ((pb - tb) - (pa - ta)) / dt;
         let lo = (expect - 1.5).floor() as isize;
         let hi = (expect + 1.5).ceil() as isize;
@@ -378,7 +410,12 @@ fn refine_class(
     let mut offsets: Vec<f64> = rays.iter().zip(&x).map(|(&r, &x)| pick_of(r) - x).collect();
     let median_level = super::median(&mut offsets).unwrap_or(0.0);
     let dt = set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64;
-    let level = stacked_onset(set, bases, rays, &x, median_level, dt).unwrap_or(median_level);
+    let clipped: Vec<bool> = rays
+        .iter()
+        .map(|&(i, j)| picks[i][j].is_some_and(|p| p.clipped))
+        .collect();
+    let level =
+        stacked_onset(set, bases, rays, &clipped, &x, median_level, dt).unwrap_or(median_level);
     for (&(i, j), &x) in rays.iter().zip(&x) {
         if let Some(p) = picks[i][j].as_mut() {
             let refined = x + level;
@@ -400,12 +437,17 @@ fn stacked_onset(
     set: &[Prepared; N_SENSORS],
     bases: &[Baseline; N_SENSORS],
     rays: &[(usize, usize)],
+    clipped: &[bool],
     x: &[f64],
     guess: f64,
     dt: f64,
 ) -> Option<f64> {
     let mut points: Vec<(f64, f64)> = Vec::new();
-    for (&(i, j), &xr) in rays.iter().zip(x) {
+    for ((&(i, j), &xr), &clipped) in rays.iter().zip(x).zip(clipped) {
+        // A clipped ray's shape is cut off: it is aligned, but not stacked.
+        if clipped {
+            continue;
+        }
         let tap = &set[i];
         let rest = bases[j].rest;
         let arrival = xr + guess;
@@ -454,16 +496,12 @@ fn stacked_onset(
     };
     let start = guess - 1.5 * dt;
     let steps = (3.0 * dt / (dt / 100.0)) as usize;
-    for s in 0..steps {
+    (0..steps).find_map(|s| {
         let tau = start + s as f64 * dt / 100.0;
-        if let Some((v, slope)) = local(tau)
-            && v > STACK_LEVEL
-            && slope > 0.0
-        {
-            return Some(tau - v / slope);
-        }
-    }
-    None
+        local(tau)
+            .filter(|&(v, slope)| v > STACK_LEVEL && slope > 0.0)
+            .map(|(v, slope)| tau - v / slope)
+    })
 }
 
 /// Crossing level of the stacked curve, as a fraction of the first peak.
@@ -549,19 +587,21 @@ fn reciprocal_windows(
     j: usize,
     pick_ij: f64,
     pick_ji: f64,
+    dt: f64,
 ) -> (Vec<f32>, Vec<f32>) {
-    let dt = 0.5 * (tap_i.dt_us + tap_j.dt_us);
-    let start = ((pick_ij.min(pick_ji) / dt).floor() as isize - 4).max(0) as usize;
+    let start = (pick_ij.min(pick_ji) - 4.0 * dt).max(0.0);
     let len = 24usize;
-    let cut = |x: &[f32]| -> Vec<f32> {
-        (0..len)
-            .map(|k| {
-                let w = 0.5 - 0.5 * (std::f64::consts::TAU * (k as f64 + 0.5) / len as f64).cos();
-                x.get(start + k).copied().unwrap_or(0.0) * w.sqrt() as f32
-            })
-            .collect()
+    let taper = |mut w: Vec<f32>| -> Vec<f32> {
+        for (k, v) in w.iter_mut().enumerate() {
+            let h = 0.5 - 0.5 * (std::f64::consts::TAU * (k as f64 + 0.5) / len as f64).cos();
+            *v *= h.sqrt() as f32;
+        }
+        w
     };
-    (cut(&tap_i.channels[j]), cut(&tap_j.channels[i]))
+    (
+        taper(resample(&tap_i.channels[j], &tap_i.t_us, start, dt, len)),
+        taper(resample(&tap_j.channels[i], &tap_j.t_us, start, dt, len)),
+    )
 }
 
 /// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted), with
@@ -570,8 +610,20 @@ pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f
     let x = solve_differences(N_SENSORS, equations);
     // Pin the median, not the mean: one tap whose trigger fired long before the hammer's
     // real impact (seen on real recordings) must not shift the others.
+    // The common offset is the mean over the taps within two samples of the median, which is
+    // as good as the mean for regular triggers and ignores the odd one.
     let mut sorted = x.clone();
-    let pin = super::median(&mut sorted).unwrap_or(0.0);
+    let median = super::median(&mut sorted).unwrap_or(0.0);
+    let near: Vec<f64> = x
+        .iter()
+        .copied()
+        .filter(|v| (v - median).abs() <= 4.0 * mean_lead)
+        .collect();
+    let pin = if near.is_empty() {
+        median
+    } else {
+        near.iter().sum::<f64>() / near.len() as f64
+    };
     std::array::from_fn(|k| x[k] - pin + mean_lead)
 }
 
