@@ -26,7 +26,7 @@ ms_since() { python3 -c "import time; print((time.perf_counter_ns() - $1) / 1e6)
 cat "$WORK"/data/*.json >/dev/null
 
 t0=$(now)
-"$BIN" process "$WORK/data" --out "$WORK/rust" --threads 1 >"$WORK/rust.log" 2>&1 || {
+"$BIN" process "$WORK/data" --out "$WORK/rust" --threads 1 ${TERAWANG_ARGS:-} >"$WORK/rust.log" 2>&1 || {
     # Exit code 2 means some files were rejected or left over (truth.json is not a tap file).
     [ $? -eq 2 ] || { cat "$WORK/rust.log" >&2; exit 1; }
 }
