@@ -194,3 +194,78 @@ fn help_explains_and_bad_settings_fail_clearly() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("DIAMETER"));
 }
+
+/// The onset method across the simulator's grid (velocities 1000–2000 m/s, diameters
+/// 0.2–1.0 m, half the sets decayed), fixed seed. The bounds are the accuracy goals where they
+/// are met today and a guard a little above today's figure where they are not yet (ToF median,
+/// p90 at 30 dB): they catch regressions, not prove the goals.
+#[test]
+fn accuracy_on_the_simulator_grid() {
+    use terawang::engine::{EngineConfig, Method};
+    use terawang::evaluate::evaluate;
+    use terawang::simulate::SimParams;
+    let cfg = EngineConfig {
+        method: Method::Onset,
+        ..EngineConfig::default()
+    };
+    let at = |snr_db: f64| {
+        let base = SimParams {
+            snr_db,
+            ..SimParams::default()
+        };
+        let s = evaluate(&base, 24, 7, true, &cfg);
+        println!(
+            "{snr_db} dB: usable {:.1} %, ToF median {:.2} µs, v median {:.2} %, p90 {:.2} %, worst {:.1} %",
+            100.0 * s.usable_share,
+            s.median_tof_err_us,
+            100.0 * s.median_velocity_err,
+            100.0 * s.p90_velocity_err,
+            100.0 * s.worst_velocity_err
+        );
+        s
+    };
+    let s40 = at(40.0);
+    assert!(s40.usable_share > 0.95);
+    assert!(s40.median_velocity_err <= 0.03, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.08, "{s40:?}");
+    assert!(s40.median_tof_err_us <= 6.0, "{s40:?}");
+    let s30 = at(30.0);
+    assert!(s30.usable_share > 0.9);
+    assert!(s30.median_velocity_err <= 0.03, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.12, "{s30:?}");
+    // Graceful: at 20 dB fewer rays are usable, but those kept stay sane.
+    let s20 = at(20.0);
+    assert!(s20.median_velocity_err <= 0.15, "{s20:?}");
+    assert!(s20.worst_velocity_err < 1.0, "{s20:?}");
+}
+
+/// Plain GCC-PHAT is kept as a method; on clean sets it must at least find peaks inside the
+/// window and produce finite, non-negative matrices.
+#[test]
+fn gcc_phat_method_runs_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .arg("process")
+        .arg(fixtures().join("clean"))
+        .arg("--out")
+        .arg(out.path())
+        .args(["--method", "gcc-phat", "--no-tomogram"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("1 sets found, 1 written"), "{stdout}");
+    let result = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.to_string_lossy().contains("report"))
+        .unwrap();
+    let m = read_matrix(&result);
+    assert!(m.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(
+        !out.path().read_dir().unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "png"))
+    );
+}
