@@ -225,13 +225,15 @@ fn draw_progress(done: usize, total: usize) {
     );
 }
 
-/// Reads, computes and writes one set.
-fn process_set(
-    engine: &mut Engine,
-    set: &TapSet<PathBuf>,
-    out_dir: &Path,
-    tomogram: bool,
-) -> Outcome {
+/// Members of a set that could not be read, and the others (they go back to the grouper).
+#[derive(Debug)]
+pub struct BadMembers {
+    pub rejected: Vec<ReadError>,
+    pub good: Vec<(TapName, PathBuf)>,
+}
+
+/// Reads the eight files of a set, tap 1 first.
+pub fn read_set(set: &TapSet<PathBuf>) -> Result<Box<[TapRecording; N_SENSORS]>, BadMembers> {
     let mut rejected = Vec::new();
     let mut good = Vec::new();
     let mut taps = Vec::with_capacity(N_SENSORS);
@@ -245,10 +247,24 @@ fn process_set(
         }
     }
     if !rejected.is_empty() {
-        return Outcome::BadMembers { rejected, good };
+        return Err(BadMembers { rejected, good });
     }
     let Ok(taps) = <[TapRecording; N_SENSORS]>::try_from(taps) else {
         unreachable!("eight members, none rejected");
+    };
+    Ok(Box::new(taps))
+}
+
+/// Reads, computes and writes one set.
+fn process_set(
+    engine: &mut Engine,
+    set: &TapSet<PathBuf>,
+    out_dir: &Path,
+    tomogram: bool,
+) -> Outcome {
+    let taps = match read_set(set) {
+        Ok(taps) => taps,
+        Err(BadMembers { rejected, good }) => return Outcome::BadMembers { rejected, good },
     };
     let stem = set.result_stem();
     let name = format!("{stem}.json");

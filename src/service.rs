@@ -23,10 +23,11 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::backend::{BackendChoice, make_correlators};
 use crate::config::Config;
-use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
+use crate::device::{ReadError, TapName};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::journal::{Entry, Journal, Stage};
+use crate::process::{BadMembers, read_set};
 use crate::result::{Durability, SetOutputs};
 use crate::sink::{
     Delivery, DeliveryConfig, DeliveryItem, DeliveryMsg, DeliveryReport, SetTimings,
@@ -462,23 +463,9 @@ impl Coordinator {
 /// Reads, computes, saves and journals one set, then hands it to delivery.
 fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome {
     let t0 = Instant::now();
-    let mut rejected = Vec::new();
-    let mut good = Vec::new();
-    let mut taps = Vec::with_capacity(N_SENSORS);
-    for m in &set.members {
-        match read_tap_file(&m.key) {
-            Ok(tap) => {
-                good.push((m.name.clone(), m.key.clone()));
-                taps.push(tap);
-            }
-            Err(e) => rejected.push(e),
-        }
-    }
-    if !rejected.is_empty() {
-        return Outcome::BadMembers { rejected, good };
-    }
-    let Ok(taps) = <[TapRecording; N_SENSORS]>::try_from(taps) else {
-        unreachable!("eight members, none rejected");
+    let taps = match read_set(set) {
+        Ok(taps) => taps,
+        Err(BadMembers { rejected, good }) => return Outcome::BadMembers { rejected, good },
     };
     let t_read = t0.elapsed();
     let t1 = Instant::now();
