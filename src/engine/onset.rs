@@ -78,8 +78,20 @@ pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Ba
 
 /// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`.
 pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option<Pick> {
+    pick_from(raw, t_us, base, 1, max_lag)
+}
+
+/// [`pick`] searching from sample `first` (at least 1) up to `max_lag`.
+pub fn pick_from(
+    raw: &[f32],
+    t_us: &[f64],
+    base: Baseline,
+    first: usize,
+    max_lag: usize,
+) -> Option<Pick> {
+    let first = first.max(1);
     let n = raw.len().min(max_lag + 3).min(t_us.len());
-    if n < 3 {
+    if n < 3 || first + 1 >= n {
         return None;
     }
     let (lo_clip, hi_clip) = raw
@@ -91,9 +103,9 @@ pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option
             || (x <= lo_clip + CLIP_MARGIN && (base.rest - lo_clip as f64) > 800.0)
     };
     let dev = |k: usize| raw[k] as f64 - base.rest;
-    let peak = (0..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
+    let peak = (first..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
     let thr = (ONSET_SIGMAS * base.sigma).max(ONSET_FRACTION * peak);
-    let k1 = (1..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
+    let k1 = (first..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
     let polarity = dev(k1).signum();
     let y = |k: usize| polarity * dev(k);
     // Fit window: up to three quiet samples before k1, k1 itself, and k1+1 while it still rises
@@ -283,13 +295,12 @@ pub fn solve(
     }
     // Relative tap instants: lead_j − lead_i = α_ij − α_ji (picks) and the GCC-PHAT lag
     // between the reciprocal recordings.
-    let mut equations: Vec<(usize, usize, f64, f64)> = Vec::new();
+    let dt = grid_dt(set);
+    let mut gcc_equations: Vec<(usize, usize, f64, f64)> = Vec::new();
     for r in &plan.reciprocal {
         let (Some(a), Some(b)) = (picks[r.i][r.j], picks[r.j][r.i]) else {
             continue;
         };
-        equations.push((r.i, r.j, a.t_us - b.t_us, 1.0));
-        let dt = grid_dt(set);
         let expect = (a.t_us - b.t_us) / dt;
         let (lo, hi) = (
             (expect - 2.0).floor() as isize,
@@ -298,10 +309,48 @@ pub fn solve(
         if let Some(p) = gcc::find_peak(batch.correlation(corr, r.pair), lo, hi)
             .filter(|p| !p.on_edge && p.sharpness >= 1.2)
         {
-            equations.push((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT));
+            gcc_equations.push((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT));
         }
     }
-    let leads = solve_leads(&equations, 0.5 * est.dt_us);
+    let leads_from = |picks: &[[Option<Pick>; N_SENSORS]; N_SENSORS]| {
+        let mut equations = gcc_equations.clone();
+        for i in 0..N_SENSORS {
+            for j in (i + 1)..N_SENSORS {
+                if let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) {
+                    equations.push((i, j, a.t_us - b.t_us, 1.0));
+                }
+            }
+        }
+        solve_leads(&equations, 0.5 * dt)
+    };
+    let mut leads = leads_from(&picks);
+    // A pick before the earliest possible arrival (the tap instant plus the chord at the
+    // fastest velocity) caught something else: on real recordings, the wiggles of a trigger
+    // that fired before the hammer's real impact. Pick again from that instant on, and solve
+    // the tap instants again.
+    for _pass in 0..3 {
+        let mut repicked = false;
+        for i in 0..N_SENSORS {
+            let tap = &set[i];
+            for j in 0..N_SENSORS {
+                let Some(p) = picks[i][j].filter(|_| i != j) else {
+                    continue;
+                };
+                let earliest =
+                    -leads[i] + chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6;
+                if p.t_us < earliest - 0.5 * dt {
+                    let first = tap.t_us.partition_point(|&t| t < earliest);
+                    let max_lag = first + max_lag_samples(cfg, tap.dt_us).max(2) as usize;
+                    picks[i][j] = pick_from(&tap.raw[j], &tap.t_us, plan.bases[j], first, max_lag);
+                    repicked = true;
+                }
+            }
+        }
+        if !repicked {
+            break;
+        }
+        leads = leads_from(&picks);
+    }
     est.tap_lead_us = leads;
     for i in 0..N_SENSORS {
         for j in 0..N_SENSORS {
