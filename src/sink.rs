@@ -126,13 +126,13 @@ impl FtpSink {
         Ok(())
     }
 
-    /// Uploads `bytes` as `name` in the configured folder. A stale kept connection is
-    /// replaced once before the attempt counts as failed.
     /// Whether pictures go up beside the results (`TOMOGRAM_UPLOAD`).
     pub fn upload_png(&self) -> bool {
         self.cfg.upload_png
     }
 
+    /// Uploads `bytes` as `name` in the configured folder. A stale kept connection is
+    /// replaced once before the attempt counts as failed.
     pub fn upload(&mut self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
         if let Some(mut ftp) = self.conn.take()
             && Self::try_upload(&mut ftp, name, bytes).is_ok()

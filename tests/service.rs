@@ -188,6 +188,8 @@ struct Site {
     queue: String,
     vhost: Vhost,
     settle_s: f64,
+    /// `TOMOGRAM_UPLOAD`.
+    upload_png: bool,
 }
 
 impl Site {
@@ -204,6 +206,7 @@ impl Site {
             queue: format!("results-{test}"),
             vhost: Vhost::new(test),
             settle_s: 0.5,
+            upload_png: false,
             root,
             _tmp: tmp,
         }
@@ -246,6 +249,7 @@ impl Site {
             .env("RABBITMQ_QUEUE", &self.queue)
             .env("RABBITMQ_QUEUE_DURABLE", "false")
             .env("FILE_SETTLE_SECONDS", self.settle_s.to_string())
+            .env("TOMOGRAM_UPLOAD", self.upload_png.to_string())
             .env("RETRY_MAX_SECONDS", "1")
             .env("RESCAN_SECONDS", "2")
             .stdout(Stdio::null())
@@ -326,7 +330,8 @@ fn sets(n: usize, seed: u64) -> (Vec<SimFile>, Truth) {
 
 #[test]
 fn happy_path_saves_uploads_publishes_once_and_deletes_sources() {
-    let site = Site::new("happy");
+    let mut site = Site::new("happy");
+    site.upload_png = true;
     let _ftp = site.ftp();
     let (files, truth) = sets(1, 11);
     let name = truth.sets[0].result_file.clone();
@@ -350,6 +355,16 @@ fn happy_path_saves_uploads_publishes_once_and_deletes_sources() {
     let local = std::fs::read(site.result.join(&name)).unwrap();
     let remote = std::fs::read(site.ftp_file(&name)).unwrap();
     assert_eq!(local, remote, "FTP bytes differ from the local result");
+    // The report and the picture are saved beside it; the picture is uploaded too.
+    let png_name = name.replace(".json", ".png");
+    assert!(
+        site.result
+            .join(name.replace(".json", ".report.json"))
+            .exists()
+    );
+    let local_png = std::fs::read(site.result.join(&png_name)).unwrap();
+    assert!(local_png.starts_with(b"\x89PNG"));
+    assert_eq!(local_png, std::fs::read(site.ftp_file(&png_name)).unwrap());
     let parsed: Vec<Vec<f64>> = serde_json::from_slice(&local).unwrap();
     assert_eq!(parsed.len(), 8);
     let msgs = site.vhost.drain(&site.queue);
