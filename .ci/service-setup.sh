@@ -9,6 +9,9 @@ dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# The TLS test: a self-signed certificate and a TLS front for the broker.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 # The tests signal the service with the kill binary.
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,9 +20,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}"
 fi
 
-if ! python3 -c 'import pyftpdlib' >/dev/null 2>&1; then
-    python3 -m pip install -q pyftpdlib 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages pyftpdlib
+if ! python3 -c 'import pyftpdlib, OpenSSL' >/dev/null 2>&1; then
+    python3 -m pip install -q pyftpdlib pyopenssl 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages pyftpdlib pyopenssl
 fi
 
 if ! rabbitmqctl -q status >/dev/null 2>&1; then

@@ -29,6 +29,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("FTP_HOST", "", "FTP server; empty turns the FTP upload off"),
     ("FTP_PORT", "2121", "FTP port"),
     (
+        "FTP_TLS",
+        "false",
+        "explicit FTPS (AUTH TLS) for the upload; the server's certificate is checked against the system's trust store or SSL_CERT_FILE",
+    ),
+    (
         "TOMOGRAM_UPLOAD",
         "false",
         "also upload the tomogram picture result_<device>_<unix>.png to FTP",
@@ -46,6 +51,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "RabbitMQ broker; empty turns publishing off",
     ),
     ("RABBITMQ_PORT", "5672", "RabbitMQ port"),
+    (
+        "RABBITMQ_TLS",
+        "false",
+        "AMQPS (TLS) to the broker; set RABBITMQ_PORT to its TLS port, usually 5671",
+    ),
     ("RABBITMQ_USERNAME", "guest", "RabbitMQ user"),
     ("RABBITMQ_PASSWORD", "guest", "RabbitMQ password"),
     ("RABBITMQ_VHOST", "/terawang", "RabbitMQ virtual host"),
@@ -136,6 +146,8 @@ pub struct FtpConfig {
     pub folder: String,
     /// Upload the picture beside the result (`TOMOGRAM_UPLOAD`).
     pub upload_png: bool,
+    /// Explicit FTPS (`FTP_TLS`).
+    pub tls: bool,
 }
 
 /// Where to publish result names.
@@ -148,13 +160,16 @@ pub struct AmqpConfig {
     pub vhost: String,
     pub queue: String,
     pub durable: bool,
+    /// AMQPS (`RABBITMQ_TLS`).
+    pub tls: bool,
 }
 
 impl AmqpConfig {
     /// `amqp://user:pass@host:port/<vhost url-encoded>`, with a connection timeout.
     pub fn url(&self) -> String {
         format!(
-            "amqp://{}:{}@{}:{}/{}?connection_timeout=5000&heartbeat=30",
+            "{}://{}:{}@{}:{}/{}?connection_timeout=5000&heartbeat=30",
+            if self.tls { "amqps" } else { "amqp" },
             url_encode(&self.user),
             url_encode(&self.password),
             self.host,
@@ -252,6 +267,7 @@ impl Config {
                 password: raw.get("FTP_PASSWORD"),
                 folder,
                 upload_png: flag(raw, "TOMOGRAM_UPLOAD")?,
+                tls: flag(raw, "FTP_TLS")?,
             })
         };
         let amqp_host = raw.get("RABBITMQ_HOST").trim().to_string();
@@ -278,6 +294,7 @@ impl Config {
                 vhost: raw.get("RABBITMQ_VHOST"),
                 queue: queue.trim().to_string(),
                 durable,
+                tls: flag(raw, "RABBITMQ_TLS")?,
             })
         };
         let diameter = raw.get("DIAMETER");

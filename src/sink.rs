@@ -76,7 +76,7 @@ impl Backoff {
 /// Uploads to one FTP server, keeping the connection between sets.
 pub struct FtpSink {
     cfg: FtpConfig,
-    conn: Option<suppaftp::FtpStream>,
+    conn: Option<suppaftp::NativeTlsFtpStream>,
 }
 
 impl FtpSink {
@@ -84,7 +84,7 @@ impl FtpSink {
         FtpSink { cfg, conn: None }
     }
 
-    fn connect(&self) -> anyhow::Result<suppaftp::FtpStream> {
+    fn connect(&self) -> anyhow::Result<suppaftp::NativeTlsFtpStream> {
         let addr = (self.cfg.host.as_str(), self.cfg.port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {}", self.cfg.host))?
@@ -94,7 +94,17 @@ impl FtpSink {
             .with_context(|| format!("cannot connect to {addr}"))?;
         tcp.set_read_timeout(Some(NET_TIMEOUT))?;
         tcp.set_write_timeout(Some(NET_TIMEOUT))?;
-        let mut ftp = suppaftp::FtpStream::connect_with_stream(tcp)?;
+        let mut ftp = suppaftp::NativeTlsFtpStream::connect_with_stream(tcp)?;
+        if self.cfg.tls {
+            // Explicit FTPS: AUTH TLS on the control connection, data connections protected.
+            let connector = native_tls::TlsConnector::new().context("cannot set up TLS")?;
+            ftp = ftp
+                .into_secure(
+                    suppaftp::NativeTlsConnector::from(connector),
+                    &self.cfg.host,
+                )
+                .with_context(|| format!("TLS with {} failed", self.cfg.host))?;
+        }
         ftp.login(self.cfg.user.as_str(), self.cfg.password.as_str())
             .with_context(|| format!("login as {} refused", self.cfg.user))?;
         // suppaftp starts in ASCII mode, which would rewrite line ends.
@@ -117,7 +127,11 @@ impl FtpSink {
         Ok(ftp)
     }
 
-    fn try_upload(ftp: &mut suppaftp::FtpStream, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    fn try_upload(
+        ftp: &mut suppaftp::NativeTlsFtpStream,
+        name: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<()> {
         let part = format!(".{name}.part");
         ftp.put_file(&part, &mut Cursor::new(bytes))
             .with_context(|| format!("cannot store {part}"))?;
@@ -167,7 +181,13 @@ impl AmqpSink {
     }
 
     fn connect(&self) -> anyhow::Result<AmqpLink> {
-        let mut conn = amiquip::Connection::insecure_open(&self.cfg.url()).with_context(|| {
+        let url = self.cfg.url();
+        let opened = if self.cfg.tls {
+            amiquip::Connection::open(&url)
+        } else {
+            amiquip::Connection::insecure_open(&url)
+        };
+        let mut conn = opened.with_context(|| {
             format!(
                 "cannot connect to the broker at {}:{} vhost {}",
                 self.cfg.host, self.cfg.port, self.cfg.vhost

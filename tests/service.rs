@@ -125,6 +125,87 @@ impl FtpServer {
     }
 }
 
+impl FtpServer {
+    /// An explicit-FTPS server (TLS required) with the given certificate and key.
+    fn start_tls(port: u16, root: &Path, cert: &Path, key: &Path) -> FtpServer {
+        std::fs::create_dir_all(root).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ftps_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(root)
+            .arg(cert)
+            .arg(key)
+            .args([FTP_USER, FTP_PASS])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with pyftpdlib and pyOpenSSL (.ci/service-setup.sh)");
+        wait_until("the FTPS server", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        FtpServer { child }
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made with the openssl tool.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl tool (.ci/service-setup.sh)");
+    assert!(ok.success());
+    (cert, key)
+}
+
+/// A TLS front for the broker (socat), as an AMQPS listener would be.
+struct TlsFront {
+    child: Child,
+}
+
+impl TlsFront {
+    fn start(port: u16, target: u16, cert: &Path, key: &Path) -> TlsFront {
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            cert.display(),
+            key.display()
+        );
+        let child = Command::new("socat")
+            .arg(listen)
+            .arg(format!("TCP:127.0.0.1:{target}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (.ci/service-setup.sh)");
+        wait_until("the TLS front", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsFront { child }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for FtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -190,6 +271,8 @@ struct Site {
     settle_s: f64,
     /// `TOMOGRAM_UPLOAD`.
     upload_png: bool,
+    /// FTPS and AMQPS, trusting this certificate (`SSL_CERT_FILE`).
+    tls_cert: Option<PathBuf>,
 }
 
 impl Site {
@@ -207,6 +290,7 @@ impl Site {
             vhost: Vhost::new(test),
             settle_s: 0.5,
             upload_png: false,
+            tls_cert: None,
             root,
             _tmp: tmp,
         }
@@ -231,6 +315,9 @@ impl Site {
         if once {
             cmd.arg("--once");
         }
+        if let Some(cert) = &self.tls_cert {
+            cmd.env("SSL_CERT_FILE", cert);
+        }
         cmd.current_dir(&self.root)
             .env_remove("FTP_PASSWORD")
             .env("RUST_LOG", "info")
@@ -250,6 +337,8 @@ impl Site {
             .env("RABBITMQ_QUEUE_DURABLE", "false")
             .env("FILE_SETTLE_SECONDS", self.settle_s.to_string())
             .env("TOMOGRAM_UPLOAD", self.upload_png.to_string())
+            .env("FTP_TLS", self.tls_cert.is_some().to_string())
+            .env("RABBITMQ_TLS", self.tls_cert.is_some().to_string())
             .env("RETRY_MAX_SECONDS", "1")
             .env("RESCAN_SECONDS", "2")
             .stdout(Stdio::null())
@@ -374,6 +463,33 @@ fn happy_path_saves_uploads_publishes_once_and_deletes_sources() {
     assert!(site.vhost.drain(&site.queue).is_empty());
     let log = site.log();
     assert!(log.contains(&format!("set {name}")), "{log}");
+    site.assert_log_clean();
+}
+
+#[test]
+fn ftps_and_amqps_deliver_over_tls() {
+    let mut site = Site::new("tls");
+    let (cert, key) = self_signed(&site.root);
+    let _ftp = FtpServer::start_tls(site.ftp_port, &site.ftp_root, &cert, &key);
+    let tls_port = free_port();
+    let _front = TlsFront::start(tls_port, 5672, &cert, &key);
+    site.amqp_port = tls_port;
+    site.tls_cert = Some(cert);
+    let (files, truth) = sets(1, 19);
+    let name = truth.sets[0].result_file.clone();
+    std::fs::create_dir_all(&site.data).unwrap();
+    for f in &files {
+        site.drop_file(f);
+    }
+    let child = site.start(false);
+    wait_until("the sources to go", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    // The FTPS server refuses plain connections, and only TLS reaches the broker's front.
+    let local = std::fs::read(site.result.join(&name)).unwrap();
+    assert_eq!(local, std::fs::read(site.ftp_file(&name)).unwrap());
+    assert_eq!(site.vhost.drain(&site.queue), vec![(name, Some(2))]);
+    terminate(child, &site);
     site.assert_log_clean();
 }
 
