@@ -255,6 +255,31 @@ pub fn read_set(set: &TapSet<PathBuf>) -> Result<Box<[TapRecording; N_SENSORS]>,
     Ok(Box::new(taps))
 }
 
+/// Computes a set and builds its files; the error names the result and the backend.
+pub fn compute_outputs(
+    engine: &mut Engine,
+    set: &TapSet<PathBuf>,
+    taps: &[TapRecording; N_SENSORS],
+    tomogram: bool,
+) -> Result<SetOutputs, String> {
+    let stem = set.result_stem();
+    let est = engine.estimate_set(taps).map_err(|e| {
+        format!(
+            "{stem}.json: the {} backend failed: {e}",
+            engine.backend_name()
+        )
+    })?;
+    Ok(SetOutputs::build(
+        &stem,
+        set.device.as_deref(),
+        set.unix_s,
+        &est,
+        engine.config(),
+        taps,
+        tomogram,
+    ))
+}
+
 /// Reads, computes and writes one set.
 fn process_set(
     engine: &mut Engine,
@@ -266,29 +291,13 @@ fn process_set(
         Ok(taps) => taps,
         Err(BadMembers { rejected, good }) => return Outcome::BadMembers { rejected, good },
     };
-    let stem = set.result_stem();
-    let name = format!("{stem}.json");
-    let est = match engine.estimate_set(&taps) {
-        Ok(est) => est,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "{name}: the {} backend failed: {e}",
-                engine.backend_name()
-            ));
-        }
+    let outputs = match compute_outputs(engine, set, &taps, tomogram) {
+        Ok(outputs) => outputs,
+        Err(why) => return Outcome::Failed(why),
     };
-    let outputs = SetOutputs::build(
-        &stem,
-        set.device.as_deref(),
-        set.unix_s,
-        &est,
-        engine.config(),
-        &taps,
-        tomogram,
-    );
     let write = || outputs.write(out_dir, out_dir, Durability::Fast);
     match write() {
         Ok(paths) => Outcome::Written { paths },
-        Err(e) => Outcome::Failed(format!("{name}: cannot write: {e}")),
+        Err(e) => Outcome::Failed(format!("{}: cannot write: {e}", outputs.result_name())),
     }
 }

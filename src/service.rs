@@ -27,8 +27,8 @@ use crate::device::{ReadError, TapName};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::journal::{Entry, Journal, Stage};
-use crate::process::{BadMembers, read_set};
-use crate::result::{Durability, SetOutputs};
+use crate::process::{BadMembers, compute_outputs, read_set};
+use crate::result::Durability;
 use crate::sink::{
     Delivery, DeliveryConfig, DeliveryItem, DeliveryMsg, DeliveryReport, SetTimings,
 };
@@ -469,27 +469,12 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
     };
     let t_read = t0.elapsed();
     let t1 = Instant::now();
-    let stem = set.result_stem();
-    let name = format!("{stem}.json");
     let members: Vec<PathBuf> = set.members.iter().map(|m| m.key.clone()).collect();
-    let est = match engine.estimate_set(&taps) {
-        Ok(est) => est,
-        Err(e) => {
-            return Outcome::Failed {
-                members,
-                why: format!("{name}: the {} backend failed: {e}", engine.backend_name()),
-            };
-        }
+    let outputs = match compute_outputs(engine, set, &taps, true) {
+        Ok(outputs) => outputs,
+        Err(why) => return Outcome::Failed { members, why },
     };
-    let outputs = SetOutputs::build(
-        &stem,
-        set.device.as_deref(),
-        set.unix_s,
-        &est,
-        engine.config(),
-        &taps,
-        true,
-    );
+    let name = outputs.result_name();
     let t_compute = t1.elapsed();
     let sources: Vec<String> = members
         .iter()
