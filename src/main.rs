@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use terawang::backend::BackendChoice;
 use terawang::engine::{EngineConfig, Method};
@@ -173,7 +173,12 @@ struct EvaluateArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // `run --help` lists every setting the service reads, from the one table in `config`.
+    let command = Cli::command().mut_subcommand("run", |c| c.after_help(settings_help()));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -181,6 +186,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The settings of `terawang run`, one line each: name, default, meaning.
+fn settings_help() -> String {
+    let mut text = String::from(
+        "Settings come from the environment or the .env file (the environment wins); \
+         .env.example lists them all:\n",
+    );
+    for (name, default, meaning) in terawang::config::VARIABLES {
+        let default = if default.is_empty() {
+            "(empty)"
+        } else {
+            default
+        };
+        text.push_str(&format!("  {name} = {default}\n      {meaning}\n"));
+    }
+    text
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
