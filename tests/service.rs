@@ -357,6 +357,16 @@ impl Site {
         std::fs::rename(&tmp, self.data.join(&f.file_name)).unwrap();
     }
 
+    /// Simulates `n` sets and drops all their files into the data folder (renamed in).
+    fn drop_sets(&self, n: usize, seed: u64) -> (Vec<SimFile>, Truth) {
+        let (files, truth) = sets(n, seed);
+        std::fs::create_dir_all(&self.data).unwrap();
+        for f in &files {
+            self.drop_file(f);
+        }
+        (files, truth)
+    }
+
     /// Writes a file in place.
     fn write_file(&self, f: &SimFile) {
         std::fs::write(self.data.join(&f.file_name), &f.json).unwrap();
@@ -475,12 +485,8 @@ fn ftps_and_amqps_deliver_over_tls() {
     let _front = TlsFront::start(tls_port, 5672, &cert, &key);
     site.amqp_port = tls_port;
     site.tls_cert = Some(cert);
-    let (files, truth) = sets(1, 19);
+    let (_, truth) = site.drop_sets(1, 19);
     let name = truth.sets[0].result_file.clone();
-    std::fs::create_dir_all(&site.data).unwrap();
-    for f in &files {
-        site.drop_file(f);
-    }
     let child = site.start(false);
     wait_until("the sources to go", Duration::from_secs(30), || {
         site.json_files_in_data().is_empty()
@@ -570,11 +576,7 @@ fn slowly_written_file_is_not_rejected_and_is_processed_once_complete() {
 #[test]
 fn ftp_down_then_up_catches_up() {
     let site = Site::new("ftpdown");
-    let (files, truth) = sets(2, 14);
-    std::fs::create_dir_all(&site.data).unwrap();
-    for f in &files {
-        site.drop_file(f);
-    }
+    let (_, truth) = site.drop_sets(2, 14);
     let names: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
     // --once with the FTP server down: saved locally, kept in the journal, exit code 2.
     let status = site.start(true).wait().unwrap();
@@ -694,11 +696,7 @@ fn resume_after_kill_between_upload_and_publish_loses_nothing() {
 fn hundred_sets_at_once_are_all_processed() {
     let site = Site::new("hundred");
     let _ftp = site.ftp();
-    let (files, truth) = sets(100, 17);
-    std::fs::create_dir_all(&site.data).unwrap();
-    for f in &files {
-        site.drop_file(f);
-    }
+    let (_, truth) = site.drop_sets(100, 17);
     let mut child = site.start(true);
     let t0 = Instant::now();
     let status = loop {
@@ -729,11 +727,7 @@ fn hundred_sets_at_once_are_all_processed() {
 fn kill_9_midway_then_restart_delivers_everything() {
     let site = Site::new("kill9");
     let _ftp = site.ftp();
-    let (files, truth) = sets(60, 18);
-    std::fs::create_dir_all(&site.data).unwrap();
-    for f in &files {
-        site.drop_file(f);
-    }
+    let (files, truth) = site.drop_sets(60, 18);
     let mut child = site.start(false);
     let t0 = Instant::now();
     while site.json_files_in_data().len() == files.len() {
