@@ -82,6 +82,9 @@ pub enum RayFlag {
     ReciprocityMismatch,
     ClippedReceiver,
     LowSnr,
+    /// The file names this sensor as tapped, but another channel carries the hammer's impact:
+    /// the row cannot be trusted (see [`onset::impact_channel`]).
+    TapMismatch,
 }
 
 impl RayFlag {

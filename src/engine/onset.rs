@@ -76,6 +76,36 @@ pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Ba
     }
 }
 
+/// Deviation from rest, in ADC counts, that only the hammer's impact reaches within the first
+/// samples: about 100 counts short of the amplifier's clip levels (≈ 1050 and 4080 around a
+/// rest level of ≈ 2100).
+pub const IMPACT_COUNTS: f64 = 900.0;
+
+/// Another channel than the named one that carries the hammer's impact in one tap file, when
+/// the data say so clearly: it deviates by [`IMPACT_COUNTS`] within its first two samples
+/// while the channel the file names as tapped does so at least two samples later (or never).
+/// `None` when the named channel is not beaten. A receiver cannot beat the tapped channel by two samples: the
+/// tapped channel clips from its first samples.
+///
+/// On the real set one file named as the tap on sensor 5 has sensor 4 clipped from its first
+/// sample, sensors 3 and 5 answering two samples later, and sensor 5 reaching the impact
+/// level only at sample 5: the operator tapped sensor 4. Its rays are flagged instead of
+/// being read as rays from sensor 5.
+pub fn impact_channel(tap: &Prepared, bases: &[Baseline; N_SENSORS]) -> Option<usize> {
+    let first_big = |c: usize| {
+        tap.raw[c]
+            .iter()
+            .position(|&x| (x as f64 - bases[c].rest).abs() > IMPACT_COUNTS)
+    };
+    let named = first_big(tap.tap_idx);
+    (0..N_SENSORS)
+        .filter(|&c| c != tap.tap_idx)
+        .filter_map(|c| Some((first_big(c)?, c)))
+        .filter(|&(k, _)| k <= 1 && named.is_none_or(|n| n >= k + 2))
+        .min()
+        .map(|(_, c)| c)
+}
+
 /// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`.
 pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option<Pick> {
     pick_from(raw, t_us, base, 1, max_lag)
@@ -184,6 +214,8 @@ fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
 pub struct OnsetPlan {
     picks: [[Option<Pick>; N_SENSORS]; N_SENSORS],
     bases: [Baseline; N_SENSORS],
+    /// Taps whose impact is on another channel than the one the file names.
+    mismatched: [bool; N_SENSORS],
     classes: Vec<ClassPlan>,
     reciprocal: Vec<ReciprocalPlan>,
 }
@@ -216,6 +248,8 @@ fn grid_dt(set: &[Prepared; N_SENSORS]) -> f64 {
 /// (appended to `batch`, whose `n_fft` must be at least 32).
 pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> OnsetPlan {
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
+    let mismatched: [bool; N_SENSORS] =
+        std::array::from_fn(|i| impact_channel(&set[i], &bases).is_some());
     let dt = grid_dt(set);
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
@@ -232,7 +266,10 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
             .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
             .filter(|&(i, j)| {
                 let d = i.abs_diff(j);
-                i != j && d.min(N_SENSORS - d) == m && picks[i][j].is_some_and(|p| !p.clipped)
+                i != j
+                    && d.min(N_SENSORS - d) == m
+                    && !mismatched[i]
+                    && picks[i][j].is_some_and(|p| !p.clipped)
             })
             .collect();
         if rays.len() < 3 {
@@ -263,6 +300,9 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
             let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
                 continue;
             };
+            if mismatched[i] || mismatched[j] {
+                continue;
+            }
             let (wa, wb) = reciprocal_windows(&set[i], &set[j], i, j, a.t_us, b.t_us, dt);
             let (ra, rb) = (batch.push_window(&wa), batch.push_window(&wb));
             reciprocal.push(ReciprocalPlan {
@@ -275,6 +315,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     OnsetPlan {
         picks,
         bases,
+        mismatched,
         classes,
         reciprocal,
     }
@@ -316,6 +357,9 @@ pub fn solve(
         let mut equations = gcc_equations.clone();
         for i in 0..N_SENSORS {
             for j in (i + 1)..N_SENSORS {
+                if plan.mismatched[i] || plan.mismatched[j] {
+                    continue;
+                }
                 if let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) {
                     equations.push((i, j, a.t_us - b.t_us, 1.0));
                 }
@@ -333,7 +377,7 @@ pub fn solve(
         for i in 0..N_SENSORS {
             let tap = &set[i];
             for j in 0..N_SENSORS {
-                let Some(p) = picks[i][j].filter(|_| i != j) else {
+                let Some(p) = picks[i][j].filter(|_| i != j && !plan.mismatched[i]) else {
                     continue;
                 };
                 let earliest =
@@ -358,6 +402,12 @@ pub fn solve(
                 continue;
             }
             match picks[i][j] {
+                _ if plan.mismatched[i] => {
+                    est.flags[i][j] = RayFlag::TapMismatch;
+                    if let Some(p) = picks[i][j] {
+                        est.tof_us[i][j] = p.t_us + leads[i];
+                    }
+                }
                 None => est.flags[i][j] = RayFlag::NoPeak,
                 Some(p) => {
                     est.tof_us[i][j] = p.t_us + leads[i];
@@ -705,6 +755,56 @@ mod tests {
         assert!(x.iter().sum::<f64>().abs() < 1e-9);
         assert!(x[2].abs() < 1e-6);
         assert_eq!(solve_differences(2, &[]), vec![0.0, 0.0]);
+    }
+
+    fn tap_with(named: usize, first_big: [Option<usize>; N_SENSORS]) -> Prepared {
+        let n = 40;
+        let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|c| {
+            (0..n)
+                .map(|k| match first_big[c] {
+                    Some(b) if k >= b => 4080.0,
+                    Some(b) if k + 2 >= b => 2600.0,
+                    _ => 2100.0,
+                })
+                .collect()
+        });
+        Prepared {
+            tap_idx: named,
+            channels: raw.clone(),
+            t_us: (0..n).map(|k| k as f64 * 27.0).collect(),
+            dt_us: 27.0,
+            raw,
+        }
+    }
+
+    #[test]
+    fn the_impact_on_another_channel_than_the_named_one_is_found() {
+        let bases = [Baseline {
+            rest: 2100.0,
+            sigma: 2.0,
+        }; N_SENSORS];
+        // The real set's pattern: named sensor 5 (index 4) reaches the impact level at sample
+        // 5, sensor 4 (index 3) clips from sample 0, its neighbours follow.
+        let mislabelled = tap_with(
+            4,
+            [Some(15), Some(29), Some(4), Some(0), Some(5), Some(9), Some(9), None],
+        );
+        assert_eq!(impact_channel(&mislabelled, &bases), Some(3));
+        // A regular tap: the named channel clips at once, a close receiver two samples later.
+        let regular = tap_with(
+            4,
+            [None, None, None, Some(2), Some(0), Some(2), Some(7), None],
+        );
+        assert_eq!(impact_channel(&regular, &bases), None);
+        // The named channel one sample late (a trigger on the first touch) is not enough.
+        let late = tap_with(
+            4,
+            [None, None, None, Some(1), Some(2), None, None, None],
+        );
+        assert_eq!(impact_channel(&late, &bases), None);
+        // A named channel that never reaches the level loses to one that does at once.
+        let silent = tap_with(2, [Some(1), None, None, None, None, None, None, None]);
+        assert_eq!(impact_channel(&silent, &bases), Some(0));
     }
 
     #[test]
