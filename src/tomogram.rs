@@ -118,10 +118,61 @@ fn cell_xy(n: usize, extent_m: f64, row: usize, col: usize) -> (f64, f64) {
 }
 
 /// One sensor pair: observed time, and the cells it crosses with their lengths.
-struct Ray {
+struct Ray<'a> {
     time_s: f64,
     length_m: f64,
-    cells: Vec<(usize, f64)>,
+    cells: &'a [(usize, f64)],
+}
+
+/// The traced chords of every sensor pair for one grid and diameter, `cells[i·8 + j]` for i < j.
+/// Tracing depends only on (n, diameter), which a run keeps fixed, so each thread keeps the last
+/// one ([`with_traces`]) instead of tracing 28 chords per set.
+struct Traces {
+    n: usize,
+    diameter_bits: u64,
+    cells: Vec<Vec<(usize, f64)>>,
+}
+
+impl Traces {
+    fn new(n: usize, diameter_m: f64) -> Self {
+        let cells = (0..N_SENSORS * N_SENSORS)
+            .map(|p| {
+                let (i, j) = (p / N_SENSORS, p % N_SENSORS);
+                if i < j {
+                    trace(
+                        sensor_xy(i, diameter_m),
+                        sensor_xy(j, diameter_m),
+                        n,
+                        diameter_m,
+                    )
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Traces {
+            n,
+            diameter_bits: diameter_m.to_bits(),
+            cells,
+        }
+    }
+}
+
+/// Runs `f` with the traces for (n, diameter), from this thread's cache when it matches.
+fn with_traces<R>(n: usize, diameter_m: f64, f: impl FnOnce(&Traces) -> R) -> R {
+    thread_local! {
+        static CACHE: std::cell::RefCell<Option<Traces>> = const { std::cell::RefCell::new(None) };
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|t| t.n == n && t.diameter_bits == diameter_m.to_bits());
+        if !fresh {
+            *cache = Some(Traces::new(n, diameter_m));
+        }
+        f(cache.as_ref().expect("filled above"))
+    })
 }
 
 /// The usable pairs of a velocity matrix: (i, j, mean ToF in s), i < j.
@@ -198,17 +249,25 @@ pub fn reconstruct(
             needed: MIN_RAYS,
         });
     }
+    Ok(with_traces(n, diameter_m, |traces| {
+        sirt(&pairs, traces, diameter_m, cfg)
+    }))
+}
+
+/// The SIRT iterations over the usable `pairs` (at least [`MIN_RAYS`]).
+fn sirt(
+    pairs: &[(usize, usize, f64)],
+    traces: &Traces,
+    diameter_m: f64,
+    cfg: &TomogramConfig,
+) -> Tomogram {
+    let n = cfg.n;
     let rays: Vec<Ray> = pairs
         .iter()
         .map(|&(i, j, time_s)| Ray {
             time_s,
             length_m: chord_m(i, j, diameter_m),
-            cells: trace(
-                sensor_xy(i, diameter_m),
-                sensor_xy(j, diameter_m),
-                n,
-                diameter_m,
-            ),
+            cells: &traces.cells[i * N_SENSORS + j],
         })
         .collect();
 
@@ -224,7 +283,7 @@ pub fn reconstruct(
     let mut slowness = vec![s0; n * n];
     let mut weight = vec![0.0; n * n];
     for ray in &rays {
-        for &(c, l) in &ray.cells {
+        for &(c, l) in ray.cells {
             weight[c] += l;
         }
     }
@@ -237,12 +296,20 @@ pub fn reconstruct(
     let radius_cells = ((cfg.smoothing * n as f64).round() as usize).max(1);
     let mut correction = vec![0.0; n * n];
     let mut scratch = vec![0.0; n * n];
+    let mut weight_sum = vec![0.0; n * n];
+    box_sum_2d(
+        n,
+        radius_cells,
+        |c| weight[c],
+        &mut scratch,
+        &mut weight_sum,
+    );
     for _ in 0..cfg.iterations {
         correction.iter_mut().for_each(|c| *c = 0.0);
         for ray in &rays {
             let predicted: f64 = ray.cells.iter().map(|&(c, l)| l * slowness[c]).sum();
             let residual_slowness = (ray.time_s - predicted) / ray.length_m;
-            for &(c, l) in &ray.cells {
+            for &(c, l) in ray.cells {
                 correction[c] += l * residual_slowness;
             }
         }
@@ -252,7 +319,14 @@ pub fn reconstruct(
             }
         }
         for _ in 0..cfg.smoothing_passes {
-            smooth(&mut correction, &mut scratch, &weight, n, radius_cells);
+            smooth(
+                &mut correction,
+                &mut scratch,
+                &weight,
+                &weight_sum,
+                n,
+                radius_cells,
+            );
         }
         for (s, c) in slowness.iter_mut().zip(&correction) {
             *s = (*s + cfg.relaxation * c).clamp(s_min, s_max);
@@ -265,67 +339,85 @@ pub fn reconstruct(
                 .collect()
         })
         .collect();
-    Ok(Tomogram {
+    Tomogram {
         n,
         extent_m: diameter_m,
         method: METHOD,
         velocity_m_s,
         n_rays: rays.len(),
-    })
+    }
+}
+
+/// Running box sums of width `2·radius + 1` along one line of `n` values: `out(i, sum)` gets
+/// the sum of `get(k)` for `k` in `i − radius ..= i + radius` (clipped to the line).
+#[inline(always)]
+fn box_line(n: usize, radius: usize, get: impl Fn(usize) -> f64, mut out: impl FnMut(usize, f64)) {
+    let mut s = 0.0;
+    for k in 0..radius.min(n - 1) {
+        s += get(k);
+    }
+    for i in 0..n {
+        if i + radius < n {
+            s += get(i + radius);
+        }
+        if i > radius {
+            s -= get(i - radius - 1);
+        }
+        out(i, s);
+    }
+}
+
+/// Separable box sums of an `n`×`n` field (rows into `scratch`, then columns into `out`), each
+/// by a running sum: the cost does not grow with the radius.
+fn box_sum_2d(
+    n: usize,
+    radius: usize,
+    get: impl Fn(usize) -> f64,
+    scratch: &mut [f64],
+    out: &mut [f64],
+) {
+    for row in 0..n {
+        let line = &mut scratch[row * n..(row + 1) * n];
+        box_line(n, radius, |k| get(row * n + k), |i, s| line[i] = s);
+    }
+    for col in 0..n {
+        box_line(
+            n,
+            radius,
+            |k| scratch[k * n + col],
+            |i, s| out[i * n + col] = s,
+        );
+    }
 }
 
 /// Box smoothing of the correction, each cell weighted by the ray length through it, so cells
-/// no ray crosses take their neighbours' correction instead of diluting it.
-fn smooth(field: &mut [f64], scratch: &mut [f64], weight: &[f64], n: usize, radius: usize) {
-    // Weighted box sums, separably (rows into scratch, then columns), each by a running sum:
-    // the cost does not grow with the radius.
-    let mut wsum = vec![0.0; n * n];
-    let mut wscratch = vec![0.0; n * n];
-    let window = |get: &dyn Fn(usize) -> (f64, f64), put: &mut dyn FnMut(usize, f64, f64)| {
-        let (mut s, mut w) = (0.0, 0.0);
-        for k in 0..radius.min(n - 1) {
-            let (a, b) = get(k);
-            s += a;
-            w += b;
-        }
-        for i in 0..n {
-            if i + radius < n {
-                let (a, b) = get(i + radius);
-                s += a;
-                w += b;
-            }
-            if i > radius {
-                let (a, b) = get(i - radius - 1);
-                s -= a;
-                w -= b;
-            }
-            put(i, s, w);
-        }
-    };
+/// no ray crosses take their neighbours' correction instead of diluting it. `weight_sum` is the
+/// box sum of `weight` ([`box_sum_2d`] of it), the same for every pass, so it is computed once.
+fn smooth(
+    field: &mut [f64],
+    scratch: &mut [f64],
+    weight: &[f64],
+    weight_sum: &[f64],
+    n: usize,
+    radius: usize,
+) {
     for row in 0..n {
-        window(
-            &|k| {
-                (
-                    field[row * n + k] * weight[row * n + k],
-                    weight[row * n + k],
-                )
-            },
-            &mut |i, s, w| {
-                scratch[row * n + i] = s;
-                wscratch[row * n + i] = w;
-            },
+        let line = &mut scratch[row * n..(row + 1) * n];
+        let (f, w) = (
+            &field[row * n..(row + 1) * n],
+            &weight[row * n..(row + 1) * n],
         );
+        box_line(n, radius, |k| f[k] * w[k], |i, s| line[i] = s);
     }
     for col in 0..n {
-        window(
-            &|k| (scratch[k * n + col], wscratch[k * n + col]),
-            &mut |i, s, w| {
-                field[i * n + col] = s;
-                wsum[i * n + col] = w;
-            },
+        box_line(
+            n,
+            radius,
+            |k| scratch[k * n + col],
+            |i, s| field[i * n + col] = s,
         );
     }
-    for (f, w) in field.iter_mut().zip(&wsum) {
+    for (f, w) in field.iter_mut().zip(weight_sum) {
         *f = if *w > 1e-12 { *f / w } else { 0.0 };
     }
 }
