@@ -295,15 +295,9 @@ fn sirt(
         .collect();
     let radius_cells = ((cfg.smoothing * n as f64).round() as usize).max(1);
     let mut correction = vec![0.0; n * n];
-    let mut scratch = vec![0.0; n * n];
-    let mut weight_sum = vec![0.0; n * n];
-    box_sum_2d(
-        n,
-        radius_cells,
-        |c| weight[c],
-        &mut scratch,
-        &mut weight_sum,
-    );
+    let mut bufs = SmoothBuffers::new(n);
+    box_sum_2d(n, radius_cells, &weight, |_, w| w, &mut bufs);
+    let weight_sum = bufs.b.clone();
     for _ in 0..cfg.iterations {
         correction.iter_mut().for_each(|c| *c = 0.0);
         for ray in &rays {
@@ -321,11 +315,11 @@ fn sirt(
         for _ in 0..cfg.smoothing_passes {
             smooth(
                 &mut correction,
-                &mut scratch,
                 &weight,
                 &weight_sum,
                 n,
                 radius_cells,
+                &mut bufs,
             );
         }
         for (s, c) in slowness.iter_mut().zip(&correction) {
@@ -348,46 +342,73 @@ fn sirt(
     }
 }
 
-/// Running box sums of width `2·radius + 1` along one line of `n` values: `out(i, sum)` gets
-/// the sum of `get(k)` for `k` in `i − radius ..= i + radius` (clipped to the line).
-#[inline(always)]
-fn box_line(n: usize, radius: usize, get: impl Fn(usize) -> f64, mut out: impl FnMut(usize, f64)) {
-    let mut s = 0.0;
+/// Running box sums of width `2·radius + 1` down the columns of the `n`×`n` row-major field
+/// `src`: `dst[i][c]` is the sum of `src[k][c]` for `k` in `i − radius ..= i + radius` (clipped
+/// to the field). All columns advance together, one running sum each in `acc`, so the sums
+/// vectorise, while each column's sum is formed in the order a one-column loop would. The cost
+/// does not grow with the radius.
+fn box_columns(n: usize, radius: usize, src: &[f64], dst: &mut [f64], acc: &mut [f64]) {
+    let acc = &mut acc[..n];
+    acc.fill(0.0);
+    let row = |k: usize| &src[k * n..(k + 1) * n];
     for k in 0..radius.min(n - 1) {
-        s += get(k);
+        acc.iter_mut().zip(row(k)).for_each(|(s, x)| *s += x);
     }
-    for i in 0..n {
+    for (i, out) in dst[..n * n].chunks_exact_mut(n).enumerate() {
         if i + radius < n {
-            s += get(i + radius);
+            acc.iter_mut()
+                .zip(row(i + radius))
+                .for_each(|(s, x)| *s += x);
         }
         if i > radius {
-            s -= get(i - radius - 1);
+            acc.iter_mut()
+                .zip(row(i - radius - 1))
+                .for_each(|(s, x)| *s -= x);
         }
-        out(i, s);
+        out.copy_from_slice(acc);
     }
 }
 
-/// Separable box sums of an `n`×`n` field (rows into `scratch`, then columns into `out`), each
-/// by a running sum: the cost does not grow with the radius.
+/// `dst[c][r] = f(src[r][c])` on `n`×`n` row-major fields.
+fn transpose(n: usize, src: &[f64], dst: &mut [f64], f: impl Fn(usize, f64) -> f64) {
+    for (r, line) in src[..n * n].chunks_exact(n).enumerate() {
+        for (c, &x) in line.iter().enumerate() {
+            dst[c * n + r] = f(r * n + c, x);
+        }
+    }
+}
+
+/// Buffers of [`box_sum_2d`] and [`smooth`], `n·n` long (`acc`: `n`).
+struct SmoothBuffers {
+    a: Vec<f64>,
+    b: Vec<f64>,
+    acc: Vec<f64>,
+}
+
+impl SmoothBuffers {
+    fn new(n: usize) -> Self {
+        SmoothBuffers {
+            a: vec![0.0; n * n],
+            b: vec![0.0; n * n],
+            acc: vec![0.0; n],
+        }
+    }
+}
+
+/// Separable box sums of the `n`×`n` field `f(cell, src[cell])`: along the rows, then along the
+/// columns; the result is left in `bufs.b`. The row sums are column sums of the transposed field.
 fn box_sum_2d(
     n: usize,
     radius: usize,
-    get: impl Fn(usize) -> f64,
-    scratch: &mut [f64],
-    out: &mut [f64],
+    src: &[f64],
+    f: impl Fn(usize, f64) -> f64,
+    bufs: &mut SmoothBuffers,
 ) {
-    for row in 0..n {
-        let line = &mut scratch[row * n..(row + 1) * n];
-        box_line(n, radius, |k| get(row * n + k), |i, s| line[i] = s);
-    }
-    for col in 0..n {
-        box_line(
-            n,
-            radius,
-            |k| scratch[k * n + col],
-            |i, s| out[i * n + col] = s,
-        );
-    }
+    let SmoothBuffers { a, b, acc } = bufs;
+    transpose(n, src, a, f);
+    box_columns(n, radius, a, b, acc);
+    transpose(n, b, a, |_, x| x);
+    box_columns(n, radius, a, b, acc);
 }
 
 /// Box smoothing of the correction, each cell weighted by the ray length through it, so cells
@@ -395,30 +416,15 @@ fn box_sum_2d(
 /// box sum of `weight` ([`box_sum_2d`] of it), the same for every pass, so it is computed once.
 fn smooth(
     field: &mut [f64],
-    scratch: &mut [f64],
     weight: &[f64],
     weight_sum: &[f64],
     n: usize,
     radius: usize,
+    bufs: &mut SmoothBuffers,
 ) {
-    for row in 0..n {
-        let line = &mut scratch[row * n..(row + 1) * n];
-        let (f, w) = (
-            &field[row * n..(row + 1) * n],
-            &weight[row * n..(row + 1) * n],
-        );
-        box_line(n, radius, |k| f[k] * w[k], |i, s| line[i] = s);
-    }
-    for col in 0..n {
-        box_line(
-            n,
-            radius,
-            |k| scratch[k * n + col],
-            |i, s| field[i * n + col] = s,
-        );
-    }
-    for (f, w) in field.iter_mut().zip(weight_sum) {
-        *f = if *w > 1e-12 { *f / w } else { 0.0 };
+    box_sum_2d(n, radius, field, |c, x| x * weight[c], bufs);
+    for (f, (s, w)) in field.iter_mut().zip(bufs.b.iter().zip(weight_sum)) {
+        *f = if *w > 1e-12 { *s / w } else { 0.0 };
     }
 }
 

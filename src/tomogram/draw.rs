@@ -167,28 +167,53 @@ fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * (GLYPH_W as i64 + 1) * scale - scale
 }
 
-/// The tomogram's velocity at a point (x, y in units of the trunk radius, +y up), bilinear
+/// The tomogram's cells in one flat row-major array; its velocity at a point is bilinear
 /// between the cell centres that exist.
-fn sample(t: &Tomogram, x: f64, y: f64) -> Option<f64> {
-    let n = t.n as f64;
-    let gc = (x + 1.0) * 0.5 * n - 0.5;
-    let gr = (1.0 - y) * 0.5 * n - 0.5;
-    let (c0, r0) = (gc.floor(), gr.floor());
-    let (fc, fr) = (gc - c0, gr - r0);
-    let (mut s, mut w) = (0.0, 0.0);
-    for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
-        for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
-            let (r, c) = (r0 + dr, c0 + dc);
-            if r < 0.0 || c < 0.0 || r >= n || c >= n {
-                continue;
-            }
-            if let Some(v) = t.velocity_m_s[r as usize][c as usize] {
-                s += wr * wc * v;
-                w += wr * wc;
-            }
+struct Grid {
+    n: f64,
+    n_side: usize,
+    cells: Vec<Option<f64>>,
+}
+
+impl Grid {
+    fn new(t: &Tomogram) -> Self {
+        Grid {
+            n: t.n as f64,
+            n_side: t.n,
+            cells: t.velocity_m_s.iter().flatten().copied().collect(),
         }
     }
-    (w > 1e-9).then(|| s / w)
+
+    /// Fractional column of the cell centres at x (units of the trunk radius).
+    fn col_of(&self, x: f64) -> f64 {
+        (x + 1.0) * 0.5 * self.n - 0.5
+    }
+
+    /// Fractional row of the cell centres at y (units of the trunk radius, +y up).
+    fn row_of(&self, y: f64) -> f64 {
+        (1.0 - y) * 0.5 * self.n - 0.5
+    }
+
+    /// Bilinear value between the cell centres that exist around row `r0 + fr`, column
+    /// `c0 + fc` (`r0`, `c0` whole numbers, `fr`, `fc` in [0, 1)).
+    #[inline(always)]
+    fn bilinear(&self, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+        let n = self.n;
+        let (mut s, mut w) = (0.0, 0.0);
+        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
+            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
+                let (r, c) = (r0 + dr, c0 + dc);
+                if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                    continue;
+                }
+                if let Some(v) = self.cells[r as usize * self.n_side + c as usize] {
+                    s += wr * wc * v;
+                    w += wr * wc;
+                }
+            }
+        }
+        (w > 1e-9).then(|| s / w)
+    }
 }
 
 /// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
@@ -218,14 +243,27 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
 
     // The cross-section.
     let (cx, cy) = CENTRE;
-    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
-        for px in (cx - RADIUS_PX) as i64..=(cx + RADIUS_PX) as i64 {
+    let grid = Grid::new(t);
+    let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
+    // Per column: the unit x and where it falls between the cell centres.
+    let columns: Vec<(i64, f64, f64, f64)> = (px0..=px1)
+        .map(|px| {
             let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
-            let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+            let gc = grid.col_of(x);
+            let c0 = gc.floor();
+            (px, x, c0, gc - c0)
+        })
+        .collect();
+    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+        let gr = grid.row_of(y);
+        let r0 = gr.floor();
+        let fr = gr - r0;
+        for &(px, x, c0, fc) in &columns {
             if x * x + y * y > 1.0 {
                 continue;
             }
-            let c = match sample(t, x, y) {
+            let c = match grid.bilinear(r0, fr, c0, fc) {
                 Some(v) => colour(frac(v)),
                 None => [200, 200, 200],
             };
