@@ -296,8 +296,15 @@ fn sirt(
     let radius_cells = ((cfg.smoothing * n as f64).round() as usize).max(1);
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
-    box_sum_2d(n, radius_cells, &weight, |_, w| w, &mut bufs);
-    let weight_sum = bufs.b.clone();
+    let mut weight_sum = vec![0.0; n * n];
+    box_sum_2d(
+        n,
+        radius_cells,
+        &weight,
+        &mut weight_sum,
+        &mut bufs.row_sums,
+        &mut bufs.acc,
+    );
     for _ in 0..cfg.iterations {
         correction.iter_mut().for_each(|c| *c = 0.0);
         for ray in &rays {
@@ -307,10 +314,10 @@ fn sirt(
                 correction[c] += l * residual_slowness;
             }
         }
+        // Divide everywhere and select after, so the loop has no branch and vectorises.
         for (c, w) in correction.iter_mut().zip(&weight) {
-            if *w > 0.0 {
-                *c /= w;
-            }
+            let q = *c / w;
+            *c = if *w > 0.0 { q } else { *c };
         }
         for _ in 0..cfg.smoothing_passes {
             smooth(
@@ -369,46 +376,84 @@ fn box_columns(n: usize, radius: usize, src: &[f64], dst: &mut [f64], acc: &mut 
     }
 }
 
-/// `dst[c][r] = f(src[r][c])` on `n`×`n` row-major fields.
-fn transpose(n: usize, src: &[f64], dst: &mut [f64], f: impl Fn(usize, f64) -> f64) {
-    for (r, line) in src[..n * n].chunks_exact(n).enumerate() {
-        for (c, &x) in line.iter().enumerate() {
-            dst[c * n + r] = f(r * n + c, x);
+/// Running box sums of width `2·radius + 1` along the rows of the `n`×`n` row-major field
+/// `src`: `dst[r][i]` is the sum of `src[r][k]` for `k` in `i − radius ..= i + radius`
+/// (clipped). Rows go `L` at a time, so `L` independent running sums overlap in the pipeline;
+/// each row's sum is formed in the order a one-row loop would.
+fn box_rows(n: usize, radius: usize, src: &[f64], dst: &mut [f64]) {
+    const L: usize = 8;
+    let full = n / L * L;
+    for row0 in (0..full).step_by(L) {
+        box_rows_block::<L>(n, radius, row0, src, dst);
+    }
+    for row0 in full..n {
+        box_rows_block::<1>(n, radius, row0, src, dst);
+    }
+}
+
+/// [`box_rows`] for rows `row0 .. row0 + L`.
+#[inline(always)]
+fn box_rows_block<const L: usize>(
+    n: usize,
+    radius: usize,
+    row0: usize,
+    src: &[f64],
+    dst: &mut [f64],
+) {
+    let src: [&[f64]; L] = std::array::from_fn(|l| &src[(row0 + l) * n..(row0 + l + 1) * n]);
+    let dst = &mut dst[row0 * n..(row0 + L) * n];
+    let mut acc = [0.0f64; L];
+    for k in 0..radius.min(n - 1) {
+        for l in 0..L {
+            acc[l] += src[l][k];
+        }
+    }
+    for i in 0..n {
+        if i + radius < n {
+            for l in 0..L {
+                acc[l] += src[l][i + radius];
+            }
+        }
+        if i > radius {
+            for l in 0..L {
+                acc[l] -= src[l][i - radius - 1];
+            }
+        }
+        for l in 0..L {
+            dst[l * n + i] = acc[l];
         }
     }
 }
 
 /// Buffers of [`box_sum_2d`] and [`smooth`], `n·n` long (`acc`: `n`).
 struct SmoothBuffers {
-    a: Vec<f64>,
-    b: Vec<f64>,
+    product: Vec<f64>,
+    row_sums: Vec<f64>,
     acc: Vec<f64>,
 }
 
 impl SmoothBuffers {
     fn new(n: usize) -> Self {
         SmoothBuffers {
-            a: vec![0.0; n * n],
-            b: vec![0.0; n * n],
+            product: vec![0.0; n * n],
+            row_sums: vec![0.0; n * n],
             acc: vec![0.0; n],
         }
     }
 }
 
-/// Separable box sums of the `n`×`n` field `f(cell, src[cell])`: along the rows, then along the
-/// columns; the result is left in `bufs.b`. The row sums are column sums of the transposed field.
+/// Separable box sums of the `n`×`n` field `src`: along the rows into `row_sums`, then along
+/// the columns into `out`.
 fn box_sum_2d(
     n: usize,
     radius: usize,
     src: &[f64],
-    f: impl Fn(usize, f64) -> f64,
-    bufs: &mut SmoothBuffers,
+    out: &mut [f64],
+    row_sums: &mut [f64],
+    acc: &mut [f64],
 ) {
-    let SmoothBuffers { a, b, acc } = bufs;
-    transpose(n, src, a, f);
-    box_columns(n, radius, a, b, acc);
-    transpose(n, b, a, |_, x| x);
-    box_columns(n, radius, a, b, acc);
+    box_rows(n, radius, src, row_sums);
+    box_columns(n, radius, row_sums, out, acc);
 }
 
 /// Box smoothing of the correction, each cell weighted by the ray length through it, so cells
@@ -422,9 +467,18 @@ fn smooth(
     radius: usize,
     bufs: &mut SmoothBuffers,
 ) {
-    box_sum_2d(n, radius, field, |c, x| x * weight[c], bufs);
-    for (f, (s, w)) in field.iter_mut().zip(bufs.b.iter().zip(weight_sum)) {
-        *f = if *w > 1e-12 { *s / w } else { 0.0 };
+    let SmoothBuffers {
+        product,
+        row_sums,
+        acc,
+    } = bufs;
+    for ((p, f), w) in product.iter_mut().zip(&*field).zip(weight) {
+        *p = f * w;
+    }
+    box_sum_2d(n, radius, product, field, row_sums, acc);
+    for (f, w) in field.iter_mut().zip(weight_sum) {
+        let q = *f / w;
+        *f = if *w > 1e-12 { q } else { 0.0 };
     }
 }
 
