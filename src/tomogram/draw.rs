@@ -220,6 +220,20 @@ impl Grid {
     #[inline(always)]
     fn bilinear(&self, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
         let n = self.n;
+        // Inside the grid with all four cells present (almost every pixel), the weights sum
+        // to 1 up to rounding, and the division below is left out.
+        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
+            let k = r0 as usize * self.n_side + c0 as usize;
+            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
+                self.cells[k],
+                self.cells[k + 1],
+                self.cells[k + self.n_side],
+                self.cells[k + self.n_side + 1],
+            ) {
+                let (wr, wc) = (1.0 - fr, 1.0 - fc);
+                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+            }
+        }
         let (mut s, mut w) = (0.0, 0.0);
         for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
             for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
@@ -253,7 +267,8 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let mut cv = Canvas::new();
     let fastest = reference_velocity(t);
     let lo = SLOWEST_SHOWN * fastest;
-    let frac = |v: f64| (v - lo) / (fastest - lo).max(1e-9);
+    let per_velocity = 1.0 / (fastest - lo).max(1e-9);
+    let frac = |v: f64| (v - lo) * per_velocity;
 
     cv.text(20, 14, title, 2, BLACK);
     let sub = format!(
@@ -281,7 +296,7 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         let gr = grid.row_of(y);
         let r0 = gr.floor();
         let fr = gr - r0;
-        // Values first, colours after: the divisions of neighbouring pixels then overlap.
+        // Values first, colours after: neighbouring pixels' arithmetic then overlaps.
         row.clear();
         row.extend(
             columns
