@@ -6,7 +6,8 @@
 //! Files that form no set stay pending (duplicates, leftovers, incomplete sets) until a later
 //! file completes them or the caller takes them out with [`Grouper::remove`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
 
 use crate::device::{N_SENSORS, TapName};
 
@@ -43,23 +44,26 @@ pub struct Grouper<K> {
     window_s: i64,
     /// Per device, pending files sorted by (unix seconds, tap, upload id).
     pending: BTreeMap<Option<String>, Vec<Pending<K>>>,
+    /// The keys in `pending`, so that adding a file does not compare it with every other one.
+    keys: HashSet<K>,
 }
 
-impl<K: Clone + PartialEq> Grouper<K> {
+impl<K: Clone + Eq + Hash> Grouper<K> {
     /// `window_s`: the largest allowed span of unix seconds inside one set (DESIGN: 15 min).
     pub fn new(window_s: i64) -> Self {
         Grouper {
             window_s,
             pending: BTreeMap::new(),
+            keys: HashSet::new(),
         }
     }
 
     /// Adds a file. Adding the same key twice is ignored.
     pub fn add(&mut self, name: TapName, key: K) {
-        let files = self.pending.entry(name.device.clone()).or_default();
-        if files.iter().any(|p| p.key == key) {
+        if !self.keys.insert(key.clone()) {
             return;
         }
+        let files = self.pending.entry(name.device.clone()).or_default();
         let pos = files.partition_point(|p| {
             (p.name.unix_s, p.name.tap, &p.name.upload_id)
                 <= (name.unix_s, name.tap, &name.upload_id)
@@ -77,7 +81,9 @@ impl<K: Clone + PartialEq> Grouper<K> {
                 let mut by_index = chosen;
                 by_index.sort_unstable();
                 for &i in by_index.iter().rev() {
-                    members.push((i, files.remove(i)));
+                    let member = files.remove(i);
+                    self.keys.remove(&member.key);
+                    members.push((i, member));
                 }
                 members.sort_by_key(|(_, p)| p.name.tap);
                 let members: Vec<Pending<K>> = members.into_iter().map(|(_, p)| p).collect();
@@ -99,6 +105,9 @@ impl<K: Clone + PartialEq> Grouper<K> {
 
     /// Removes a pending file (it vanished or was rejected). Returns whether it was there.
     pub fn remove(&mut self, key: &K) -> bool {
+        if !self.keys.remove(key) {
+            return false;
+        }
         let mut found = false;
         for files in self.pending.values_mut() {
             if let Some(i) = files.iter().position(|p| &p.key == key) {

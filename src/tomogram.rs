@@ -118,10 +118,61 @@ fn cell_xy(n: usize, extent_m: f64, row: usize, col: usize) -> (f64, f64) {
 }
 
 /// One sensor pair: observed time, and the cells it crosses with their lengths.
-struct Ray {
+struct Ray<'a> {
     time_s: f64,
     length_m: f64,
-    cells: Vec<(usize, f64)>,
+    cells: &'a [(usize, f64)],
+}
+
+/// The traced chords of every sensor pair for one grid and diameter, `cells[i·8 + j]` for i < j.
+/// Tracing depends only on (n, diameter), which a run keeps fixed, so each thread keeps the last
+/// one ([`with_traces`]) instead of tracing 28 chords per set.
+struct Traces {
+    n: usize,
+    diameter_bits: u64,
+    cells: Vec<Vec<(usize, f64)>>,
+}
+
+impl Traces {
+    fn new(n: usize, diameter_m: f64) -> Self {
+        let cells = (0..N_SENSORS * N_SENSORS)
+            .map(|p| {
+                let (i, j) = (p / N_SENSORS, p % N_SENSORS);
+                if i < j {
+                    trace(
+                        sensor_xy(i, diameter_m),
+                        sensor_xy(j, diameter_m),
+                        n,
+                        diameter_m,
+                    )
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Traces {
+            n,
+            diameter_bits: diameter_m.to_bits(),
+            cells,
+        }
+    }
+}
+
+/// Runs `f` with the traces for (n, diameter), from this thread's cache when it matches.
+fn with_traces<R>(n: usize, diameter_m: f64, f: impl FnOnce(&Traces) -> R) -> R {
+    thread_local! {
+        static CACHE: std::cell::RefCell<Option<Traces>> = const { std::cell::RefCell::new(None) };
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|t| t.n == n && t.diameter_bits == diameter_m.to_bits());
+        if !fresh {
+            *cache = Some(Traces::new(n, diameter_m));
+        }
+        f(cache.as_ref().expect("filled above"))
+    })
 }
 
 /// The usable pairs of a velocity matrix: (i, j, mean ToF in s), i < j.
@@ -198,17 +249,25 @@ pub fn reconstruct(
             needed: MIN_RAYS,
         });
     }
+    Ok(with_traces(n, diameter_m, |traces| {
+        sirt(&pairs, traces, diameter_m, cfg)
+    }))
+}
+
+/// The SIRT iterations over the usable `pairs` (at least [`MIN_RAYS`]).
+fn sirt(
+    pairs: &[(usize, usize, f64)],
+    traces: &Traces,
+    diameter_m: f64,
+    cfg: &TomogramConfig,
+) -> Tomogram {
+    let n = cfg.n;
     let rays: Vec<Ray> = pairs
         .iter()
         .map(|&(i, j, time_s)| Ray {
             time_s,
             length_m: chord_m(i, j, diameter_m),
-            cells: trace(
-                sensor_xy(i, diameter_m),
-                sensor_xy(j, diameter_m),
-                n,
-                diameter_m,
-            ),
+            cells: &traces.cells[i * N_SENSORS + j],
         })
         .collect();
 
@@ -224,7 +283,7 @@ pub fn reconstruct(
     let mut slowness = vec![s0; n * n];
     let mut weight = vec![0.0; n * n];
     for ray in &rays {
-        for &(c, l) in &ray.cells {
+        for &(c, l) in ray.cells {
             weight[c] += l;
         }
     }
@@ -236,23 +295,39 @@ pub fn reconstruct(
         .collect();
     let radius_cells = ((cfg.smoothing * n as f64).round() as usize).max(1);
     let mut correction = vec![0.0; n * n];
-    let mut scratch = vec![0.0; n * n];
+    let mut bufs = SmoothBuffers::new(n);
+    let mut weight_sum = vec![0.0; n * n];
+    box_sum_2d(
+        n,
+        radius_cells,
+        &weight,
+        &mut weight_sum,
+        &mut bufs.row_sums,
+        &mut bufs.acc,
+    );
     for _ in 0..cfg.iterations {
         correction.iter_mut().for_each(|c| *c = 0.0);
         for ray in &rays {
             let predicted: f64 = ray.cells.iter().map(|&(c, l)| l * slowness[c]).sum();
             let residual_slowness = (ray.time_s - predicted) / ray.length_m;
-            for &(c, l) in &ray.cells {
+            for &(c, l) in ray.cells {
                 correction[c] += l * residual_slowness;
             }
         }
+        // Divide everywhere and select after, so the loop has no branch and vectorises.
         for (c, w) in correction.iter_mut().zip(&weight) {
-            if *w > 0.0 {
-                *c /= w;
-            }
+            let q = *c / w;
+            *c = if *w > 0.0 { q } else { *c };
         }
         for _ in 0..cfg.smoothing_passes {
-            smooth(&mut correction, &mut scratch, &weight, n, radius_cells);
+            smooth(
+                &mut correction,
+                &weight,
+                &weight_sum,
+                n,
+                radius_cells,
+                &mut bufs,
+            );
         }
         for (s, c) in slowness.iter_mut().zip(&correction) {
             *s = (*s + cfg.relaxation * c).clamp(s_min, s_max);
@@ -265,68 +340,145 @@ pub fn reconstruct(
                 .collect()
         })
         .collect();
-    Ok(Tomogram {
+    Tomogram {
         n,
         extent_m: diameter_m,
         method: METHOD,
         velocity_m_s,
         n_rays: rays.len(),
-    })
+    }
+}
+
+/// Running box sums of width `2·radius + 1` down the columns of the `n`×`n` row-major field
+/// `src`: `dst[i][c]` is the sum of `src[k][c]` for `k` in `i − radius ..= i + radius` (clipped
+/// to the field). All columns advance together, one running sum each in `acc`, so the sums
+/// vectorise, while each column's sum is formed in the order a one-column loop would. The cost
+/// does not grow with the radius.
+fn box_columns(n: usize, radius: usize, src: &[f64], dst: &mut [f64], acc: &mut [f64]) {
+    let acc = &mut acc[..n];
+    acc.fill(0.0);
+    let row = |k: usize| &src[k * n..(k + 1) * n];
+    for k in 0..radius.min(n - 1) {
+        acc.iter_mut().zip(row(k)).for_each(|(s, x)| *s += x);
+    }
+    for (i, out) in dst[..n * n].chunks_exact_mut(n).enumerate() {
+        if i + radius < n {
+            acc.iter_mut()
+                .zip(row(i + radius))
+                .for_each(|(s, x)| *s += x);
+        }
+        if i > radius {
+            acc.iter_mut()
+                .zip(row(i - radius - 1))
+                .for_each(|(s, x)| *s -= x);
+        }
+        out.copy_from_slice(acc);
+    }
+}
+
+/// Running box sums of width `2·radius + 1` along the rows of the `n`×`n` row-major field
+/// `src`: `dst[r][i]` is the sum of `src[r][k]` for `k` in `i − radius ..= i + radius`
+/// (clipped). Rows go `L` at a time, so `L` independent running sums overlap in the pipeline;
+/// each row's sum is formed in the order a one-row loop would.
+fn box_rows(n: usize, radius: usize, src: &[f64], dst: &mut [f64]) {
+    const L: usize = 8;
+    let full = n / L * L;
+    for row0 in (0..full).step_by(L) {
+        box_rows_block::<L>(n, radius, row0, src, dst);
+    }
+    for row0 in full..n {
+        box_rows_block::<1>(n, radius, row0, src, dst);
+    }
+}
+
+/// [`box_rows`] for rows `row0 .. row0 + L`.
+#[inline(always)]
+fn box_rows_block<const L: usize>(
+    n: usize,
+    radius: usize,
+    row0: usize,
+    src: &[f64],
+    dst: &mut [f64],
+) {
+    let src: [&[f64]; L] = std::array::from_fn(|l| &src[(row0 + l) * n..(row0 + l + 1) * n]);
+    let dst = &mut dst[row0 * n..(row0 + L) * n];
+    let mut acc = [0.0f64; L];
+    for k in 0..radius.min(n - 1) {
+        for l in 0..L {
+            acc[l] += src[l][k];
+        }
+    }
+    for i in 0..n {
+        if i + radius < n {
+            for l in 0..L {
+                acc[l] += src[l][i + radius];
+            }
+        }
+        if i > radius {
+            for l in 0..L {
+                acc[l] -= src[l][i - radius - 1];
+            }
+        }
+        for l in 0..L {
+            dst[l * n + i] = acc[l];
+        }
+    }
+}
+
+/// Buffers of [`box_sum_2d`] and [`smooth`], `n·n` long (`acc`: `n`).
+struct SmoothBuffers {
+    product: Vec<f64>,
+    row_sums: Vec<f64>,
+    acc: Vec<f64>,
+}
+
+impl SmoothBuffers {
+    fn new(n: usize) -> Self {
+        SmoothBuffers {
+            product: vec![0.0; n * n],
+            row_sums: vec![0.0; n * n],
+            acc: vec![0.0; n],
+        }
+    }
+}
+
+/// Separable box sums of the `n`×`n` field `src`: along the rows into `row_sums`, then along
+/// the columns into `out`.
+fn box_sum_2d(
+    n: usize,
+    radius: usize,
+    src: &[f64],
+    out: &mut [f64],
+    row_sums: &mut [f64],
+    acc: &mut [f64],
+) {
+    box_rows(n, radius, src, row_sums);
+    box_columns(n, radius, row_sums, out, acc);
 }
 
 /// Box smoothing of the correction, each cell weighted by the ray length through it, so cells
-/// no ray crosses take their neighbours' correction instead of diluting it.
-fn smooth(field: &mut [f64], scratch: &mut [f64], weight: &[f64], n: usize, radius: usize) {
-    // Weighted box sums, separably (rows into scratch, then columns), each by a running sum:
-    // the cost does not grow with the radius.
-    let mut wsum = vec![0.0; n * n];
-    let mut wscratch = vec![0.0; n * n];
-    let window = |get: &dyn Fn(usize) -> (f64, f64), put: &mut dyn FnMut(usize, f64, f64)| {
-        let (mut s, mut w) = (0.0, 0.0);
-        for k in 0..radius.min(n - 1) {
-            let (a, b) = get(k);
-            s += a;
-            w += b;
-        }
-        for i in 0..n {
-            if i + radius < n {
-                let (a, b) = get(i + radius);
-                s += a;
-                w += b;
-            }
-            if i > radius {
-                let (a, b) = get(i - radius - 1);
-                s -= a;
-                w -= b;
-            }
-            put(i, s, w);
-        }
-    };
-    for row in 0..n {
-        window(
-            &|k| {
-                (
-                    field[row * n + k] * weight[row * n + k],
-                    weight[row * n + k],
-                )
-            },
-            &mut |i, s, w| {
-                scratch[row * n + i] = s;
-                wscratch[row * n + i] = w;
-            },
-        );
+/// no ray crosses take their neighbours' correction instead of diluting it. `weight_sum` is the
+/// box sum of `weight` ([`box_sum_2d`] of it), the same for every pass, so it is computed once.
+fn smooth(
+    field: &mut [f64],
+    weight: &[f64],
+    weight_sum: &[f64],
+    n: usize,
+    radius: usize,
+    bufs: &mut SmoothBuffers,
+) {
+    let SmoothBuffers {
+        product,
+        row_sums,
+        acc,
+    } = bufs;
+    for ((p, f), w) in product.iter_mut().zip(&*field).zip(weight) {
+        *p = f * w;
     }
-    for col in 0..n {
-        window(
-            &|k| (scratch[k * n + col], wscratch[k * n + col]),
-            &mut |i, s, w| {
-                field[i * n + col] = s;
-                wsum[i * n + col] = w;
-            },
-        );
-    }
-    for (f, w) in field.iter_mut().zip(&wsum) {
-        *f = if *w > 1e-12 { *f / w } else { 0.0 };
+    box_sum_2d(n, radius, product, field, row_sums, acc);
+    for (f, w) in field.iter_mut().zip(weight_sum) {
+        let q = *f / w;
+        *f = if *w > 1e-12 { q } else { 0.0 };
     }
 }
 

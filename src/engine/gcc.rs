@@ -234,18 +234,63 @@ fn interpolate_at(r: &[f32], base: isize, phase: usize) -> f64 {
     let n = r.len() as isize;
     let weights = &kernel_table()[phase];
     let first = base - HALF as isize + 1;
-    let mut acc = 0.0f32;
     if first >= 0 && first + 2 * HALF as isize <= n {
         let first = first as usize;
-        for (x, w) in r[first..first + 2 * HALF].iter().zip(weights) {
-            acc += x * w;
-        }
+        dot(&r[first..first + 2 * HALF], weights)
     } else {
-        for (t, w) in weights.iter().enumerate() {
-            acc += r[(first + t as isize).rem_euclid(n) as usize] * w;
-        }
+        let taps: [f32; 2 * HALF] =
+            std::array::from_fn(|t| r[(first + t as isize).rem_euclid(n) as usize]);
+        dot(&taps, weights)
+    }
+}
+
+/// The kernel's dot product, summed in tap order (the table tests hold it to that).
+#[inline(always)]
+fn dot(x: &[f32], weights: &[f32; 2 * HALF]) -> f64 {
+    let mut acc = 0.0f32;
+    for (x, w) in x.iter().zip(weights) {
+        acc += x * w;
     }
     acc as f64
+}
+
+/// The samples of a circular correlation around one lag, copied out once so that every
+/// interpolation of the peak search reads a contiguous slice (lags near 0 wrap around the end
+/// of `r`, which would cost a division per tap).
+struct Neighbourhood {
+    /// `r` at lags `start .. start + SPAN`.
+    samples: [f32; Self::SPAN],
+    start: isize,
+}
+
+impl Neighbourhood {
+    /// Interpolations within ±`REACH` samples of the centre lag stay inside.
+    const REACH: isize = 3;
+    const SPAN: usize = 2 * HALF + 2 * Self::REACH as usize;
+
+    fn new(r: &[f32], centre: isize) -> Self {
+        let n = r.len() as isize;
+        let start = centre - HALF as isize + 1 - Self::REACH;
+        Neighbourhood {
+            samples: std::array::from_fn(|k| r[(start + k as isize).rem_euclid(n) as usize]),
+            start,
+        }
+    }
+
+    /// [`interpolate_at`]`(r, base, phase)`, the same value, for `base` within `REACH` of the
+    /// centre.
+    fn at(&self, r: &[f32], base: isize, phase: usize) -> f64 {
+        let first = base - HALF as isize + 1 - self.start;
+        if first >= 0 && first as usize + 2 * HALF <= Self::SPAN {
+            let first = first as usize;
+            dot(
+                &self.samples[first..first + 2 * HALF],
+                &kernel_table()[phase],
+            )
+        } else {
+            interpolate_at(r, base, phase)
+        }
+    }
 }
 
 /// A correlation peak inside a lag window.
@@ -277,9 +322,10 @@ pub fn find_peak(r: &[f32], lo: isize, hi: isize) -> Option<Peak> {
         .fold(f64::MIN, f64::max);
     let on_edge = best == lo || best == hi;
     // Positions in units of 1/PHASES sample, relative to `best`.
+    let near = Neighbourhood::new(r, best);
     let value = |u: isize| -> f64 {
         let pos = best * PHASES as isize + u;
-        interpolate_at(
+        near.at(
             r,
             pos.div_euclid(PHASES as isize),
             pos.rem_euclid(PHASES as isize) as usize,

@@ -57,6 +57,27 @@ pub fn colour(f: f64) -> [u8; 3] {
     STOPS[STOPS.len() - 1].1
 }
 
+/// Steps of [`colour_fast`]'s table over the scale.
+const COLOUR_STEPS: usize = 4096;
+
+/// [`colour`] from a table of [`COLOUR_STEPS`] + 1 entries, built once: the picture's pixels
+/// need no division or float-to-byte conversion. The nearest entry is at most 1/8192 of the
+/// scale away, so a channel differs from [`colour`] by at most one level.
+fn colour_fast(f: f64) -> [u8; 3] {
+    static TABLE: std::sync::OnceLock<Vec<[u8; 3]>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=COLOUR_STEPS)
+            .map(|k| colour(k as f64 / COLOUR_STEPS as f64))
+            .collect()
+    });
+    let f = if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    table[(f * COLOUR_STEPS as f64 + 0.5) as usize]
+}
+
 /// A title line: `DEVICE YYYY-MM-DD HH:MM UTC` (the device left out when unknown).
 pub fn title(device: Option<&str>, unix_s: i64) -> String {
     match device {
@@ -167,28 +188,67 @@ fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * (GLYPH_W as i64 + 1) * scale - scale
 }
 
-/// The tomogram's velocity at a point (x, y in units of the trunk radius, +y up), bilinear
+/// The tomogram's cells in one flat row-major array; its velocity at a point is bilinear
 /// between the cell centres that exist.
-fn sample(t: &Tomogram, x: f64, y: f64) -> Option<f64> {
-    let n = t.n as f64;
-    let gc = (x + 1.0) * 0.5 * n - 0.5;
-    let gr = (1.0 - y) * 0.5 * n - 0.5;
-    let (c0, r0) = (gc.floor(), gr.floor());
-    let (fc, fr) = (gc - c0, gr - r0);
-    let (mut s, mut w) = (0.0, 0.0);
-    for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
-        for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
-            let (r, c) = (r0 + dr, c0 + dc);
-            if r < 0.0 || c < 0.0 || r >= n || c >= n {
-                continue;
-            }
-            if let Some(v) = t.velocity_m_s[r as usize][c as usize] {
-                s += wr * wc * v;
-                w += wr * wc;
-            }
+struct Grid {
+    n: f64,
+    n_side: usize,
+    cells: Vec<Option<f64>>,
+}
+
+impl Grid {
+    fn new(t: &Tomogram) -> Self {
+        Grid {
+            n: t.n as f64,
+            n_side: t.n,
+            cells: t.velocity_m_s.iter().flatten().copied().collect(),
         }
     }
-    (w > 1e-9).then(|| s / w)
+
+    /// Fractional column of the cell centres at x (units of the trunk radius).
+    fn col_of(&self, x: f64) -> f64 {
+        (x + 1.0) * 0.5 * self.n - 0.5
+    }
+
+    /// Fractional row of the cell centres at y (units of the trunk radius, +y up).
+    fn row_of(&self, y: f64) -> f64 {
+        (1.0 - y) * 0.5 * self.n - 0.5
+    }
+
+    /// Bilinear value between the cell centres that exist around row `r0 + fr`, column
+    /// `c0 + fc` (`r0`, `c0` whole numbers, `fr`, `fc` in [0, 1)).
+    #[inline(always)]
+    fn bilinear(&self, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+        let n = self.n;
+        // Inside the grid with all four cells present (almost every pixel), the weights sum
+        // to 1 up to rounding, and the division below is left out.
+        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
+            let k = r0 as usize * self.n_side + c0 as usize;
+            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
+                self.cells[k],
+                self.cells[k + 1],
+                self.cells[k + self.n_side],
+                self.cells[k + self.n_side + 1],
+            ) {
+                let (wr, wc) = (1.0 - fr, 1.0 - fc);
+                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+            }
+        }
+        let (mut s, mut w) = (0.0, 0.0);
+        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
+            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
+                let (r, c) = (r0 + dr, c0 + dc);
+                if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                    continue;
+                }
+                if let Some(v) = self.cells[r as usize * self.n_side + c as usize] {
+                    s += wr * wc * v;
+                    w += wr * wc;
+                }
+            }
+        }
+        (w > 1e-9).then(|| s / w)
+    }
 }
 
 /// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
@@ -207,7 +267,8 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let mut cv = Canvas::new();
     let fastest = reference_velocity(t);
     let lo = SLOWEST_SHOWN * fastest;
-    let frac = |v: f64| (v - lo) / (fastest - lo).max(1e-9);
+    let per_velocity = 1.0 / (fastest - lo).max(1e-9);
+    let frac = |v: f64| (v - lo) * per_velocity;
 
     cv.text(20, 14, title, 2, BLACK);
     let sub = format!(
@@ -218,15 +279,34 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
 
     // The cross-section.
     let (cx, cy) = CENTRE;
-    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
-        for px in (cx - RADIUS_PX) as i64..=(cx + RADIUS_PX) as i64 {
+    let grid = Grid::new(t);
+    let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
+    // Per column: the unit x and where it falls between the cell centres.
+    let columns: Vec<(i64, f64, f64, f64)> = (px0..=px1)
+        .map(|px| {
             let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
-            let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
-            if x * x + y * y > 1.0 {
-                continue;
-            }
-            let c = match sample(t, x, y) {
-                Some(v) => colour(frac(v)),
+            let gc = grid.col_of(x);
+            let c0 = gc.floor();
+            (px, x, c0, gc - c0)
+        })
+        .collect();
+    let mut row: Vec<(i64, Option<f64>)> = Vec::with_capacity(columns.len());
+    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+        let gr = grid.row_of(y);
+        let r0 = gr.floor();
+        let fr = gr - r0;
+        // Values first, colours after: neighbouring pixels' arithmetic then overlaps.
+        row.clear();
+        row.extend(
+            columns
+                .iter()
+                .filter(|&&(_, x, _, _)| x * x + y * y <= 1.0)
+                .map(|&(px, _, c0, fc)| (px, grid.bilinear(r0, fr, c0, fc).map(frac))),
+        );
+        for &(px, f) in &row {
+            let c = match f {
+                Some(f) => colour_fast(f),
                 None => [200, 200, 200],
             };
             cv.set(px, py, c);
@@ -342,6 +422,20 @@ mod tests {
         assert!(s[1] > s[0] && s[1] > s[2], "sound wood drawn as {s:?}");
         // Outside the trunk stays white.
         assert_eq!(at(0.99, 0.99), WHITE);
+    }
+
+    #[test]
+    fn colour_table_is_within_one_level_of_the_exact_colour() {
+        for k in 0..=100_000 {
+            let f = k as f64 / 100_000.0;
+            let (a, b) = (colour(f), colour_fast(f));
+            for c in 0..3 {
+                assert!(a[c].abs_diff(b[c]) <= 1, "{f}: {a:?} vs {b:?}");
+            }
+        }
+        for f in [0.0, 1.0, -3.0, 7.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(colour_fast(f), colour(f), "{f}");
+        }
     }
 
     #[test]
