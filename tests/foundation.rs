@@ -298,7 +298,13 @@ fn a_file_whose_impact_is_on_another_sensor_flags_its_row_only() {
                 assert_eq!(est.plain_matrix()[i][j], 0.0);
                 continue;
             }
-            assert_ne!(est.flags[i][j], RayFlag::TapMismatch, "ray {}→{}", i + 1, j + 1);
+            assert_ne!(
+                est.flags[i][j],
+                RayFlag::TapMismatch,
+                "ray {}→{}",
+                i + 1,
+                j + 1
+            );
             if est.flags[i][j].usable() {
                 errs.push((est.tof_us[i][j] - truth.tof_us[i][j]).abs());
             }
@@ -308,5 +314,9 @@ fn a_file_whose_impact_is_on_another_sensor_flags_its_row_only() {
     // Their usual level on this simulator is a median of 4–6 µs (README).
     errs.sort_by(f64::total_cmp);
     assert!(errs.len() >= 40, "{} usable rays", errs.len());
-    assert!(median(&errs) < 8.0, "median |ToF error| {:.1} µs", median(&errs));
+    assert!(
+        median(&errs) < 8.0,
+        "median |ToF error| {:.1} µs",
+        median(&errs)
+    );
 }

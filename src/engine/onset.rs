@@ -787,7 +787,16 @@ mod tests {
         // 5, sensor 4 (index 3) clips from sample 0, its neighbours follow.
         let mislabelled = tap_with(
             4,
-            [Some(15), Some(29), Some(4), Some(0), Some(5), Some(9), Some(9), None],
+            [
+                Some(15),
+                Some(29),
+                Some(4),
+                Some(0),
+                Some(5),
+                Some(9),
+                Some(9),
+                None,
+            ],
         );
         assert_eq!(impact_channel(&mislabelled, &bases), Some(3));
         // A regular tap: the named channel clips at once, a close receiver two samples later.
@@ -797,10 +806,7 @@ mod tests {
         );
         assert_eq!(impact_channel(&regular, &bases), None);
         // The named channel one sample late (a trigger on the first touch) is not enough.
-        let late = tap_with(
-            4,
-            [None, None, None, Some(1), Some(2), None, None, None],
-        );
+        let late = tap_with(4, [None, None, None, Some(1), Some(2), None, None, None]);
         assert_eq!(impact_channel(&late, &bases), None);
         // A named channel that never reaches the level loses to one that does at once.
         let silent = tap_with(2, [Some(1), None, None, None, None, None, None, None]);
