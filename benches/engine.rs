@@ -1,4 +1,5 @@
-//! Throughput benchmarks: parsing one tap file, estimating one set, and both together.
+//! Throughput benchmarks: parsing one tap file, estimating one set, both together, and the
+//! set's tomogram (reconstruction, and drawing with PNG encoding).
 //!
 //! Files are simulated in memory (`simulate_many`, default parameters: 500 samples, about
 //! 26 KB each, the size of a real device file), so the bench needs no data on disk.
@@ -67,6 +68,33 @@ fn end_to_end(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cross-section of one set: SIRT reconstruction, and drawing plus PNG encoding.
+fn tomogram(c: &mut Criterion) {
+    use terawang::tomogram::{TomogramConfig, reconstruct, render_png};
+    let taps = parse_set(&one_set());
+    let cfg = EngineConfig::default();
+    let mut engine = Engine::new(cfg.clone());
+    let matrix = engine
+        .estimate_set(&taps)
+        .expect("the CPU engine never fails")
+        .plain_matrix();
+    let tomo_cfg = TomogramConfig::default();
+    let picture = reconstruct(&matrix, cfg.diameter_m, &tomo_cfg).expect("enough rays");
+    let mut group = c.benchmark_group("tomogram");
+    group.bench_function("reconstruct", |b| {
+        b.iter(|| reconstruct(black_box(&matrix), cfg.diameter_m, &tomo_cfg))
+    });
+    group.bench_function("render_png", |b| {
+        b.iter(|| {
+            render_png(
+                black_box(&picture),
+                "20-79-18-81-6E-65 2025-08-21 05:01 UTC",
+            )
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -77,6 +105,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = parse, engine, end_to_end
+    targets = parse, engine, end_to_end, tomogram
 }
 criterion_main!(benches);

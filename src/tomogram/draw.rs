@@ -215,6 +215,23 @@ impl Grid {
         (1.0 - y) * 0.5 * self.n - 0.5
     }
 
+    /// `out[c]`: rows `r0` and `r0 + 1` blended at `r0 + fr` in column `c`, NaN where either
+    /// cell is missing or off the grid.
+    fn blend_rows(&self, r0: f64, fr: f64, out: &mut [f64]) {
+        out.fill(f64::NAN);
+        if r0 < 0.0 || r0 + 1.0 >= self.n {
+            return;
+        }
+        let k = r0 as usize * self.n_side;
+        let top = &self.cells[k..k + self.n_side];
+        let bottom = &self.cells[k + self.n_side..k + 2 * self.n_side];
+        for ((o, t), b) in out.iter_mut().zip(top).zip(bottom) {
+            if let (Some(t), Some(b)) = (t, b) {
+                *o = (1.0 - fr) * t + fr * b;
+            }
+        }
+    }
+
     /// Bilinear value between the cell centres that exist around row `r0 + fr`, column
     /// `c0 + fc` (`r0`, `c0` whole numbers, `fr`, `fc` in [0, 1)).
     #[inline(always)]
@@ -291,18 +308,32 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         })
         .collect();
     let mut row: Vec<(i64, Option<f64>)> = Vec::with_capacity(columns.len());
+    let mut blended = vec![f64::NAN; t.n];
     for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
         let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
         let gr = grid.row_of(y);
         let r0 = gr.floor();
         let fr = gr - r0;
+        // Separably: the two grid rows around this pixel row blended once per grid column
+        // (NaN where a cell is missing), then each pixel blends two columns. Pixels near a
+        // missing cell take the general path.
+        grid.blend_rows(r0, fr, &mut blended);
+        let value = |c0: f64, fc: f64| -> Option<f64> {
+            if c0 >= 0.0 && c0 + 1.0 < grid.n {
+                let (a, b) = (blended[c0 as usize], blended[c0 as usize + 1]);
+                if !(a.is_nan() || b.is_nan()) {
+                    return Some((1.0 - fc) * a + fc * b);
+                }
+            }
+            grid.bilinear(r0, fr, c0, fc)
+        };
         // Values first, colours after: neighbouring pixels' arithmetic then overlaps.
         row.clear();
         row.extend(
             columns
                 .iter()
                 .filter(|&&(_, x, _, _)| x * x + y * y <= 1.0)
-                .map(|&(px, _, c0, fc)| (px, grid.bilinear(r0, fr, c0, fc).map(frac))),
+                .map(|&(px, _, c0, fc)| (px, value(c0, fc).map(frac))),
         );
         for &(px, f) in &row {
             let c = match f {
