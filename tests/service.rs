@@ -109,16 +109,22 @@ struct FtpServer {
 impl FtpServer {
     fn start(port: u16, root: &Path) -> FtpServer {
         std::fs::create_dir_all(root).unwrap();
-        let child = Command::new("python3")
-            .args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-w"])
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-w"])
             .args(["-p", &port.to_string(), "-u", FTP_USER, "-P", FTP_PASS])
             .arg("-d")
-            .arg(root)
+            .arg(root);
+        FtpServer::spawn(cmd, port, "the FTP server", "python3 -m pyftpdlib")
+    }
+
+    /// Starts `cmd` and waits until it listens on `port`.
+    fn spawn(mut cmd: Command, port: u16, what: &str, needs: &str) -> FtpServer {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m pyftpdlib (.ci/service-setup.sh)");
-        wait_until("the FTP server", Duration::from_secs(15), || {
+            .unwrap_or_else(|e| panic!("{needs} (.ci/service-setup.sh): {e}"));
+        wait_until(what, Duration::from_secs(15), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         FtpServer { child }
@@ -130,21 +136,19 @@ impl FtpServer {
     fn start_tls(port: u16, root: &Path, cert: &Path, key: &Path) -> FtpServer {
         std::fs::create_dir_all(root).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ftps_server.py");
-        let child = Command::new("python3")
-            .arg(script)
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
             .arg(port.to_string())
             .arg(root)
             .arg(cert)
             .arg(key)
-            .args([FTP_USER, FTP_PASS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with pyftpdlib and pyOpenSSL (.ci/service-setup.sh)");
-        wait_until("the FTPS server", Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        FtpServer { child }
+            .args([FTP_USER, FTP_PASS]);
+        FtpServer::spawn(
+            cmd,
+            port,
+            "the FTPS server",
+            "python3 with pyftpdlib and pyOpenSSL",
+        )
     }
 }
 
