@@ -196,9 +196,10 @@ fn help_explains_and_bad_settings_fail_clearly() {
 }
 
 /// The onset method across the simulator's grid (velocities 1000–2000 m/s, diameters
-/// 0.2–1.0 m, half the sets decayed), fixed seed. The bounds are the accuracy goals where they
-/// are met today and a guard a little above today's figure where they are not yet (ToF median,
-/// p90 at 30 dB): they catch regressions, not prove the goals.
+/// 0.2–1.0 m, half the sets decayed), fixed seed. The velocity bounds at 40 and 30 dB are the
+/// issue's goals (median ≤ 3 %, p90 ≤ 8 %; today 1.8 / 6.2 % and 2.0 / 6.2 %). The ToF median
+/// goal (2 µs) is not met: its bounds are guards about 1 µs above today's 4.3 and 4.6 µs, to
+/// catch regressions, not to prove the goal.
 #[test]
 fn accuracy_on_the_simulator_grid() {
     use terawang::engine::{EngineConfig, Method};
@@ -228,11 +229,12 @@ fn accuracy_on_the_simulator_grid() {
     assert!(s40.usable_share > 0.95);
     assert!(s40.median_velocity_err <= 0.03, "{s40:?}");
     assert!(s40.p90_velocity_err <= 0.08, "{s40:?}");
-    assert!(s40.median_tof_err_us <= 6.0, "{s40:?}");
+    assert!(s40.median_tof_err_us <= 5.3, "{s40:?}");
     let s30 = at(30.0);
     assert!(s30.usable_share > 0.9);
     assert!(s30.median_velocity_err <= 0.03, "{s30:?}");
-    assert!(s30.p90_velocity_err <= 0.12, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.08, "{s30:?}");
+    assert!(s30.median_tof_err_us <= 5.6, "{s30:?}");
     // Graceful: at 20 dB fewer rays are usable, but those kept stay sane.
     let s20 = at(20.0);
     assert!(s20.median_velocity_err <= 0.15, "{s20:?}");

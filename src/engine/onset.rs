@@ -24,8 +24,13 @@ use crate::geometry::chord_m;
 /// Threshold of the first-arrival detector, in noise standard deviations.
 pub const ONSET_SIGMAS: f64 = 6.0;
 /// Threshold of the first-arrival detector as a fraction of the largest deviation in the
-/// window: small precursors (cross-talk, the hammer's first touch) stay below it.
-pub const ONSET_FRACTION: f64 = 0.05;
+/// window: small precursors (cross-talk, the hammer's first touch) stay below it, and so does
+/// the noise of a loud ray. The noise sigma is pooled per channel, but a ray can be noisier
+/// than its channel's pool (a short chord's loud arrival brings more vibration in absolute
+/// counts); at 30 dB a ray's noise is 3 % of its peak, so 15 % is five of its own sigmas.
+/// Measured on 60 varied simulated sets at 30 dB, against 5 %: median |ToF error| 5.4 µs
+/// instead of 5.9, velocity p90 8.0 % instead of 8.6 %.
+pub const ONSET_FRACTION: f64 = 0.15;
 /// Noise floor in ADC counts (12-bit quantisation and the amplifier's hum).
 pub const MIN_SIGMA: f64 = 2.0;
 /// Counts of margin inside the clip levels seen on a channel.
@@ -515,6 +520,13 @@ fn refine_class(
         .collect();
     let level =
         stacked_onset(set, bases, rays, &clipped, &x, median_level, dt).unwrap_or(median_level);
+    // Beyond half a sample from the median of the class's picks, the stacked curve crossed
+    // its level on noise, not on the arrival (whole classes came out a sample early).
+    let level = if (level - median_level).abs() > LEVEL_GUARD_SAMPLES * dt {
+        median_level
+    } else {
+        level
+    };
     for (&(i, j), &x) in rays.iter().zip(&x) {
         if let Some(p) = picks[i][j].as_mut() {
             let refined = x + level;
@@ -603,6 +615,8 @@ fn stacked_onset(
     })
 }
 
+/// How far (in samples) the stacked onset may lie from the median of the class's picks.
+const LEVEL_GUARD_SAMPLES: f64 = 0.5;
 /// Crossing level of the stacked curve, as a fraction of the first peak.
 const STACK_LEVEL: f64 = 0.15;
 /// Weight of a reciprocal GCC-PHAT lag against a pick difference in the tap-instant fit.
