@@ -376,6 +376,18 @@ impl Site {
         std::fs::write(self.data.join(&f.file_name), &f.json).unwrap();
     }
 
+    /// The names published on the site's queue so far (drained), sorted.
+    fn published_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .vhost
+            .drain(&self.queue)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        names.sort();
+        names
+    }
+
     fn json_files_in_data(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&self.data)
             .unwrap()
@@ -608,13 +620,7 @@ fn ftp_down_then_up_catches_up() {
             std::fs::read(site.ftp_file(n)).unwrap()
         );
     }
-    let mut got: Vec<String> = site
-        .vhost
-        .drain(&site.queue)
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
-    got.sort();
+    let got = site.published_names();
     let mut want = names.clone();
     want.sort();
     assert_eq!(got, want);
@@ -712,13 +718,7 @@ fn hundred_sets_at_once_are_all_processed() {
     };
     assert!(status.success(), "{status}; log:\n{}", site.log());
     assert!(site.json_files_in_data().is_empty());
-    let mut got: Vec<String> = site
-        .vhost
-        .drain(&site.queue)
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
-    got.sort();
+    let got = site.published_names();
     let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
     want.sort();
     assert_eq!(got, want);
@@ -747,13 +747,7 @@ fn kill_9_midway_then_restart_delivers_everything() {
         site.json_files_in_data().is_empty()
     });
     terminate(child, &site);
-    let mut got: Vec<String> = site
-        .vhost
-        .drain(&site.queue)
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
-    got.sort();
+    let mut got = site.published_names();
     got.dedup(); // at-least-once: a set in flight at the kill may come twice
     let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
     want.sort();

@@ -89,8 +89,8 @@ pub const IMPACT_COUNTS: f64 = 900.0;
 /// Another channel than the named one that carries the hammer's impact in one tap file, when
 /// the data say so clearly: it deviates by [`IMPACT_COUNTS`] within its first two samples
 /// while the channel the file names as tapped does so at least two samples later (or never).
-/// `None` when the named channel is not beaten. A receiver cannot beat the tapped channel by two samples: the
-/// tapped channel clips from its first samples.
+/// `None` when the named channel is not beaten. A receiver cannot beat the tapped channel by
+/// two samples: the tapped channel clips from its first samples.
 ///
 /// On the real set one file named as the tap on sensor 5 has sensor 4 clipped from its first
 /// sample, sensors 3 and 5 answering two samples later, and sensor 5 reaching the impact
