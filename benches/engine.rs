@@ -1,4 +1,5 @@
-//! Throughput benchmarks: parsing one tap file, estimating one set, both together, and the
+//! Throughput benchmarks: parsing one tap file, estimating one set (default method and plain
+//! GCC-PHAT), building its plain result and report, parsing and estimating together, and the
 //! set's tomogram (reconstruction, and drawing with PNG encoding).
 //!
 //! Files are simulated in memory (`simulate_many`, default parameters: 500 samples, about
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use terawang::device::{N_SENSORS, TapRecording, parse_tap};
-use terawang::engine::{Engine, EngineConfig};
+use terawang::engine::{Engine, EngineConfig, Method};
+use terawang::result::SetOutputs;
 use terawang::simulate::{SimFile, SimParams, simulate_many};
 
 fn one_set() -> Vec<SimFile> {
@@ -48,9 +50,41 @@ fn parse(c: &mut Criterion) {
 fn engine(c: &mut Criterion) {
     let taps = parse_set(&one_set());
     let mut engine = Engine::new(EngineConfig::default());
+    let mut plain = Engine::new(EngineConfig {
+        method: Method::GccPhat,
+        ..EngineConfig::default()
+    });
     let mut group = c.benchmark_group("engine");
     group.bench_function("one_set", |b| {
         b.iter(|| engine.estimate_set(black_box(&taps)))
+    });
+    // The computation the numpy reference script does (plain GCC-PHAT), for the comparison.
+    group.bench_function("one_set_gcc_phat", |b| {
+        b.iter(|| plain.estimate_set(black_box(&taps)))
+    });
+    group.finish();
+}
+
+/// The files of a set without the tomogram: the plain matrix and the report, in memory.
+fn outputs(c: &mut Criterion) {
+    let taps = parse_set(&one_set());
+    let cfg = EngineConfig::default();
+    let est = Engine::new(cfg.clone())
+        .estimate_set(&taps)
+        .expect("the CPU engine never fails");
+    let mut group = c.benchmark_group("outputs");
+    group.bench_function("plain_and_report", |b| {
+        b.iter(|| {
+            SetOutputs::build(
+                "result_x_1",
+                Some("x"),
+                1,
+                black_box(&est),
+                &cfg,
+                &taps,
+                false,
+            )
+        })
     });
     group.finish();
 }
@@ -105,6 +139,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = parse, engine, end_to_end, tomogram
+    targets = parse, engine, outputs, end_to_end, tomogram
 }
 criterion_main!(benches);

@@ -15,7 +15,7 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 fi
 
 cd "$ROOT"
-cargo build --release --quiet
+cargo build --release --quiet --bin terawang --example io_floor
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
 cargo run --release --quiet -- simulate --sets "$SETS" --out "$WORK/data" >/dev/null
 
@@ -42,16 +42,23 @@ t0=$(now)
 python3 "$HERE/gcc_phat_numpy.py" "$WORK/data" --out "$WORK/numpy" >"$WORK/numpy.log"
 numpy_ms=$(ms_since "$t0")
 
+# The file-system floor: the same reads and writes with no parsing and no computing.
+t0=$(now)
+"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/io_floor" "$WORK/data" "$WORK/floor" >"$WORK/floor.log"
+floor_ms=$(ms_since "$t0")
+
 n_rust=$(find "$WORK/rust" -name 'result_*.json' ! -name '*report*' | wc -l)
 n_numpy=$(find "$WORK/numpy" -name 'result_*.json' | wc -l)
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
 echo "sets: $SETS simulated; result files: terawang $n_rust, numpy $n_numpy"
 head -1 "$WORK/rust.log"
 cat "$WORK/numpy.log"
-python3 - "$SETS" "$rust_ms" "$numpy_ms" <<'PY'
+python3 - "$SETS" "$rust_ms" "$numpy_ms" "$floor_ms" <<'PY'
 import sys
-sets, rust_ms, numpy_ms = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+sets, rust_ms, numpy_ms, floor_ms = int(sys.argv[1]), *map(float, sys.argv[2:5])
 print(f"terawang process --threads 1: {rust_ms:9.1f} ms total, {rust_ms / sets:7.3f} ms per set")
 print(f"numpy GCC-PHAT              : {numpy_ms:9.1f} ms total, {numpy_ms / sets:7.3f} ms per set")
+print(f"file-system floor (io_floor): {floor_ms:9.1f} ms total, {floor_ms / sets:7.3f} ms per set")
 print(f"ratio numpy / terawang      : {numpy_ms / rust_ms:.2f}x")
+print(f"ceiling numpy / floor       : {numpy_ms / floor_ms:.2f}x  (no reader of these files can beat it)")
 PY
