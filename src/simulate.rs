@@ -65,6 +65,41 @@ impl std::str::FromStr for Decay {
     }
 }
 
+/// How the receivers' recordings are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaveModel {
+    /// One pulse shape per set, the largest lobe first; each ray's noise is its own peak over
+    /// the SNR (vibration that grows with the signal).
+    #[default]
+    Shared,
+    /// What the real recordings show: a weak first arrival (10–30 % of the main phase) ahead
+    /// of a bigger, slower phase (1.8–2.4 times the time of flight), a pulse shape of each
+    /// ray's own, and the amplifier's noise alone (the same sigma on every ray: the SNR is
+    /// that of a 90° chord's first arrival).
+    Field,
+}
+
+impl std::fmt::Display for WaveModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WaveModel::Shared => "shared",
+            WaveModel::Field => "field",
+        })
+    }
+}
+
+impl std::str::FromStr for WaveModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(WaveModel::Shared),
+            "field" => Ok(WaveModel::Field),
+            _ => Err(format!("wave model must be shared or field, got {s:?}")),
+        }
+    }
+}
+
 /// What one simulated set looks like.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SimParams {
@@ -74,6 +109,8 @@ pub struct SimParams {
     pub snr_db: f64,
     pub decay: Option<Decay>,
     pub n_samples: usize,
+    #[serde(default)]
+    pub model: WaveModel,
 }
 
 impl Default for SimParams {
@@ -84,6 +121,7 @@ impl Default for SimParams {
             snr_db: 40.0,
             decay: None,
             n_samples: 500,
+            model: WaveModel::Shared,
         }
     }
 }
@@ -161,6 +199,23 @@ fn wavelet(t_us: f64, length_m: f64, shape: &WaveShape) -> f64 {
     (t_us / tau) * (1.0 - t_us / tau).exp() * (TAU * f_mhz * t_us + shape.phase).cos()
 }
 
+/// One ray of the field model: its own pulse shape, a weak first arrival and the main phase.
+struct FieldRay {
+    shape: WaveShape,
+    /// Amplitude (signed) of the first arrival relative to the main phase.
+    first_gain: f64,
+    /// The main phase's delay after the first arrival, µs.
+    main_delay_us: f64,
+}
+
+/// The field model's noise sigma, counts: the same on every ray, set by the SNR of a 90°
+/// chord's first arrival (a fifth of its main phase's amplitude).
+fn field_sigma(p: &SimParams) -> f64 {
+    let length = chord_m(0, 2, p.diameter_m);
+    let main = 1900.0 * (0.115 / length).powf(0.7) * (-length / 1.5).exp();
+    0.2 * main / 10f64.powf(p.snr_db / 20.0)
+}
+
 /// Per-set variation of the pulse the hammer makes.
 #[derive(Clone, Copy, Debug)]
 struct WaveShape {
@@ -222,7 +277,7 @@ pub fn simulate_set(
                 * (0.115 / length.max(0.01)).powf(0.7)
                 * (-length / 1.5).exp()
                 * rng.uniform(0.7, 1.3);
-            let sigma = amplitude / 10f64.powf(p.snr_db / 20.0);
+            let mut sigma = amplitude / 10f64.powf(p.snr_db / 20.0);
             let arrival = t_tap_us + tof_us[tap][ch];
             let echoes = [
                 (
@@ -236,11 +291,36 @@ pub fn simulate_set(
                 ),
                 (rng.uniform(400.0, 1500.0), rng.uniform(0.1, 0.3)),
             ];
+            // The field model's draws come after the shared model's, which stay as they were.
+            let field = (p.model == WaveModel::Field).then(|| {
+                sigma = field_sigma(p);
+                FieldRay {
+                    shape: WaveShape {
+                        tau_us: shape.tau_us * rng.uniform(0.7, 1.4),
+                        freq_khz: shape.freq_khz * rng.uniform(0.8, 1.25),
+                        stretch_m: shape.stretch_m,
+                        phase: rng.uniform(-0.8, 0.8),
+                    },
+                    first_gain: rng.uniform(0.1, 0.3)
+                        * if rng.uniform(0.0, 1.0) < 0.5 {
+                            -1.0
+                        } else {
+                            1.0
+                        },
+                    main_delay_us: tof_us[tap][ch] * rng.uniform(0.8, 1.4),
+                }
+            });
             timestamps_ns
                 .iter()
                 .map(|&ts| {
                     let t = ts as f64 / 1000.0 - arrival;
-                    let mut s = wavelet(t, length, &shape);
+                    let mut s = match &field {
+                        None => wavelet(t, length, &shape),
+                        Some(f) => {
+                            f.first_gain * wavelet(t, length, &f.shape)
+                                + wavelet(t - f.main_delay_us, length, &f.shape)
+                        }
+                    };
                     for (delay, gain) in echoes {
                         s += gain * wavelet(t - delay, length * 1.5, &shape);
                     }

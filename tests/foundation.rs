@@ -241,6 +241,47 @@ fn accuracy_on_the_simulator_grid() {
     assert!(s20.worst_velocity_err < 1.0, "{s20:?}");
 }
 
+/// The onset method on the simulator's field model, built from what the real recordings show
+/// (a weak first arrival ahead of a bigger, slower phase, a pulse shape per ray, noise from
+/// the amplifier alone), same grid and seed as above. The goals are not met on it;
+/// the bounds are guards about 1.25 times today's figures (40 dB: median 3.8 %, p90 13.5 %;
+/// 30 dB: 5.6 %, 17.0 %). The engine before the noise-relative threshold, the coherence gate
+/// and the robust tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
+#[test]
+fn accuracy_on_the_field_model() {
+    use terawang::engine::{EngineConfig, Method};
+    use terawang::evaluate::evaluate;
+    use terawang::simulate::{SimParams, WaveModel};
+    let cfg = EngineConfig {
+        method: Method::Onset,
+        ..EngineConfig::default()
+    };
+    let at = |snr_db: f64| {
+        let base = SimParams {
+            snr_db,
+            model: WaveModel::Field,
+            ..SimParams::default()
+        };
+        let s = evaluate(&base, 24, 7, true, &cfg);
+        println!(
+            "field {snr_db} dB: usable {:.1} %, ToF median {:.2} µs, v median {:.2} %, p90 {:.2} %",
+            100.0 * s.usable_share,
+            s.median_tof_err_us,
+            100.0 * s.median_velocity_err,
+            100.0 * s.p90_velocity_err,
+        );
+        s
+    };
+    let s40 = at(40.0);
+    assert!(s40.usable_share > 0.9, "{s40:?}");
+    assert!(s40.median_velocity_err <= 0.048, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.17, "{s40:?}");
+    let s30 = at(30.0);
+    assert!(s30.usable_share > 0.9, "{s30:?}");
+    assert!(s30.median_velocity_err <= 0.07, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.21, "{s30:?}");
+}
+
 /// Plain GCC-PHAT is kept as a method; on clean sets it must at least find peaks inside the
 /// window and produce finite, non-negative matrices.
 #[test]

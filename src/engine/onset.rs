@@ -3,15 +3,18 @@
 //! 1. Rest level and noise of each channel are pooled over the seven taps where it receives,
 //!    from the samples before any plausible arrival (faster than the fastest velocity).
 //! 2. On each receiver the first arrival is the first sample beyond `ONSET_SIGMAS` noise
-//!    sigmas, refined below one sample by a least-squares hinge fit `y = a·(t − t_a)₊` over the
-//!    quiet samples before it and the first rising one(s): the onset `t_a` is where the rise
-//!    leaves the rest level, not where it crosses a threshold.
+//!    sigmas and beyond a fraction of the ray's peak that follows the set's measured
+//!    noise-to-peak ratio ([`onset_fraction`]), refined below one sample by a least-squares
+//!    hinge fit `y = a·(t − t_a)₊` over the quiet samples before it and the first rising
+//!    one(s): the onset `t_a` is where the rise leaves the rest level, not where it crosses a
+//!    threshold. Rays of one chord class are aligned by GCC-PHAT between them where their
+//!    waveforms agree ([`waveforms_differ`]).
 //! 3. The tapped channel clips from its first samples, so it only says that the tap happened
 //!    at most about one sample before the first sample. The tap instants relative to each
 //!    other come from reciprocity: the recordings i→j and j→i travel the same path, so their
 //!    onsets and their waveforms (GCC-PHAT between the two) differ only by the difference of
-//!    the two tap instants. A least-squares fit over the 28 pairs gives the eight instants up
-//!    to a common offset; the offset is the prior that the trigger falls uniformly within the
+//!    the two tap instants. A robust (Cauchy-weighted) least-squares fit over the 28 pairs gives the
+//!    eight instants up to a common offset; the offset is the prior that the trigger falls uniformly within the
 //!    sample before the first one (`lead = dt/2` on average).
 
 use super::gcc::{self, PairBatch};
@@ -23,14 +26,17 @@ use crate::geometry::chord_m;
 
 /// Threshold of the first-arrival detector, in noise standard deviations.
 pub const ONSET_SIGMAS: f64 = 6.0;
-/// Threshold of the first-arrival detector as a fraction of the largest deviation in the
-/// window: small precursors (cross-talk, the hammer's first touch) stay below it, and so does
-/// the noise of a loud ray. The noise sigma is pooled per channel, but a ray can be noisier
-/// than its channel's pool (a short chord's loud arrival brings more vibration in absolute
-/// counts); at 30 dB a ray's noise is 3 % of its peak, so 15 % is five of its own sigmas.
-/// Measured on 60 varied simulated sets at 30 dB, against 5 %: median |ToF error| 5.4 µs
-/// instead of 5.9, velocity p90 8.0 % instead of 8.6 %.
+/// The most the first-arrival threshold asks as a fraction of the largest deviation in the
+/// window ([`onset_fraction`] picks the set's fraction up to this): the noise of a loud ray
+/// stays below it. The noise sigma is pooled per channel, but where noise grows with the
+/// signal a ray can be noisier than its channel's pool (a short chord's loud arrival brings
+/// more vibration in absolute counts); at 30 dB a ray's noise is 3 % of its peak, so 15 % is
+/// five of its own sigmas. Measured on 60 varied simulated sets at 30 dB, against 5 %: median
+/// |ToF error| 5.4 µs instead of 5.9, velocity p90 8.0 % instead of 8.6 %.
 pub const ONSET_FRACTION: f64 = 0.15;
+/// The least fraction of the peak the threshold uses, however quiet the set
+/// ([`onset_fraction`]): cross-talk and the hammer's first touch stay below it.
+pub const MIN_ONSET_FRACTION: f64 = 0.03;
 /// Noise floor in ADC counts (12-bit quantisation and the amplifier's hum).
 pub const MIN_SIGMA: f64 = 2.0;
 /// Counts of margin inside the clip levels seen on a channel.
@@ -81,6 +87,50 @@ pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Ba
     }
 }
 
+/// The onset threshold's fraction of a ray's peak for this set: [`ONSET_SIGMAS`] times the
+/// set's noise-to-peak ratio, between [`MIN_ONSET_FRACTION`] and [`ONSET_FRACTION`].
+///
+/// The noise-to-peak ratio is the median over the rays of the RMS deviation of their quiet
+/// samples (those before the earliest possible arrival, as in [`baseline`]) over their peak.
+/// Where the noise grows with the signal (a loud ray carries more vibration in counts), the
+/// pooled sigma underestimates a loud ray's noise and the fraction keeps the picker off it.
+/// Where the noise is the amplifier's alone (real recordings: a few counts under arrivals of
+/// hundreds), a fixed 15 % of the peak would skip a weak first arrival that precedes a much
+/// bigger later phase and pick that phase instead, several samples late.
+pub fn onset_fraction(
+    cfg: &EngineConfig,
+    set: &[Prepared; N_SENSORS],
+    bases: &[Baseline; N_SENSORS],
+) -> f64 {
+    let mut ratios = Vec::with_capacity(N_SENSORS * (N_SENSORS - 1));
+    for (i, tap) in set.iter().enumerate() {
+        let max_lag = max_lag_samples(cfg, tap.dt_us).max(2) as usize;
+        for (j, base) in bases.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let raw = &tap.raw[j];
+            let n = raw.len().min(max_lag + 3).min(tap.t_us.len());
+            let peak = raw[..n]
+                .iter()
+                .map(|&x| (x as f64 - base.rest).abs())
+                .fold(0.0, f64::max);
+            let earliest_us =
+                chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
+            let quiet: Vec<f64> = (0..n)
+                .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)
+                .map(|k| raw[k] as f64 - base.rest)
+                .collect();
+            if peak > 0.0 && !quiet.is_empty() {
+                let rms = (quiet.iter().map(|d| d * d).sum::<f64>() / quiet.len() as f64).sqrt();
+                ratios.push(rms / peak);
+            }
+        }
+    }
+    let ratio = super::median(&mut ratios).unwrap_or(f64::INFINITY);
+    (ONSET_SIGMAS * ratio).clamp(MIN_ONSET_FRACTION, ONSET_FRACTION)
+}
+
 /// Deviation from rest, in ADC counts, that only the hammer's impact reaches within the first
 /// samples: about 100 counts short of the amplifier's clip levels (≈ 1050 and 4080 around a
 /// rest level of ≈ 2100).
@@ -111,9 +161,16 @@ pub fn impact_channel(tap: &Prepared, bases: &[Baseline; N_SENSORS]) -> Option<u
         .map(|(_, c)| c)
 }
 
-/// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`.
-pub fn pick(raw: &[f32], t_us: &[f64], base: Baseline, max_lag: usize) -> Option<Pick> {
-    pick_from(raw, t_us, base, 1, max_lag)
+/// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`;
+/// `fraction` is the set's [`onset_fraction`].
+pub fn pick(
+    raw: &[f32],
+    t_us: &[f64],
+    base: Baseline,
+    fraction: f64,
+    max_lag: usize,
+) -> Option<Pick> {
+    pick_from(raw, t_us, base, fraction, 1, max_lag)
 }
 
 /// [`pick`] searching from sample `first` (at least 1) up to `max_lag`.
@@ -121,6 +178,7 @@ pub fn pick_from(
     raw: &[f32],
     t_us: &[f64],
     base: Baseline,
+    fraction: f64,
     first: usize,
     max_lag: usize,
 ) -> Option<Pick> {
@@ -139,7 +197,7 @@ pub fn pick_from(
     };
     let dev = |k: usize| raw[k] as f64 - base.rest;
     let peak = (first..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
-    let thr = (ONSET_SIGMAS * base.sigma).max(ONSET_FRACTION * peak);
+    let thr = (ONSET_SIGMAS * base.sigma).max(fraction * peak);
     let k1 = (first..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
     let polarity = dev(k1).signum();
     let y = |k: usize| polarity * dev(k);
@@ -219,6 +277,8 @@ fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
 pub struct OnsetPlan {
     picks: [[Option<Pick>; N_SENSORS]; N_SENSORS],
     bases: [Baseline; N_SENSORS],
+    /// The set's [`onset_fraction`].
+    fraction: f64,
     /// Taps whose impact is on another channel than the one the file names.
     mismatched: [bool; N_SENSORS],
     classes: Vec<ClassPlan>,
@@ -256,12 +316,13 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     let mismatched: [bool; N_SENSORS] =
         std::array::from_fn(|i| impact_channel(&set[i], &bases).is_some());
     let dt = grid_dt(set);
+    let fraction = onset_fraction(cfg, set, &bases);
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
         let max_lag = max_lag_samples(cfg, tap.dt_us).max(2) as usize;
         for j in 0..N_SENSORS {
             if i != j {
-                picks[i][j] = pick(&tap.raw[j], &tap.t_us, bases[j], max_lag);
+                picks[i][j] = pick(&tap.raw[j], &tap.t_us, bases[j], fraction, max_lag);
             }
         }
     }
@@ -320,6 +381,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     OnsetPlan {
         picks,
         bases,
+        fraction,
         mismatched,
         classes,
         reciprocal,
@@ -354,6 +416,7 @@ pub fn solve(
         );
         if let Some(p) = gcc::find_peak(batch.correlation(corr, r.pair), lo, hi)
             .filter(|p| !p.on_edge && p.sharpness >= 1.2)
+            .filter(|p| !waveforms_differ(p.value, a.snr.min(b.snr)))
         {
             gcc_equations.push((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT));
         }
@@ -390,7 +453,14 @@ pub fn solve(
                 if p.t_us < earliest - 0.5 * dt {
                     let first = tap.t_us.partition_point(|&t| t < earliest);
                     let max_lag = first + max_lag_samples(cfg, tap.dt_us).max(2) as usize;
-                    picks[i][j] = pick_from(&tap.raw[j], &tap.t_us, plan.bases[j], first, max_lag);
+                    picks[i][j] = pick_from(
+                        &tap.raw[j],
+                        &tap.t_us,
+                        plan.bases[j],
+                        plan.fraction,
+                        first,
+                        max_lag,
+                    );
                     repicked = true;
                 }
             }
@@ -511,6 +581,17 @@ fn refine_class(
         }
     }
     let x = solve_differences(rays.len(), &equations);
+    // Pairs that gave no equation count as incoherent.
+    let mut values: Vec<f64> = equations.iter().map(|e| e.3).collect();
+    values.resize(class.pairs.len(), 0.0);
+    let coherence = super::median(&mut values).unwrap_or(0.0);
+    let mut snrs: Vec<f64> = rays
+        .iter()
+        .filter_map(|&(i, j)| picks[i][j].map(|p| p.snr))
+        .collect();
+    if waveforms_differ(coherence, super::median(&mut snrs).unwrap_or(0.0)) {
+        return;
+    }
     let mut offsets: Vec<f64> = rays.iter().zip(&x).map(|(&r, &x)| pick_of(r) - x).collect();
     let median_level = super::median(&mut offsets).unwrap_or(0.0);
     let dt = set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64;
@@ -615,6 +696,25 @@ fn stacked_onset(
     })
 }
 
+/// Correlation (GCC-PHAT peak value) below which two loud recordings do not carry the same
+/// waveform. Measured: on simulated sets, where rays of one chord class and the two
+/// directions of a path carry the same pulse, a class's median is 0.93–0.99 at 40 dB (ray SNR
+/// 60–75) and 0.77–0.96 at 30 dB; reciprocal pairs' median 0.89 at 40 dB. On the real set,
+/// with ray SNRs of 300–600, the classes' medians are 0.0–0.53 and reciprocal pairs 0.09–0.6:
+/// a real tree's paths differ in more than their delay (the big later phases dominate the
+/// windows), so these correlations do not measure relative arrivals there.
+const COHERENT_VALUE: f64 = 0.7;
+/// Ray SNR (peak over noise sigma) above which noise cannot explain a low correlation. At 20 dB
+/// the simulated classes' median values fall to 0.56–0.64 from noise alone, at SNRs of 8–10.
+const COHERENT_SNR: f64 = 100.0;
+
+/// Recordings whose correlation is `value` at SNR `snr` differ in their waveform, not only by
+/// noise: aligning them by correlation would move picks by up to a sample (measured on the
+/// real set), so the picks stand alone.
+fn waveforms_differ(value: f64, snr: f64) -> bool {
+    value < COHERENT_VALUE && snr > COHERENT_SNR
+}
+
 /// How far (in samples) the stacked onset may lie from the median of the class's picks.
 const LEVEL_GUARD_SAMPLES: f64 = 0.5;
 /// Crossing level of the stacked curve, as a fraction of the first peak.
@@ -651,6 +751,27 @@ pub fn solve_differences(n: usize, equations: &[(usize, usize, f64, f64)]) -> Ve
     }
     x
 }
+
+/// [`solve_differences`] with Cauchy weights: an equation with residual `r` gets its weight
+/// divided by `1 + (r / scale)²`, over a few reweighted passes from the plain least squares.
+/// One tap whose picks are all wrong (a trigger that fired before the impact, a weak tap that
+/// left only noise) then moves its own unknown, not the others'. Residuals well within
+/// `scale` keep nearly their weights, so consistent data are solved as by plain least squares.
+pub fn solve_robust(n: usize, equations: &[(usize, usize, f64, f64)], scale: f64) -> Vec<f64> {
+    let mut x = solve_differences(n, equations);
+    let mut weighted = equations.to_vec();
+    for _ in 0..ROBUST_PASSES {
+        for (w, &(a, b, d, weight)) in weighted.iter_mut().zip(equations) {
+            let r = (d - (x[b] - x[a])).abs();
+            w.3 = weight / (1.0 + (r / scale).powi(2));
+        }
+        x = solve_differences(n, &weighted);
+    }
+    x
+}
+
+/// Reweighted passes of [`solve_robust`].
+const ROBUST_PASSES: usize = 8;
 
 /// Solves the dense `n×n` system `m·x = rhs` by Gaussian elimination with partial pivoting.
 fn gauss_solve(m: &mut [f64], rhs: &mut [f64], n: usize) -> Vec<f64> {
@@ -719,16 +840,25 @@ fn reciprocal_windows(
 
 /// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted), with
 /// the mean of the regular leads (within four times `mean_lead` of their median) fixed to
-/// `mean_lead`.
+/// `mean_lead`. A tap in no equation (its file was flagged, or none of its rays was picked)
+/// says nothing about the others: it stays out of the median and the mean, and gets the prior
+/// `mean_lead` itself.
 pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f64; N_SENSORS] {
-    let x = solve_differences(N_SENSORS, equations);
+    let x = solve_robust(N_SENSORS, equations, mean_lead);
+    let mut tied = [false; N_SENSORS];
+    for &(a, b, _, _) in equations {
+        tied[a] = true;
+        tied[b] = true;
+    }
     // Pin the median, not the mean: one tap whose trigger fired long before the hammer's
     // real impact (seen on real recordings) must not shift the others.
     // The common offset is the mean over the taps within two samples of the median, which is
     // as good as the mean for regular triggers and ignores the odd one.
-    let mut sorted = x.clone();
-    let median = super::median(&mut sorted).unwrap_or(0.0);
-    let near: Vec<f64> = x
+    let mut sorted: Vec<f64> = (0..N_SENSORS).filter(|&k| tied[k]).map(|k| x[k]).collect();
+    let Some(median) = super::median(&mut sorted) else {
+        return [mean_lead; N_SENSORS];
+    };
+    let near: Vec<f64> = sorted
         .iter()
         .copied()
         .filter(|v| (v - median).abs() <= 4.0 * mean_lead)
@@ -738,7 +868,13 @@ pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f
     } else {
         near.iter().sum::<f64>() / near.len() as f64
     };
-    std::array::from_fn(|k| x[k] - pin + mean_lead)
+    std::array::from_fn(|k| {
+        if tied[k] {
+            x[k] - pin + mean_lead
+        } else {
+            mean_lead
+        }
+    })
 }
 
 #[cfg(test)]
@@ -842,5 +978,53 @@ mod tests {
         assert!((regular - 10.0).abs() < 1e-6, "{leads:?}");
         assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
         assert!((leads[7] - leads[0] + 300.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_tap_of_wrong_picks_moves_its_own_lead_not_the_others() {
+        // Tap 1's seven equations carry errors of ±2–3 samples (27 µs each); the other 21
+        // are exact. Plain least squares spreads them over every lead; the robust fit keeps
+        // the others' differences within a microsecond.
+        let truth = [3.0, -300.0, 10.0, 20.0, 5.0, 15.0, 25.0, 1.0];
+        let errors = [60.0, -75.0, 55.0, -60.0, 80.0, -55.0, 70.0];
+        let mut eq = Vec::new();
+        for i in 0..8 {
+            for j in (i + 1)..8 {
+                let mut d = truth[j] - truth[i];
+                if i == 1 || j == 1 {
+                    d += errors[if i == 1 { j - 1 } else { i }];
+                }
+                eq.push((i, j, d, 1.0));
+            }
+        }
+        let worst = |x: &[f64]| {
+            (2..8)
+                .map(|k| ((x[k] - x[0]) - (truth[k] - truth[0])).abs())
+                .fold(0.0, f64::max)
+        };
+        let plain = solve_differences(8, &eq);
+        assert!(worst(&plain) > 5.0, "plain least squares: {plain:?}");
+        let robust = solve_robust(8, &eq, 13.5);
+        assert!(worst(&robust) < 1.0, "robust: {robust:?}");
+    }
+
+    #[test]
+    fn a_tap_in_no_equation_neither_moves_the_pin_nor_gets_a_made_up_lead() {
+        // Taps 3 and 4 are in no equation (flagged files): the least squares leave them at
+        // the mean of the others, which must not count as two more regular leads.
+        let truth = [0.0, 20.0, 40.0, 0.0, 0.0, 60.0, 80.0, 100.0];
+        let tied = [0, 1, 2, 5, 6, 7];
+        let mut eq = Vec::new();
+        for (n, &i) in tied.iter().enumerate() {
+            for &j in &tied[n + 1..] {
+                eq.push((i, j, truth[j] - truth[i], 1.0));
+            }
+        }
+        let leads = solve_leads(&eq, 13.0);
+        let regular = tied.iter().map(|&k| leads[k]).sum::<f64>() / tied.len() as f64;
+        assert!((regular - 13.0).abs() < 1e-6, "{leads:?}");
+        assert!((leads[7] - leads[0] - 100.0).abs() < 1e-6, "{leads:?}");
+        assert_eq!((leads[3], leads[4]), (13.0, 13.0));
+        assert_eq!(solve_leads(&[], 13.0), [13.0; N_SENSORS]);
     }
 }
