@@ -99,6 +99,32 @@ impl From<&Tomogram> for TomogramReport {
     }
 }
 
+/// What the engine found about the taps themselves: a file whose hammer impact is on another
+/// sensor than its name says, and where its recording was used.
+fn tap_warnings(est: &SetEstimate, taps: &[TapRecording; N_SENSORS]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, hit) in est.impact_elsewhere.iter().enumerate() {
+        let Some(hit) = *hit else { continue };
+        let used = if est.tap_source[hit] == i {
+            format!("its recording is used as the tap on sensor {}", hit + 1)
+        } else {
+            format!("sensor {} has a tap of its own, so it is not used", hit + 1)
+        };
+        let row = if est.tap_source[i] == i {
+            format!("; the rays from sensor {} are flagged tap_mismatch", i + 1)
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{}: the hammer's impact is on sensor {}, not {}: {used}{row}",
+            taps[i].file_name,
+            hit + 1,
+            i + 1
+        ));
+    }
+    out
+}
+
 /// The report as bytes; `tomogram` is the set's reconstruction, if one could be made.
 pub fn report_json(
     result_file: &str,
@@ -152,6 +178,7 @@ pub fn report_json(
                     .iter()
                     .map(move |w| format!("{}: {w}", t.file_name))
             })
+            .chain(tap_warnings(est, taps))
             .collect(),
         metrics: metrics(&est.velocity_m_s),
         tomogram: tomogram.map(TomogramReport::from),

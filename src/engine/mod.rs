@@ -105,6 +105,13 @@ pub struct SetEstimate {
     pub dt_us: f64,
     /// Estimated tap instant of each tap, µs before its first sample.
     pub tap_lead_us: [f64; N_SENSORS],
+    /// The file (by its named tap, 0-based) whose recording is used as each sensor's tap:
+    /// `k` itself unless that file hit another sensor and another file hit sensor k
+    /// ([`onset::reassign`]).
+    pub tap_source: [usize; N_SENSORS],
+    /// Per file (by its named tap, 0-based): the sensor the hammer's impact is on when it is
+    /// not the named one ([`onset::impact_channel`]).
+    pub impact_elsewhere: [Option<usize>; N_SENSORS],
 }
 
 impl SetEstimate {
@@ -238,6 +245,24 @@ impl Engine {
             .iter()
             .map(|taps| std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment)))
             .collect();
+        // The onset method reads each file's impact channel and uses a mis-tapped file as the
+        // tap of the sensor it really hit, where that sensor has no other.
+        let reassigned: Vec<Option<onset::Reassignment>> = prepared
+            .iter()
+            .map(|set| (self.cfg.method == Method::Onset).then(|| onset::reassign(&self.cfg, set)))
+            .collect();
+        let prepared: Vec<[Prepared; N_SENSORS]> = prepared
+            .into_iter()
+            .zip(&reassigned)
+            .map(|(set, r)| match r {
+                Some(r) => std::array::from_fn(|k| {
+                    let mut tap = set[r.tap_source[k]].clone();
+                    tap.tap_idx = k;
+                    tap
+                }),
+                None => set,
+            })
+            .collect();
         self.batch.clear();
         let plans: Vec<Plan> = prepared
             .iter()
@@ -252,9 +277,19 @@ impl Engine {
         Ok(prepared
             .iter()
             .zip(&plans)
-            .map(|(set, plan)| match plan {
-                Plan::Onset(p) => onset::solve(&self.cfg, set, p, &self.batch, &self.corr),
-                Plan::GccPhat(pairs) => solve_gcc(&self.cfg, set, pairs, &self.batch, &self.corr),
+            .zip(&reassigned)
+            .map(|((set, plan), r)| {
+                let mut est = match plan {
+                    Plan::Onset(p) => onset::solve(&self.cfg, set, p, &self.batch, &self.corr),
+                    Plan::GccPhat(pairs) => {
+                        solve_gcc(&self.cfg, set, pairs, &self.batch, &self.corr)
+                    }
+                };
+                if let Some(r) = r {
+                    est.tap_source = r.tap_source;
+                    est.impact_elsewhere = r.impact_elsewhere;
+                }
+                est
             })
             .collect())
     }
@@ -360,6 +395,8 @@ pub(crate) fn empty_estimate(set: &[Prepared; N_SENSORS]) -> SetEstimate {
         flags: [[RayFlag::Ok; N_SENSORS]; N_SENSORS],
         dt_us: set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64,
         tap_lead_us: [0.0; N_SENSORS],
+        tap_source: std::array::from_fn(|k| k),
+        impact_elsewhere: [None; N_SENSORS],
     }
 }
 

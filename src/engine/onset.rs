@@ -161,6 +161,38 @@ pub fn impact_channel(tap: &Prepared, bases: &[Baseline; N_SENSORS]) -> Option<u
         .map(|(_, c)| c)
 }
 
+/// Which file serves as each sensor's tap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reassignment {
+    /// The file (by its named tap) used as the tap on each sensor.
+    pub tap_source: [usize; N_SENSORS],
+    /// Per file: the sensor its impact is on, when not the named one.
+    pub impact_elsewhere: [Option<usize>; N_SENSORS],
+}
+
+/// Finds each file's impact channel ([`impact_channel`]) and uses a file that hit sensor `c`
+/// instead of its named one as the tap on `c`, when `c`'s own file hit elsewhere too and no
+/// other file claims `c`. So an operator who tapped sensor 4 for "tap 5" after tapping
+/// sensor 3 for "tap 4" (the real set) still gives sensor 4 its row, from the file that
+/// really holds it; sensor 5 has none and its row stays flagged. A sensor whose own file is
+/// right keeps it: a second tap on it is left out.
+pub fn reassign(cfg: &EngineConfig, set: &[Prepared; N_SENSORS]) -> Reassignment {
+    let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
+    let impact_elsewhere: [Option<usize>; N_SENSORS] =
+        std::array::from_fn(|i| impact_channel(&set[i], &bases));
+    let tap_source = std::array::from_fn(|c| {
+        let mut claims = (0..N_SENSORS).filter(|&i| impact_elsewhere[i] == Some(c));
+        match (impact_elsewhere[c], claims.next(), claims.next()) {
+            (Some(_), Some(i), None) => i,
+            _ => c,
+        }
+    });
+    Reassignment {
+        tap_source,
+        impact_elsewhere,
+    }
+}
+
 /// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`;
 /// `fraction` is the set's [`onset_fraction`].
 pub fn pick(
