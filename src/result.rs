@@ -61,6 +61,8 @@ struct Report<'a> {
     method: String,
     parameters: &'a EngineConfig,
     sources: Vec<&'a str>,
+    /// The file whose recording gives each sensor's row (its own file unless re-assigned).
+    row_sources: Vec<&'a str>,
     guids: Vec<Vec<Option<&'a str>>>,
     guid_teensy: Vec<Option<&'a str>>,
     warnings: Vec<String>,
@@ -166,6 +168,11 @@ pub fn report_json(
         method: cfg.method.to_string(),
         parameters: cfg,
         sources: taps.iter().map(|t| t.file_name.as_str()).collect(),
+        row_sources: est
+            .tap_source
+            .iter()
+            .map(|&k| taps[k].file_name.as_str())
+            .collect(),
         guids: taps
             .iter()
             .map(|t| t.guids.iter().map(|g| g.as_deref()).collect())

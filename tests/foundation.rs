@@ -441,6 +441,14 @@ fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
         false,
     );
     let report: serde_json::Value = serde_json::from_slice(&out.report).unwrap();
+    assert_eq!(
+        report["row_sources"][3].as_str(),
+        Some(taps[4].file_name.as_str())
+    );
+    assert_eq!(
+        report["row_sources"][2].as_str(),
+        Some(taps[2].file_name.as_str())
+    );
     let warnings = report["warnings"].to_string();
     for (file, text) in [
         (

@@ -51,6 +51,9 @@ pub struct Pick {
     pub snr: f64,
     /// The rise was clipped before two samples could be fitted.
     pub clipped: bool,
+    /// The record stands out of the noise before the pick: the first arrival may be an
+    /// earlier one too weak to pick, so the pick may be a later phase.
+    pub hidden_arrival: bool,
 }
 
 /// Rest level and noise sigma of one channel.
@@ -87,17 +90,18 @@ pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Ba
     }
 }
 
-/// The onset threshold's fraction of a ray's peak for this set: [`ONSET_SIGMAS`] times the
-/// set's noise-to-peak ratio, between [`MIN_ONSET_FRACTION`] and [`ONSET_FRACTION`].
+/// The set's noise-to-peak ratio: the median over the rays of the RMS deviation of their
+/// quiet samples (those before the earliest possible arrival, as in [`baseline`]) over their
+/// peak; infinite when no ray has both.
 ///
-/// The noise-to-peak ratio is the median over the rays of the RMS deviation of their quiet
-/// samples (those before the earliest possible arrival, as in [`baseline`]) over their peak.
+/// A ray's noise is taken as the larger of its channel's pooled sigma and this ratio times
+/// its peak, and the onset threshold's fraction of the peak follows it ([`onset_fraction`]).
 /// Where the noise grows with the signal (a loud ray carries more vibration in counts), the
-/// pooled sigma underestimates a loud ray's noise and the fraction keeps the picker off it.
+/// pooled sigma underestimates a loud ray's noise and the ratio keeps the picker off it.
 /// Where the noise is the amplifier's alone (real recordings: a few counts under arrivals of
 /// hundreds), a fixed 15 % of the peak would skip a weak first arrival that precedes a much
 /// bigger later phase and pick that phase instead, several samples late.
-pub fn onset_fraction(
+pub fn noise_to_peak(
     cfg: &EngineConfig,
     set: &[Prepared; N_SENSORS],
     bases: &[Baseline; N_SENSORS],
@@ -127,8 +131,13 @@ pub fn onset_fraction(
             }
         }
     }
-    let ratio = super::median(&mut ratios).unwrap_or(f64::INFINITY);
-    (ONSET_SIGMAS * ratio).clamp(MIN_ONSET_FRACTION, ONSET_FRACTION)
+    super::median(&mut ratios).unwrap_or(f64::INFINITY)
+}
+
+/// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
+/// [`noise_to_peak`] ratio, between [`MIN_ONSET_FRACTION`] and [`ONSET_FRACTION`].
+pub fn onset_fraction(noise_to_peak: f64) -> f64 {
+    (ONSET_SIGMAS * noise_to_peak).clamp(MIN_ONSET_FRACTION, ONSET_FRACTION)
 }
 
 /// Deviation from rest, in ADC counts, that only the hammer's impact reaches within the first
@@ -194,15 +203,15 @@ pub fn reassign(cfg: &EngineConfig, set: &[Prepared; N_SENSORS]) -> Reassignment
 }
 
 /// Picks the first arrival on `raw` (one receiver of one tap) inside samples `..=max_lag`;
-/// `fraction` is the set's [`onset_fraction`].
+/// `noise_to_peak` is the set's [`noise_to_peak`] ratio.
 pub fn pick(
     raw: &[f32],
     t_us: &[f64],
     base: Baseline,
-    fraction: f64,
+    noise_to_peak: f64,
     max_lag: usize,
 ) -> Option<Pick> {
-    pick_from(raw, t_us, base, fraction, 1, max_lag)
+    pick_from(raw, t_us, base, noise_to_peak, 1, max_lag)
 }
 
 /// [`pick`] searching from sample `first` (at least 1) up to `max_lag`.
@@ -210,7 +219,7 @@ pub fn pick_from(
     raw: &[f32],
     t_us: &[f64],
     base: Baseline,
-    fraction: f64,
+    noise_to_peak: f64,
     first: usize,
     max_lag: usize,
 ) -> Option<Pick> {
@@ -229,7 +238,7 @@ pub fn pick_from(
     };
     let dev = |k: usize| raw[k] as f64 - base.rest;
     let peak = (first..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
-    let thr = (ONSET_SIGMAS * base.sigma).max(fraction * peak);
+    let thr = (ONSET_SIGMAS * base.sigma).max(onset_fraction(noise_to_peak) * peak);
     let k1 = (first..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
     let polarity = dev(k1).signum();
     let y = |k: usize| polarity * dev(k);
@@ -256,12 +265,39 @@ pub fn pick_from(
             t_us[k1],
         )
     };
+    // Before the pick the record must be quiet: samples that stand out of the noise there
+    // are an earlier arrival too weak to pick (or one the threshold put below itself), and the
+    // pick is a later phase. The noise is the larger of the pooled sigma and the set's ratio
+    // times this ray's peak; the rest is the first samples' own (a tap can shift a channel's
+    // rest by tens of counts). Three samples beyond four sigmas: pure noise does that about
+    // once in a hundred rays.
+    let sigma = if noise_to_peak.is_finite() {
+        base.sigma.max(noise_to_peak * peak)
+    } else {
+        base.sigma
+    };
+    let quiet_end = k1.saturating_sub(1);
+    let rest = if quiet_end >= 2 {
+        0.5 * (dev(0) + dev(1))
+    } else {
+        dev(0)
+    };
+    let loud_before = (0..quiet_end)
+        .filter(|&k| (dev(k) - rest).abs() > HIDDEN_SIGMAS * sigma)
+        .count();
     Some(Pick {
         t_us: t_a,
         snr: peak / base.sigma,
         clipped,
+        hidden_arrival: loud_before >= HIDDEN_SAMPLES,
     })
 }
+
+/// A sample this many noise sigmas from the first samples' level counts as signal (the
+/// check for an arrival hidden before the pick, in [`pick_from`]).
+const HIDDEN_SIGMAS: f64 = 4.0;
+/// That many such samples before the pick flag the ray.
+const HIDDEN_SAMPLES: usize = 2;
 
 /// Least-squares fit of `y = a·h + b·h²`, `h = (t − t_a)₊`, over `points`, `t_a` searched in
 /// `[lo, hi]`. The quadratic term follows the bend of the first half-cycle, which a straight
@@ -309,8 +345,8 @@ fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
 pub struct OnsetPlan {
     picks: [[Option<Pick>; N_SENSORS]; N_SENSORS],
     bases: [Baseline; N_SENSORS],
-    /// The set's [`onset_fraction`].
-    fraction: f64,
+    /// The set's [`noise_to_peak`] ratio.
+    noise_to_peak: f64,
     /// Taps whose impact is on another channel than the one the file names.
     mismatched: [bool; N_SENSORS],
     classes: Vec<ClassPlan>,
@@ -348,13 +384,13 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     let mismatched: [bool; N_SENSORS] =
         std::array::from_fn(|i| impact_channel(&set[i], &bases).is_some());
     let dt = grid_dt(set);
-    let fraction = onset_fraction(cfg, set, &bases);
+    let noise_to_peak = noise_to_peak(cfg, set, &bases);
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
         let max_lag = max_lag_samples(cfg, tap.dt_us).max(2) as usize;
         for j in 0..N_SENSORS {
             if i != j {
-                picks[i][j] = pick(&tap.raw[j], &tap.t_us, bases[j], fraction, max_lag);
+                picks[i][j] = pick(&tap.raw[j], &tap.t_us, bases[j], noise_to_peak, max_lag);
             }
         }
     }
@@ -413,7 +449,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     OnsetPlan {
         picks,
         bases,
-        fraction,
+        noise_to_peak,
         mismatched,
         classes,
         reciprocal,
@@ -489,7 +525,7 @@ pub fn solve(
                         &tap.raw[j],
                         &tap.t_us,
                         plan.bases[j],
-                        plan.fraction,
+                        plan.noise_to_peak,
                         first,
                         max_lag,
                     );
@@ -518,7 +554,7 @@ pub fn solve(
                 None => est.flags[i][j] = RayFlag::NoPeak,
                 Some(p) => {
                     est.tof_us[i][j] = p.t_us + leads[i];
-                    est.flags[i][j] = if p.snr < cfg.min_snr {
+                    est.flags[i][j] = if p.snr < cfg.min_snr || p.hidden_arrival {
                         RayFlag::LowSnr
                     } else {
                         RayFlag::Ok
@@ -937,6 +973,70 @@ mod tests {
         assert!(x.iter().sum::<f64>().abs() < 1e-9);
         assert!(x[2].abs() < 1e-6);
         assert_eq!(solve_differences(2, &[]), vec![0.0, 0.0]);
+    }
+
+    /// A receiver's record: rest 2000 counts, ±2 counts of fixed noise, then `shape` from
+    /// sample `at` on; sampled every 27 µs.
+    fn record(at: usize, shape: &[f32]) -> (Vec<f32>, Vec<f64>) {
+        let n = 40;
+        let raw = (0..n)
+            .map(|k| {
+                let noise = [1.0, -2.0, 0.0, 2.0, -1.0][k % 5];
+                2000.0
+                    + noise
+                    + if k >= at {
+                        shape.get(k - at).copied().unwrap_or(0.0)
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        (raw, (0..n).map(|k| k as f64 * 27.0).collect())
+    }
+
+    const QUIET: Baseline = Baseline {
+        rest: 2000.0,
+        sigma: 2.0,
+    };
+
+    #[test]
+    fn a_weak_first_arrival_ahead_of_a_big_phase_is_picked_where_the_noise_is_small() {
+        // A first arrival of about 100 counts at sample 6, the main phase of 1200 at 13.
+        let mut shape = vec![-40.0, -110.0, -90.0, -120.0, -60.0, -70.0, -50.0];
+        shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
+        let (raw, t) = record(6, &shape);
+        // Amplifier noise alone (a noise-to-peak ratio of 0.2 %): the weak arrival.
+        let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
+        assert!((5.0 * 27.0..=6.0 * 27.0).contains(&p.t_us), "{p:?}");
+        assert!(!p.hidden_arrival, "{p:?}");
+        // Noise that grows with the signal (5 % of the peak, 60 counts): 100 counts are
+        // within the noise of a ray this loud, and the picker waits for the main phase.
+        let p = pick(&raw, &t, QUIET, 0.05, 30).unwrap();
+        assert!(p.t_us > 11.0 * 27.0, "{p:?}");
+        assert!(!p.hidden_arrival, "{p:?}");
+    }
+
+    #[test]
+    fn an_arrival_below_the_threshold_but_out_of_the_noise_flags_the_pick() {
+        // 20–30 counts (10–15 sigmas) from sample 6: under the least fraction of the peak
+        // (3 % of 1200 = 36 counts), so the pick is the main phase; the ray is flagged.
+        let mut shape = vec![-20.0, -30.0, -25.0, -30.0, -20.0, -25.0, -20.0];
+        shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
+        let (raw, t) = record(6, &shape);
+        let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
+        assert!(p.t_us > 11.0 * 27.0, "{p:?}");
+        assert!(p.hidden_arrival, "{p:?}");
+    }
+
+    #[test]
+    fn a_clean_arrival_has_nothing_hidden_before_it() {
+        let (raw, t) = record(8, &[300.0, 900.0, 1400.0, 1000.0, 200.0]);
+        let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
+        assert!((7.0 * 27.0..=8.0 * 27.0).contains(&p.t_us), "{p:?}");
+        assert!(!p.hidden_arrival, "{p:?}");
+        // Noise-to-peak from the set's rays as measured: 2 counts of RMS over a peak of 1400.
+        let p = pick(&raw, &t, QUIET, 2.0 / 1400.0, 30).unwrap();
+        assert!(!p.hidden_arrival, "{p:?}");
     }
 
     fn tap_with(named: usize, first_big: [Option<usize>; N_SENSORS]) -> Prepared {
