@@ -197,9 +197,9 @@ fn help_explains_and_bad_settings_fail_clearly() {
 
 /// The onset method across the simulator's grid (velocities 1000–2000 m/s, diameters
 /// 0.2–1.0 m, half the sets decayed), fixed seed. The velocity bounds at 40 and 30 dB are the
-/// issue's goals (median ≤ 3 %, p90 ≤ 8 %; today 1.8 / 6.2 % and 2.0 / 6.2 %). The ToF median
-/// goal (2 µs) is not met: its bounds are guards about 1 µs above today's 4.3 and 4.6 µs, to
-/// catch regressions, not to prove the goal.
+/// issue's goals (median ≤ 3 %, p90 ≤ 8 %; today 1.9 / 5.7 % and 1.8 / 6.1 %). The ToF median
+/// goal (2 µs) is not met (README: the trigger prior alone leaves 1.9 µs): its bounds are
+/// guards about 1 µs above today's 4.5 and 4.5 µs, to catch regressions, not to prove the goal.
 #[test]
 fn accuracy_on_the_simulator_grid() {
     use terawang::engine::{EngineConfig, Method};
@@ -244,8 +244,8 @@ fn accuracy_on_the_simulator_grid() {
 /// The onset method on the simulator's field model, built from what the real recordings show
 /// (a weak first arrival ahead of a bigger, slower phase, a pulse shape per ray, noise from
 /// the amplifier alone), same grid and seed as above. The goals are not met on it;
-/// the bounds are guards about 1.25 times today's figures (40 dB: median 3.8 %, p90 13.5 %;
-/// 30 dB: 5.6 %, 17.0 %). The engine before the noise-relative threshold, the coherence gate
+/// the bounds are guards about 1.25 times today's figures (40 dB: median 3.5 %, p90 13.4 %;
+/// 30 dB: 5.6 %, 16.8 %). The engine before the noise-relative threshold, the coherence gate
 /// and the robust tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {

@@ -242,41 +242,47 @@ pub fn pick_from(
     let k1 = (first..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
     let polarity = dev(k1).signum();
     let y = |k: usize| polarity * dev(k);
-    // Fit window: up to three quiet samples before k1, k1 itself, and k1+1 while it still rises
-    // and is not clipped.
-    let k_lo = k1.saturating_sub(3);
+    let sigma = if noise_to_peak.is_finite() {
+        base.sigma.max(noise_to_peak * peak)
+    } else {
+        base.sigma
+    };
+    // The threshold can sit well up a slow rise: samples before k1 that already stand clearly
+    // out of the noise on the same side belong to the arrival, which began before them.
+    let mut k_s = k1;
+    while k_s > first && y(k_s - 1) > RISE_SIGMAS * sigma {
+        k_s -= 1;
+    }
+    // Fit window: up to three quiet samples before k_s, the rise up to k1, and k1+1, k1+2
+    // while it still rises and is not clipped.
+    let k_lo = k_s.saturating_sub(3);
     let mut k_hi = k1;
     while k_hi + 1 < n && k_hi < k1 + 2 && y(k_hi + 1) > y(k_hi) && !clipped_at(raw[k_hi + 1]) {
         k_hi += 1;
     }
     let clipped = clipped_at(raw[k1]);
     let fit_end = if clipped { k1 - 1 } else { k_hi };
-    let t_a = if clipped || fit_end <= k1 {
+    let t_a = if clipped || fit_end <= k_s {
         // One rising sample (or a clipped one): the onset lies between the last quiet sample
         // and it, and nothing inside says where; the middle is unbiased. The chord-class
         // refinement below narrows it down with the help of the other rays.
-        0.5 * (t_us[k1 - 1] + t_us[k1])
+        0.5 * (t_us[k_s - 1] + t_us[k_s])
     } else {
         hinge_fit(
             &(k_lo..=fit_end)
                 .map(|k| (t_us[k], y(k)))
                 .collect::<Vec<_>>(),
-            t_us[k1 - 1],
-            t_us[k1],
+            t_us[k_s - 1],
+            t_us[k_s],
         )
     };
     // Before the pick the record must be quiet: samples that stand out of the noise there
     // are an earlier arrival too weak to pick (or one the threshold put below itself), and the
     // pick is a later phase. The noise is the larger of the pooled sigma and the set's ratio
     // times this ray's peak; the rest is the first samples' own (a tap can shift a channel's
-    // rest by tens of counts). Three samples beyond four sigmas: pure noise does that about
-    // once in a hundred rays.
-    let sigma = if noise_to_peak.is_finite() {
-        base.sigma.max(noise_to_peak * peak)
-    } else {
-        base.sigma
-    };
-    let quiet_end = k1.saturating_sub(1);
+    // rest by tens of counts). Two samples beyond four sigmas before the rise: pure noise
+    // does that in well under one ray in a hundred.
+    let quiet_end = k_s.saturating_sub(1);
     let rest = if quiet_end >= 2 {
         0.5 * (dev(0) + dev(1))
     } else {
@@ -293,6 +299,12 @@ pub fn pick_from(
     })
 }
 
+/// A sample before the threshold crossing this many noise sigmas out, on the arrival's side,
+/// is part of the rise ([`pick_from`]). Measured on 40 varied sets per model, against no
+/// walking back: `shared` 30 dB ToF median 4.75 µs instead of 5.00, `field` 40 dB 9.1 µs
+/// instead of 9.5; at 3 sigmas the gains were a little larger but the worst velocity errors
+/// grew from 30 to 50 % (noise walked over) and one more real ray left 300–3000 m/s.
+const RISE_SIGMAS: f64 = 5.0;
 /// A sample this many noise sigmas from the first samples' level counts as signal (the
 /// check for an arrival hidden before the pick, in [`pick_from`]).
 const HIDDEN_SIGMAS: f64 = 4.0;

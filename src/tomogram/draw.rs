@@ -287,7 +287,9 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let per_velocity = 1.0 / (fastest - lo).max(1e-9);
     let frac = |v: f64| (v - lo) * per_velocity;
 
-    cv.text(20, 14, title, 2, BLACK);
+    // The font has capitals only (and the `m` and `s` of the units): a device label in lower
+    // case ("set-a") would come out mixed.
+    cv.text(20, 14, &title.to_ascii_uppercase(), 2, BLACK);
     let sub = format!(
         "D={:.2} m  SIRT {}X{}  {} RAYS",
         t.extent_m, t.n, t.n, t.n_rays
