@@ -1006,6 +1006,13 @@ mod tests {
         (raw, (0..n).map(|k| k as f64 * 27.0).collect())
     }
 
+    /// `precursor` from sample 6 on, then a main phase peaking at 1200 counts.
+    fn two_phases(precursor: &[f32]) -> (Vec<f32>, Vec<f64>) {
+        let mut shape = precursor.to_vec();
+        shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
+        record(6, &shape)
+    }
+
     const QUIET: Baseline = Baseline {
         rest: 2000.0,
         sigma: 2.0,
@@ -1014,9 +1021,7 @@ mod tests {
     #[test]
     fn a_weak_first_arrival_ahead_of_a_big_phase_is_picked_where_the_noise_is_small() {
         // A first arrival of about 100 counts at sample 6, the main phase of 1200 at 13.
-        let mut shape = vec![-40.0, -110.0, -90.0, -120.0, -60.0, -70.0, -50.0];
-        shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
-        let (raw, t) = record(6, &shape);
+        let (raw, t) = two_phases(&[-40.0, -110.0, -90.0, -120.0, -60.0, -70.0, -50.0]);
         // Amplifier noise alone (a noise-to-peak ratio of 0.2 %): the weak arrival.
         let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
         assert!((5.0 * 27.0..=6.0 * 27.0).contains(&p.t_us), "{p:?}");
@@ -1032,9 +1037,7 @@ mod tests {
     fn an_arrival_below_the_threshold_but_out_of_the_noise_flags_the_pick() {
         // 20–30 counts (10–15 sigmas) from sample 6: under the least fraction of the peak
         // (3 % of 1200 = 36 counts), so the pick is the main phase; the ray is flagged.
-        let mut shape = vec![-20.0, -30.0, -25.0, -30.0, -20.0, -25.0, -20.0];
-        shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
-        let (raw, t) = record(6, &shape);
+        let (raw, t) = two_phases(&[-20.0, -30.0, -25.0, -30.0, -20.0, -25.0, -20.0]);
         let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
         assert!(p.t_us > 11.0 * 27.0, "{p:?}");
         assert!(p.hidden_arrival, "{p:?}");
