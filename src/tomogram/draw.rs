@@ -64,18 +64,28 @@ const COLOUR_STEPS: usize = 4096;
 /// need no division or float-to-byte conversion. The nearest entry is at most 1/8192 of the
 /// scale away, so a channel differs from [`colour`] by at most one level.
 fn colour_fast(f: f64) -> [u8; 3] {
+    colour_table()[colour_index(f)]
+}
+
+/// [`colour`] at the [`COLOUR_STEPS`] + 1 levels of `f`.
+fn colour_table() -> &'static [[u8; 3]] {
     static TABLE: std::sync::OnceLock<Vec<[u8; 3]>> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
+    TABLE.get_or_init(|| {
         (0..=COLOUR_STEPS)
             .map(|k| colour(k as f64 / COLOUR_STEPS as f64))
             .collect()
-    });
+    })
+}
+
+/// The level of [`colour_table`] nearest to `f` (clamped to [0, 1]; not finite: 0).
+#[inline(always)]
+fn colour_index(f: f64) -> usize {
     let f = if f.is_finite() {
         f.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    table[(f * COLOUR_STEPS as f64 + 0.5) as usize]
+    (f * COLOUR_STEPS as f64 + 0.5) as usize
 }
 
 /// A title line: `DEVICE YYYY-MM-DD HH:MM UTC` (the device left out when unknown).
@@ -134,16 +144,33 @@ impl Canvas {
         }
     }
 
-    /// Pixels whose centre lies between radii `r0` and `r1` of (cx, cy).
+    /// Pixels whose centre lies between radii `r0` and `r1` of (cx, cy). Per row only the
+    /// columns near the two radii are tested (a pixel of margin around where the circles cross
+    /// the row), not the whole square: the outline is a thin ring of radius 230.
     fn ring(&mut self, (cx, cy): (f64, f64), r0: f64, r1: f64, c: [u8; 3]) {
-        let (x0, x1) = ((cx - r1).floor() as i64, (cx + r1).ceil() as i64);
         let (y0, y1) = ((cy - r1).floor() as i64, (cy + r1).ceil() as i64);
         for y in y0..=y1 {
-            for x in x0..=x1 {
-                let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
-                let d2 = dx * dx + dy * dy;
-                if d2 >= r0 * r0 && d2 <= r1 * r1 {
-                    self.set(x, y, c);
+            let dy = y as f64 + 0.5 - cy;
+            let outer = r1 * r1 - dy * dy;
+            if outer < 0.0 {
+                continue;
+            }
+            let reach = outer.sqrt() + 1.0;
+            let gap = (r0 * r0 - dy * dy).max(0.0).sqrt() - 1.0;
+            let (a0, a1) = ((cx - reach).floor() as i64, (cx - gap).ceil() as i64);
+            let (b0, b1) = ((cx + gap).floor() as i64, (cx + reach).ceil() as i64);
+            let runs = if gap > 0.0 && a1 < b0 {
+                [(a0, a1), (b0, b1)]
+            } else {
+                [(a0, b1), (1, 0)]
+            };
+            for (from, to) in runs {
+                for x in from..=to {
+                    let dx = x as f64 + 0.5 - cx;
+                    let d2 = dx * dx + dy * dy;
+                    if d2 >= r0 * r0 && d2 <= r1 * r1 {
+                        self.set(x, y, c);
+                    }
                 }
             }
         }
@@ -186,6 +213,17 @@ impl Canvas {
 
 fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * (GLYPH_W as i64 + 1) * scale - scale
+}
+
+/// A pixel column of the cross-section: its unit x, and the grid column `c0` (whole) plus
+/// `fc` where it falls between the cell centres.
+struct Column {
+    px: i64,
+    x: f64,
+    c0: f64,
+    fc: f64,
+    /// `c0` as an index when it and `c0 + 1` are grid columns.
+    inner: Option<usize>,
 }
 
 /// The tomogram's cells in one flat row-major array; its velocity at a point is bilinear
@@ -301,17 +339,26 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let grid = Grid::new(t);
     let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
     // Per column: the unit x and where it falls between the cell centres.
-    let columns: Vec<(i64, f64, f64, f64)> = (px0..=px1)
+    let columns: Vec<Column> = (px0..=px1)
         .map(|px| {
             let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
             let gc = grid.col_of(x);
             let c0 = gc.floor();
-            (px, x, c0, gc - c0)
+            Column {
+                px,
+                x,
+                c0,
+                fc: gc - c0,
+                // Both neighbouring grid columns exist: the blended row can serve.
+                inner: (c0 >= 0.0 && c0 + 1.0 < grid.n).then_some(c0 as usize),
+            }
         })
         .collect();
-    let mut row: Vec<(i64, Option<f64>)> = Vec::with_capacity(columns.len());
     let mut blended = vec![f64::NAN; t.n];
     for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        if !(0..HEIGHT as i64).contains(&py) {
+            continue;
+        }
         let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
         let gr = grid.row_of(y);
         let r0 = gr.floor();
@@ -320,29 +367,24 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         // (NaN where a cell is missing), then each pixel blends two columns. Pixels near a
         // missing cell take the general path.
         grid.blend_rows(r0, fr, &mut blended);
-        let value = |c0: f64, fc: f64| -> Option<f64> {
-            if c0 >= 0.0 && c0 + 1.0 < grid.n {
-                let (a, b) = (blended[c0 as usize], blended[c0 as usize + 1]);
-                if !(a.is_nan() || b.is_nan()) {
-                    return Some((1.0 - fc) * a + fc * b);
-                }
-            }
-            grid.bilinear(r0, fr, c0, fc)
-        };
-        // Values first, colours after: neighbouring pixels' arithmetic then overlaps.
-        row.clear();
-        row.extend(
-            columns
-                .iter()
-                .filter(|&&(_, x, _, _)| x * x + y * y <= 1.0)
-                .map(|&(px, _, c0, fc)| (px, value(c0, fc).map(frac))),
-        );
-        for &(px, f) in &row {
-            let c = match f {
-                Some(f) => colour_fast(f),
+        // The pixels inside the outline, x² + y² ≤ 1, are one run of columns (x rises).
+        let yy = y * y;
+        let start = columns.partition_point(|c| c.x < 0.0 && c.x * c.x + yy > 1.0);
+        let end = columns.partition_point(|c| c.x < 0.0 || c.x * c.x + yy <= 1.0);
+        let line = &mut cv.px[py as usize * WIDTH * 3..(py as usize + 1) * WIDTH * 3];
+        for c in &columns[start..end.max(start)] {
+            let blend = c.inner.and_then(|k| {
+                let (a, b) = (blended[k], blended[k + 1]);
+                (!(a.is_nan() || b.is_nan())).then(|| (1.0 - c.fc) * a + c.fc * b)
+            });
+            let colour = match blend.or_else(|| grid.bilinear(r0, fr, c.c0, c.fc)) {
+                Some(v) => colour_fast(frac(v)),
                 None => [200, 200, 200],
             };
-            cv.set(px, py, c);
+            if (0..WIDTH as i64).contains(&c.px) {
+                let k = c.px as usize * 3;
+                line[k..k + 3].copy_from_slice(&colour);
+            }
         }
     }
     cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
