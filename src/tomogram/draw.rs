@@ -375,7 +375,7 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         for c in &columns[start..end.max(start)] {
             let blend = c.inner.and_then(|k| {
                 let (a, b) = (blended[k], blended[k + 1]);
-                (!(a.is_nan() || b.is_nan())).then(|| (1.0 - c.fc) * a + c.fc * b)
+                (!(a.is_nan() || b.is_nan())).then_some((1.0 - c.fc) * a + c.fc * b)
             });
             let colour = match blend.or_else(|| grid.bilinear(r0, fr, c.c0, c.fc)) {
                 Some(v) => colour_fast(frac(v)),
