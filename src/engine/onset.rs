@@ -47,7 +47,11 @@ const CLIP_MARGIN: f32 = 12.0;
 pub struct Pick {
     /// µs after the first sample of the file.
     pub t_us: f64,
-    /// Largest |deviation| in the window, in noise sigmas.
+    /// Largest |deviation| in the window, in noise sigmas: the larger of the channel's pooled
+    /// sigma and the set's [`noise_to_peak`] ratio times this peak. So where noise grows with
+    /// the signal a loud ray is not louder than its own noise (at 10 dB on the `shared`
+    /// simulator every ray is then below [`EngineConfig::min_snr`] and flagged, where the
+    /// pooled sigma alone let 5 % through with a median velocity error of 30 %).
     pub snr: f64,
     /// The rise was clipped before two samples could be fitted.
     pub clipped: bool,
@@ -293,7 +297,7 @@ pub fn pick_from(
         .count();
     Some(Pick {
         t_us: t_a,
-        snr: peak / base.sigma,
+        snr: peak / sigma,
         clipped,
         hidden_arrival: loud_before >= HIDDEN_SAMPLES,
     })
