@@ -214,7 +214,8 @@ fn onset_accuracy(
     };
     let s = terawang::evaluate::evaluate(&base, 24, 7, true, &cfg);
     println!(
-        "{model} {snr_db} dB: usable {:.1} %, ToF median {:.2} µs, v median {:.2} %, p90 {:.2} %, worst {:.1} %",
+        "{model} {snr_db} dB: usable {:.1} %, ToF median {:.2} µs, v median {:.2} %, \
+         p90 {:.2} %, worst {:.1} %",
         100.0 * s.usable_share,
         s.median_tof_err_us,
         100.0 * s.median_velocity_err,

@@ -13,9 +13,10 @@
 //!    at most about one sample before the first sample. The tap instants relative to each
 //!    other come from reciprocity: the recordings i→j and j→i travel the same path, so their
 //!    onsets and their waveforms (GCC-PHAT between the two) differ only by the difference of
-//!    the two tap instants. A robust (Cauchy-weighted) least-squares fit over the 28 pairs gives the
-//!    eight instants up to a common offset; the offset is the prior that the trigger falls uniformly within the
-//!    sample before the first one (`lead = dt/2` on average).
+//!    the two tap instants. A robust (Cauchy-weighted) least-squares fit over the 28 pairs
+//!    gives the eight instants up to a common offset; the offset is the prior that the
+//!    trigger falls uniformly within the sample before the first one (`lead = dt/2` on
+//!    average).
 
 use super::gcc::{self, PairBatch};
 use super::{
@@ -782,9 +783,10 @@ fn stacked_onset(
 
 /// Correlation (GCC-PHAT peak value) below which two loud recordings do not carry the same
 /// waveform. Measured: on simulated sets, where rays of one chord class and the two
-/// directions of a path carry the same pulse, a class's median is 0.93–0.99 at 40 dB (ray SNR
-/// 60–75) and 0.77–0.96 at 30 dB; reciprocal pairs' median 0.89 at 40 dB. On the real set,
-/// with ray SNRs of 300–600, the classes' medians are 0.0–0.53 and reciprocal pairs 0.09–0.6:
+/// directions of a path carry the same pulse, a class's median is 0.93–0.99 at 40 dB (class
+/// median SNRs up to about 110) and 0.77–0.96 at 30 dB; reciprocal pairs' median 0.89 at
+/// 40 dB. On the real set, with class median SNRs of 430–480, the classes' medians are
+/// 0.0–0.53 and reciprocal pairs 0.09–0.6:
 /// a real tree's paths differ in more than their delay (the big later phases dominate the
 /// windows), so these correlations do not measure relative arrivals there.
 const COHERENT_VALUE: f64 = 0.7;
