@@ -219,6 +219,10 @@ impl SetOutputs {
         with_tomogram: bool,
     ) -> SetOutputs {
         let name = format!("{stem}.json");
+        // A mis-tapped file changes what the set means: say so where the operator looks.
+        for w in tap_warnings(est, taps) {
+            log::warn!("{name}: {w}");
+        }
         let tomogram = with_tomogram
             .then(|| {
                 reconstruct(
