@@ -255,12 +255,16 @@ impl Engine {
             .into_iter()
             .zip(&reassigned)
             .map(|(set, r)| match r {
-                Some(r) => std::array::from_fn(|k| {
-                    let mut tap = set[r.tap_source[k]].clone();
-                    tap.tap_idx = k;
-                    tap
-                }),
-                None => set,
+                // Only a set with a re-assigned file is rebuilt (copying a set costs more
+                // than reading the impact channels).
+                Some(r) if r.tap_source.iter().enumerate().any(|(k, &s)| s != k) => {
+                    std::array::from_fn(|k| {
+                        let mut tap = set[r.tap_source[k]].clone();
+                        tap.tap_idx = k;
+                        tap
+                    })
+                }
+                _ => set,
             })
             .collect();
         self.batch.clear();
