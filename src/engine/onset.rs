@@ -126,13 +126,12 @@ pub fn noise_to_peak(
                 .fold(0.0, f64::max);
             let earliest_us =
                 chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
-            let quiet: Vec<f64> = (0..n)
+            let (n_quiet, sum_sq) = (0..n)
                 .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)
                 .map(|k| raw[k] as f64 - base.rest)
-                .collect();
-            if peak > 0.0 && !quiet.is_empty() {
-                let rms = (quiet.iter().map(|d| d * d).sum::<f64>() / quiet.len() as f64).sqrt();
-                ratios.push(rms / peak);
+                .fold((0usize, 0.0), |(n, s), d| (n + 1, s + d * d));
+            if peak > 0.0 && n_quiet > 0 {
+                ratios.push((sum_sq / n_quiet as f64).sqrt() / peak);
             }
         }
     }
