@@ -211,9 +211,13 @@ struct FieldRay {
 /// The field model's noise sigma, counts: the same on every ray, set by the SNR of a 90°
 /// chord's first arrival (a fifth of its main phase's amplitude).
 fn field_sigma(p: &SimParams) -> f64 {
-    let length = chord_m(0, 2, p.diameter_m);
-    let main = 1900.0 * (0.115 / length).powf(0.7) * (-length / 1.5).exp();
-    0.2 * main / 10f64.powf(p.snr_db / 20.0)
+    0.2 * ray_amplitude(chord_m(0, 2, p.diameter_m)) / 10f64.powf(p.snr_db / 20.0)
+}
+
+/// A receiver's typical peak amplitude, counts, for a ray of `length_m` (before the per-ray
+/// spread of ±30 %): spreading and attenuation.
+fn ray_amplitude(length_m: f64) -> f64 {
+    1900.0 * (0.115 / length_m.max(0.01)).powf(0.7) * (-length_m / 1.5).exp()
 }
 
 /// Per-set variation of the pulse the hammer makes.
@@ -273,10 +277,7 @@ pub fn simulate_set(
                 return tapped_channel(&timestamps_ns, t_tap_us, rest[ch], clip_lo, clip_hi, rng);
             }
             let length = chord_m(tap, ch, p.diameter_m);
-            let amplitude = 1900.0
-                * (0.115 / length.max(0.01)).powf(0.7)
-                * (-length / 1.5).exp()
-                * rng.uniform(0.7, 1.3);
+            let amplitude = ray_amplitude(length) * rng.uniform(0.7, 1.3);
             let mut sigma = amplitude / 10f64.powf(p.snr_db / 20.0);
             let arrival = t_tap_us + tof_us[tap][ch];
             let echoes = [
