@@ -1,4 +1,6 @@
-//! Drawing a tomogram: an RGB picture encoded to PNG bytes in memory, in pure Rust.
+//! Drawing a tomogram: a picture of 256 colours (an indexed PNG: a palette of the few fixed
+//! colours and [`SCALE_LEVELS`] levels of the colour scale) encoded to PNG bytes in memory, in
+//! pure Rust.
 //!
 //! Layout (720×640 px): a title line (device and time, UTC) and a line with the diameter, method
 //! and number of rays; the trunk's cross-section coloured by velocity, its outline, the eight
@@ -34,9 +36,17 @@ const STOPS: [(f64, [u8; 3]); 5] = [
 
 const CENTRE: (f64, f64) = (300.0, 352.0);
 const RADIUS_PX: f64 = 228.0;
-const BLACK: [u8; 3] = [0, 0, 0];
-const WHITE: [u8; 3] = [255, 255, 255];
-const GREY: [u8; 3] = [90, 90, 90];
+/// A palette index.
+type Ink = u8;
+/// The fixed colours, palette indices 0..4; the scale's levels follow.
+const FIXED: [[u8; 3]; 4] = [[255, 255, 255], [0, 0, 0], [90, 90, 90], [200, 200, 200]];
+const WHITE: Ink = 0;
+const BLACK: Ink = 1;
+const GREY: Ink = 2;
+/// Pixels of the cross-section without a velocity.
+const NO_DATA: Ink = 3;
+/// Levels of the colour scale in the palette (the rest of 256 entries).
+pub const SCALE_LEVELS: usize = 256 - FIXED.len();
 
 /// The colour of a fraction of the scale, 0 = slowest shown, 1 = fastest.
 pub fn colour(f: f64) -> [u8; 3] {
@@ -57,35 +67,28 @@ pub fn colour(f: f64) -> [u8; 3] {
     STOPS[STOPS.len() - 1].1
 }
 
-/// Steps of [`colour_fast`]'s table over the scale.
-const COLOUR_STEPS: usize = 4096;
-
-/// [`colour`] from a table of [`COLOUR_STEPS`] + 1 entries, built once: the picture's pixels
-/// need no division or float-to-byte conversion. The nearest entry is at most 1/8192 of the
-/// scale away, so a channel differs from [`colour`] by at most one level.
-fn colour_fast(f: f64) -> [u8; 3] {
-    colour_table()[colour_index(f)]
+/// The palette: [`FIXED`], then [`colour`] at [`SCALE_LEVELS`] evenly spaced levels of the
+/// scale. A level is 1/502 of the scale from any fraction, so a channel differs from the exact
+/// [`colour`] by at most 3 of 255 (the steepest stretch of the scale changes a channel by 230
+/// over 0.25 of it).
+fn palette() -> Vec<u8> {
+    FIXED
+        .iter()
+        .copied()
+        .chain((0..SCALE_LEVELS).map(|k| colour(k as f64 / (SCALE_LEVELS - 1) as f64)))
+        .flatten()
+        .collect()
 }
 
-/// [`colour`] at the [`COLOUR_STEPS`] + 1 levels of `f`.
-fn colour_table() -> &'static [[u8; 3]] {
-    static TABLE: std::sync::OnceLock<Vec<[u8; 3]>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..=COLOUR_STEPS)
-            .map(|k| colour(k as f64 / COLOUR_STEPS as f64))
-            .collect()
-    })
-}
-
-/// The level of [`colour_table`] nearest to `f` (clamped to [0, 1]; not finite: 0).
+/// The palette level nearest to `f` (clamped to [0, 1]; not finite: 0).
 #[inline(always)]
-fn colour_index(f: f64) -> usize {
+fn scale_ink(f: f64) -> Ink {
     let f = if f.is_finite() {
         f.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    (f * COLOUR_STEPS as f64 + 0.5) as usize
+    (FIXED.len() + (f * (SCALE_LEVELS - 1) as f64 + 0.5) as usize) as Ink
 }
 
 /// A title line: `DEVICE YYYY-MM-DD HH:MM UTC` (the device left out when unknown).
@@ -117,26 +120,25 @@ pub fn format_utc(unix_s: i64) -> String {
     )
 }
 
-/// An RGB canvas.
+/// A canvas of palette indices, one byte per pixel.
 struct Canvas {
-    px: Vec<u8>,
+    px: Vec<Ink>,
 }
 
 impl Canvas {
     fn new() -> Self {
         Canvas {
-            px: vec![255; WIDTH * HEIGHT * 3],
+            px: vec![WHITE; WIDTH * HEIGHT],
         }
     }
 
-    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+    fn set(&mut self, x: i64, y: i64, c: Ink) {
         if (0..WIDTH as i64).contains(&x) && (0..HEIGHT as i64).contains(&y) {
-            let k = (y as usize * WIDTH + x as usize) * 3;
-            self.px[k..k + 3].copy_from_slice(&c);
+            self.px[y as usize * WIDTH + x as usize] = c;
         }
     }
 
-    fn rect(&mut self, x0: i64, y0: i64, w: i64, h: i64, c: [u8; 3]) {
+    fn rect(&mut self, x0: i64, y0: i64, w: i64, h: i64, c: Ink) {
         for y in y0..y0 + h {
             for x in x0..x0 + w {
                 self.set(x, y, c);
@@ -147,7 +149,7 @@ impl Canvas {
     /// Pixels whose centre lies between radii `r0` and `r1` of (cx, cy). Per row only the
     /// columns near the two radii are tested (a pixel of margin around where the circles cross
     /// the row), not the whole square: the outline is a thin ring of radius 230.
-    fn ring(&mut self, (cx, cy): (f64, f64), r0: f64, r1: f64, c: [u8; 3]) {
+    fn ring(&mut self, (cx, cy): (f64, f64), r0: f64, r1: f64, c: Ink) {
         let (y0, y1) = ((cy - r1).floor() as i64, (cy + r1).ceil() as i64);
         for y in y0..=y1 {
             let dy = y as f64 + 0.5 - cy;
@@ -177,7 +179,7 @@ impl Canvas {
     }
 
     /// Text with its top-left corner at (x, y), each font pixel `scale`×`scale`.
-    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: [u8; 3]) {
+    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: Ink) {
         for (k, ch) in s.chars().enumerate() {
             let Some(rows) = glyph(ch) else { continue };
             let gx = x + k as i64 * (GLYPH_W as i64 + 1) * scale;
@@ -201,8 +203,9 @@ impl Canvas {
         let mut out = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut out, WIDTH as u32, HEIGHT as u32);
-            enc.set_color(png::ColorType::Rgb);
+            enc.set_color(png::ColorType::Indexed);
             enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette(palette());
             let mut w = enc.write_header().expect("writing to memory cannot fail");
             w.write_image_data(&self.px)
                 .expect("the buffer matches the header");
@@ -371,19 +374,18 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         let yy = y * y;
         let start = columns.partition_point(|c| c.x < 0.0 && c.x * c.x + yy > 1.0);
         let end = columns.partition_point(|c| c.x < 0.0 || c.x * c.x + yy <= 1.0);
-        let line = &mut cv.px[py as usize * WIDTH * 3..(py as usize + 1) * WIDTH * 3];
+        let line = &mut cv.px[py as usize * WIDTH..(py as usize + 1) * WIDTH];
         for c in &columns[start..end.max(start)] {
             let blend = c.inner.and_then(|k| {
                 let (a, b) = (blended[k], blended[k + 1]);
                 (!(a.is_nan() || b.is_nan())).then_some((1.0 - c.fc) * a + c.fc * b)
             });
-            let colour = match blend.or_else(|| grid.bilinear(r0, fr, c.c0, c.fc)) {
-                Some(v) => colour_fast(frac(v)),
-                None => [200, 200, 200],
+            let ink = match blend.or_else(|| grid.bilinear(r0, fr, c.c0, c.fc)) {
+                Some(v) => scale_ink(frac(v)),
+                None => NO_DATA,
             };
             if (0..WIDTH as i64).contains(&c.px) {
-                let k = c.px as usize * 3;
-                line[k..k + 3].copy_from_slice(&colour);
+                line[c.px as usize] = ink;
             }
         }
     }
@@ -408,7 +410,7 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     cv.text(bx - 4, by - 30, "m/s", 2, BLACK);
     for y in 0..bh {
         let f = 1.0 - y as f64 / (bh - 1) as f64;
-        cv.rect(bx, by + y, bw, 1, colour(f));
+        cv.rect(bx, by + y, bw, 1, scale_ink(f));
     }
     for (x, y, w, h) in [
         (bx - 1, by - 1, bw + 2, 1),
@@ -476,9 +478,11 @@ mod tests {
         });
         let t = super::super::reconstruct(&m, p.diameter_m, &Default::default()).unwrap();
         let bytes = render_png(&t, &title(Some("20-79-18-81-6E-65"), 1_755_752_474));
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .unwrap();
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        // Palette indices to RGB, as viewers show them.
+        decoder.set_transformations(png::Transformations::EXPAND);
+        let mut reader = decoder.read_info().unwrap();
+        assert_eq!(reader.info().color_type, png::ColorType::Indexed);
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (WIDTH as u32, HEIGHT as u32));
@@ -496,20 +500,29 @@ mod tests {
         let s = at(-0.6, 0.5);
         assert!(s[1] > s[0] && s[1] > s[2], "sound wood drawn as {s:?}");
         // Outside the trunk stays white.
-        assert_eq!(at(0.99, 0.99), WHITE);
+        assert_eq!(at(0.99, 0.99), [255, 255, 255]);
     }
 
     #[test]
-    fn colour_table_is_within_one_level_of_the_exact_colour() {
+    fn palette_levels_are_within_three_levels_of_the_exact_colour() {
+        let palette = palette();
+        assert_eq!(palette.len(), 256 * 3);
+        let rgb = |ink: Ink| -> [u8; 3] {
+            let k = ink as usize * 3;
+            [palette[k], palette[k + 1], palette[k + 2]]
+        };
         for k in 0..=100_000 {
             let f = k as f64 / 100_000.0;
-            let (a, b) = (colour(f), colour_fast(f));
+            let (a, b) = (colour(f), rgb(scale_ink(f)));
             for c in 0..3 {
-                assert!(a[c].abs_diff(b[c]) <= 1, "{f}: {a:?} vs {b:?}");
+                assert!(a[c].abs_diff(b[c]) <= 3, "{f}: {a:?} vs {b:?}");
             }
         }
         for f in [0.0, 1.0, -3.0, 7.0, f64::NAN, f64::INFINITY] {
-            assert_eq!(colour_fast(f), colour(f), "{f}");
+            assert_eq!(rgb(scale_ink(f)), colour(f), "{f}");
+        }
+        for (ink, c) in [(WHITE, [255; 3]), (BLACK, [0; 3]), (NO_DATA, [200; 3])] {
+            assert_eq!(rgb(ink), c);
         }
     }
 
