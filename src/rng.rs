@@ -43,6 +43,11 @@ impl Rng {
         lo + (hi - lo) * self.unit()
     }
 
+    /// −1 or +1, even odds.
+    pub fn sign(&mut self) -> f64 {
+        if self.unit() < 0.5 { -1.0 } else { 1.0 }
+    }
+
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = self.unit().max(f64::MIN_POSITIVE);

@@ -278,38 +278,28 @@ pub fn simulate_set(
             }
             let length = chord_m(tap, ch, p.diameter_m);
             let amplitude = ray_amplitude(length) * rng.uniform(0.7, 1.3);
-            let mut sigma = amplitude / 10f64.powf(p.snr_db / 20.0);
+            let sigma = match p.model {
+                WaveModel::Shared => amplitude / 10f64.powf(p.snr_db / 20.0),
+                WaveModel::Field => field_sigma(p),
+            };
             let arrival = t_tap_us + tof_us[tap][ch];
             let echoes = [
                 (
                     rng.uniform(150.0, 400.0),
-                    rng.uniform(0.2, 0.45)
-                        * if rng.uniform(0.0, 1.0) < 0.5 {
-                            -1.0
-                        } else {
-                            1.0
-                        },
+                    rng.uniform(0.2, 0.45) * rng.sign(),
                 ),
                 (rng.uniform(400.0, 1500.0), rng.uniform(0.1, 0.3)),
             ];
             // The field model's draws come after the shared model's, which stay as they were.
-            let field = (p.model == WaveModel::Field).then(|| {
-                sigma = field_sigma(p);
-                FieldRay {
-                    shape: WaveShape {
-                        tau_us: shape.tau_us * rng.uniform(0.7, 1.4),
-                        freq_khz: shape.freq_khz * rng.uniform(0.8, 1.25),
-                        stretch_m: shape.stretch_m,
-                        phase: rng.uniform(-0.8, 0.8),
-                    },
-                    first_gain: rng.uniform(0.1, 0.3)
-                        * if rng.uniform(0.0, 1.0) < 0.5 {
-                            -1.0
-                        } else {
-                            1.0
-                        },
-                    main_delay_us: tof_us[tap][ch] * rng.uniform(0.8, 1.4),
-                }
+            let field = (p.model == WaveModel::Field).then(|| FieldRay {
+                shape: WaveShape {
+                    tau_us: shape.tau_us * rng.uniform(0.7, 1.4),
+                    freq_khz: shape.freq_khz * rng.uniform(0.8, 1.25),
+                    stretch_m: shape.stretch_m,
+                    phase: rng.uniform(-0.8, 0.8),
+                },
+                first_gain: rng.uniform(0.1, 0.3) * rng.sign(),
+                main_delay_us: tof_us[tap][ch] * rng.uniform(0.8, 1.4),
             });
             timestamps_ns
                 .iter()

@@ -68,6 +68,17 @@ pub struct Baseline {
     pub sigma: f64,
 }
 
+/// How many samples at the start of ray i→j (tap `i`, receiver `j`) are quiet for sure: the
+/// wave cannot arrive before chord / v_max after the tap, and the tap is at most one sample
+/// before the first sample. The first two count always.
+fn quiet_len(cfg: &EngineConfig, tap: &Prepared, i: usize, j: usize) -> usize {
+    let earliest_us = chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
+    let n = tap.t_us.len().min(tap.raw[j].len());
+    (0..n)
+        .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)
+        .count()
+}
+
 /// Pools quiet samples of channel `j` over the taps where it receives.
 pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Baseline {
     let mut quiet = Vec::new();
@@ -75,16 +86,11 @@ pub fn baseline(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], j: usize) -> Ba
         if i == j {
             continue;
         }
-        // The wave cannot arrive before chord / v_max after the tap, and the tap is at most
-        // one sample before the first sample.
-        let earliest_us = chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
-        let raw = &tap.raw[j];
-        for (k, &t) in tap.t_us.iter().enumerate() {
-            if k >= 2 && t >= earliest_us {
-                break;
-            }
-            quiet.push(raw[k] as f64);
-        }
+        quiet.extend(
+            tap.raw[j][..quiet_len(cfg, tap, i, j)]
+                .iter()
+                .map(|&x| x as f64),
+        );
     }
     let rest = super::median(&mut quiet).unwrap_or(2100.0);
     let mut dev: Vec<f64> = quiet.iter().map(|x| (x - rest).abs()).collect();
@@ -124,12 +130,11 @@ pub fn noise_to_peak(
                 .iter()
                 .map(|&x| (x as f64 - base.rest).abs())
                 .fold(0.0, f64::max);
-            let earliest_us =
-                chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
-            let (n_quiet, sum_sq) = (0..n)
-                .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)
-                .map(|k| raw[k] as f64 - base.rest)
-                .fold((0usize, 0.0), |(n, s), d| (n + 1, s + d * d));
+            let n_quiet = quiet_len(cfg, tap, i, j).min(n);
+            let sum_sq: f64 = raw[..n_quiet]
+                .iter()
+                .map(|&x| (x as f64 - base.rest).powi(2))
+                .sum();
             if peak > 0.0 && n_quiet > 0 {
                 ratios.push((sum_sq / n_quiet as f64).sqrt() / peak);
             }
