@@ -71,6 +71,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("DIAMETER", "0.3", "trunk diameter in metres"),
     (
+        "TRIGGER_LEAD",
+        "0.5",
+        "mean time from the hammer's impact to a file's first sample, in samples (0-4)",
+    ),
+    (
         "GROUP_WINDOW_SECONDS",
         "900",
         "largest span of file times inside one set",
@@ -209,6 +214,8 @@ pub struct Config {
     pub ftp: Option<FtpConfig>,
     pub amqp: Option<AmqpConfig>,
     pub diameter_m: f64,
+    /// The engine's [`crate::engine::EngineConfig::trigger_lead`], samples.
+    pub trigger_lead: f64,
     pub group_window_s: i64,
     pub settle: Duration,
     pub retry_max: Duration,
@@ -302,6 +309,13 @@ impl Config {
             Ok(d) if d.is_finite() && d > 0.0 && d <= 10.0 => d,
             _ => anyhow::bail!("DIAMETER must be a number of metres in (0, 10], got {diameter:?}"),
         };
+        let lead = raw.get("TRIGGER_LEAD");
+        let trigger_lead = lead
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("got {lead:?}"))
+            .and_then(crate::engine::EngineConfig::check_trigger_lead)
+            .map_err(|e| anyhow::anyhow!("TRIGGER_LEAD: {e}"))?;
         let window = raw.get("GROUP_WINDOW_SECONDS");
         let group_window_s = match window.trim().parse::<i64>() {
             Ok(w) if (0..=86_400).contains(&w) => w,
@@ -316,6 +330,7 @@ impl Config {
             ftp,
             amqp,
             diameter_m,
+            trigger_lead,
             group_window_s,
             settle: seconds("FILE_SETTLE_SECONDS", 0.0)?,
             retry_max: seconds("RETRY_MAX_SECONDS", 0.1)?,
@@ -357,6 +372,7 @@ mod tests {
         assert!(c.ftp.is_none() && c.amqp.is_none());
         assert_eq!(c.settle, Duration::from_secs(3));
         assert_eq!(c.group_window_s, 900);
+        assert_eq!(c.trigger_lead, 0.5);
     }
 
     #[test]
@@ -365,6 +381,12 @@ mod tests {
         assert!(e.to_string().contains("FTP_PORT"), "{e}");
         let e = Config::from_raw(&raw(&[("DIAMETER", "-1")])).unwrap_err();
         assert!(e.to_string().contains("DIAMETER"), "{e}");
+        for bad in ["-0.1", "4.5", "half", "NaN"] {
+            let e = Config::from_raw(&raw(&[("TRIGGER_LEAD", bad)])).unwrap_err();
+            assert!(e.to_string().contains("TRIGGER_LEAD"), "{bad}: {e}");
+        }
+        let c = Config::from_raw(&raw(&[("TRIGGER_LEAD", " 0 ")])).unwrap();
+        assert_eq!(c.trigger_lead, 0.0);
         let e = Config::from_raw(&raw(&[
             ("RABBITMQ_HOST", "h"),
             ("RABBITMQ_QUEUE_DURABLE", "maybe"),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use terawang::backend::BackendChoice;
-use terawang::engine::{EngineConfig, Method};
+use terawang::engine::{DEFAULT_TRIGGER_LEAD, EngineConfig, Method};
 use terawang::evaluate::evaluate;
 use terawang::process::{ProcessOptions, run};
 use terawang::result::{render_plain, report_diameter};
@@ -82,6 +82,13 @@ struct EngineArgs {
     /// Fastest plausible velocity, m/s: faster rays are flagged.
     #[arg(long, default_value_t = 3000.0)]
     max_velocity: f64,
+    /// Mean time from the hammer's impact to a file's first sample, in sampling intervals
+    /// (`onset` method; 0–4). The tapped channel clips from its first sample, so the data
+    /// cannot tell it: 0.5 is a trigger on the impact that samples from its next clock tick;
+    /// 0 is a device whose first sample is the impact. It shifts every time of flight by the
+    /// same amount, so set it once per device type (README, "The trigger lead").
+    #[arg(long, env = "TRIGGER_LEAD", default_value_t = DEFAULT_TRIGGER_LEAD)]
+    trigger_lead: f64,
 }
 
 impl EngineArgs {
@@ -100,6 +107,8 @@ impl EngineArgs {
             min_velocity_m_s: self.min_velocity,
             max_velocity_m_s: self.max_velocity,
             method: self.method,
+            trigger_lead: EngineConfig::check_trigger_lead(self.trigger_lead)
+                .map_err(|e| anyhow::anyhow!("--trigger-lead/TRIGGER_LEAD: {e}"))?,
             ..EngineConfig::default()
         })
     }
@@ -160,6 +169,10 @@ struct SimulateArgs {
     /// the amplifier's noise alone).
     #[arg(long, default_value_t = WaveModel::Shared)]
     model: WaveModel,
+    /// Time from the tap to each file's first sample, in sampling intervals; by default drawn
+    /// uniformly within the sample before the first.
+    #[arg(long)]
+    lead: Option<f64>,
 }
 
 #[derive(Args)]
@@ -178,6 +191,13 @@ struct EvaluateArgs {
     /// Simulator wave models to evaluate (see `simulate --help`).
     #[arg(long, value_delimiter = ',', default_values_t = [WaveModel::Shared, WaveModel::Field])]
     model: Vec<WaveModel>,
+    /// The simulator's time from the tap to each file's first sample, in sampling intervals;
+    /// by default drawn uniformly within the sample before the first.
+    #[arg(long)]
+    sim_lead: Option<f64>,
+    /// The engine's trigger lead, in sampling intervals (see `process --help`).
+    #[arg(long, default_value_t = DEFAULT_TRIGGER_LEAD)]
+    trigger_lead: f64,
 }
 
 fn main() -> ExitCode {
@@ -246,6 +266,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 snr_db: a.snr_db,
                 decay: a.decay,
                 model: a.model,
+                tap_lead: check_sim_lead(a.lead)?,
                 ..SimParams::default()
             };
             std::fs::create_dir_all(&a.out)
@@ -307,6 +328,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Evaluate(a) => {
+            let trigger_lead = EngineConfig::check_trigger_lead(a.trigger_lead)
+                .map_err(|e| anyhow::anyhow!("--trigger-lead: {e}"))?;
+            let tap_lead = check_sim_lead(a.sim_lead)?;
             println!(
                 "{:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
                 "model",
@@ -326,11 +350,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     for &method in &a.method {
                         let cfg = EngineConfig {
                             method,
+                            trigger_lead,
                             ..EngineConfig::default()
                         };
                         let base = SimParams {
                             snr_db: snr,
                             model,
+                            tap_lead,
                             ..SimParams::default()
                         };
                         let s = evaluate(&base, a.sets, a.seed, true, &cfg);
@@ -354,4 +380,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The simulator's fixed tap lead, when given: samples in [0, 4].
+fn check_sim_lead(lead: Option<f64>) -> anyhow::Result<Option<f64>> {
+    lead.map(|l| {
+        EngineConfig::check_trigger_lead(l)
+            .map_err(|e| anyhow::anyhow!("the simulator's lead: {e}"))
+    })
+    .transpose()
 }

@@ -203,6 +203,7 @@ pub fn run(
     });
     let engine_cfg = EngineConfig {
         diameter_m: cfg.diameter_m,
+        trigger_lead: cfg.trigger_lead,
         ..EngineConfig::default()
     };
     let correlators = make_correlators(opts.backend, n_fft_for(&engine_cfg), threads)

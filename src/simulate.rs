@@ -111,6 +111,11 @@ pub struct SimParams {
     pub n_samples: usize,
     #[serde(default)]
     pub model: WaveModel,
+    /// Time from the tap to the first sample of each file, in sampling intervals; `None`
+    /// draws it uniformly within the sample before the first (a trigger on the impact that
+    /// samples from its next clock tick).
+    #[serde(default)]
+    pub tap_lead: Option<f64>,
 }
 
 impl Default for SimParams {
@@ -122,6 +127,7 @@ impl Default for SimParams {
             decay: None,
             n_samples: 500,
             model: WaveModel::Shared,
+            tap_lead: None,
         }
     }
 }
@@ -267,7 +273,8 @@ pub fn simulate_set(
                 t_ns.round() as i64
             })
             .collect();
-        let lead_us = rng.uniform(0.0, 1.0) * dt_us;
+        let drawn = rng.uniform(0.0, 1.0);
+        let lead_us = p.tap_lead.unwrap_or(drawn) * dt_us;
         tap_lead_us[tap] = lead_us;
         let t_tap_us = timestamps_ns[0] as f64 / 1000.0 - lead_us;
         let channels: [Vec<i32>; N_SENSORS] = std::array::from_fn(|ch| {

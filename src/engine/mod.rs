@@ -56,6 +56,39 @@ pub struct EngineConfig {
     pub max_reciprocity_diff: f64,
     /// A receiver whose first-arrival amplitude is below this many noise sigmas is low-SNR.
     pub min_snr: f64,
+    /// Mean time from the hammer's impact to the first sample of a file, in sampling
+    /// intervals (`onset` method). The tapped channel clips from its first sample, so the
+    /// recording cannot say how long before it the impact came: reciprocity gives the eight
+    /// tap instants relative to each other, and this sets them all. 0.5 is a device that
+    /// triggers on the impact and samples from its next clock tick (the lead uniform within
+    /// one sample); a device with a known trigger latency, or whose first sample is the
+    /// impact itself (0), sets its own.
+    #[serde(default = "default_trigger_lead")]
+    pub trigger_lead: f64,
+}
+
+/// The trigger falls uniformly within the sample before the first one.
+pub const DEFAULT_TRIGGER_LEAD: f64 = 0.5;
+
+/// The largest [`EngineConfig::trigger_lead`] accepted, in samples: the first arrivals come
+/// 2–17 samples after the tap, so a longer latency would leave most of them before the file.
+pub const MAX_TRIGGER_LEAD: f64 = 4.0;
+
+fn default_trigger_lead() -> f64 {
+    DEFAULT_TRIGGER_LEAD
+}
+
+impl EngineConfig {
+    /// Checks the trigger lead: a number of samples in [0, [`MAX_TRIGGER_LEAD`]].
+    pub fn check_trigger_lead(lead: f64) -> Result<f64, String> {
+        if lead.is_finite() && (0.0..=MAX_TRIGGER_LEAD).contains(&lead) {
+            Ok(lead)
+        } else {
+            Err(format!(
+                "the trigger lead must be a number of samples in [0, {MAX_TRIGGER_LEAD}], got {lead}"
+            ))
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -68,6 +101,7 @@ impl Default for EngineConfig {
             segment: 256,
             max_reciprocity_diff: 0.3,
             min_snr: 8.0,
+            trigger_lead: DEFAULT_TRIGGER_LEAD,
         }
     }
 }

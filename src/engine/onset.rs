@@ -16,7 +16,7 @@
 //!    the two tap instants. A robust (Cauchy-weighted) least-squares fit over the 28 pairs
 //!    gives the eight instants up to a common offset; the offset is the prior that the
 //!    trigger falls uniformly within the sample before the first one (`lead = dt/2` on
-//!    average).
+//!    average), or the device's own mean lead ([`EngineConfig::trigger_lead`]).
 
 use super::gcc::{self, PairBatch};
 use super::{
@@ -70,9 +70,10 @@ pub struct Baseline {
 
 /// How many samples at the start of ray i→j (tap `i`, receiver `j`) are quiet for sure: the
 /// wave cannot arrive before chord / v_max after the tap, and the tap is at most one sample
-/// before the first sample. The first two count always.
+/// (or the trigger lead and half a sample) before the first sample. The first two count always.
 fn quiet_len(cfg: &EngineConfig, tap: &Prepared, i: usize, j: usize) -> usize {
-    let earliest_us = chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - tap.dt_us;
+    let before_first_us = (cfg.trigger_lead + 0.5).max(1.0) * tap.dt_us;
+    let earliest_us = chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - before_first_us;
     let n = tap.t_us.len().min(tap.raw[j].len());
     (0..n)
         .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)
@@ -522,7 +523,7 @@ pub fn solve(
                 }
             }
         }
-        solve_leads(&equations, 0.5 * dt)
+        solve_leads(&equations, dt, cfg.trigger_lead * dt)
     };
     let mut leads = leads_from(&picks);
     // A pick before the earliest possible arrival (the tap instant plus the chord at the
@@ -928,13 +929,17 @@ fn reciprocal_windows(
     )
 }
 
-/// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted), with
-/// the mean of the regular leads (within four times `mean_lead` of their median) fixed to
-/// `mean_lead`. A tap in no equation (its file was flagged, or none of its rays was picked)
-/// says nothing about the others: it stays out of the median and the mean, and gets the prior
-/// `mean_lead` itself.
-pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f64; N_SENSORS] {
-    let x = solve_robust(N_SENSORS, equations, mean_lead);
+/// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted, robust
+/// at the scale of half a sampling interval `dt`), with the mean of the regular leads (within
+/// two samples of their median) fixed to `mean_lead`. A tap in no equation (its file was
+/// flagged, or none of its rays was picked) says nothing about the others: it stays out of
+/// the median and the mean, and gets the prior `mean_lead` itself.
+pub fn solve_leads(
+    equations: &[(usize, usize, f64, f64)],
+    dt: f64,
+    mean_lead: f64,
+) -> [f64; N_SENSORS] {
+    let x = solve_robust(N_SENSORS, equations, 0.5 * dt);
     let mut tied = [false; N_SENSORS];
     for &(a, b, _, _) in equations {
         tied[a] = true;
@@ -951,7 +956,7 @@ pub fn solve_leads(equations: &[(usize, usize, f64, f64)], mean_lead: f64) -> [f
     let near: Vec<f64> = sorted
         .iter()
         .copied()
-        .filter(|v| (v - median).abs() <= 4.0 * mean_lead)
+        .filter(|v| (v - median).abs() <= 2.0 * dt)
         .collect();
     let pin = if near.is_empty() {
         median
@@ -1130,11 +1135,13 @@ mod tests {
                 eq.push((i, j, truth[j] - truth[i], 1.0));
             }
         }
-        let leads = solve_leads(&eq, 10.0);
-        let regular = leads[..7].iter().sum::<f64>() / 7.0;
-        assert!((regular - 10.0).abs() < 1e-6, "{leads:?}");
-        assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
-        assert!((leads[7] - leads[0] + 300.0).abs() < 1e-6);
+        for mean_lead in [10.0, 0.0, 55.0] {
+            let leads = solve_leads(&eq, 20.0, mean_lead);
+            let regular = leads[..7].iter().sum::<f64>() / 7.0;
+            assert!((regular - mean_lead).abs() < 1e-6, "{mean_lead}: {leads:?}");
+            assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
+            assert!((leads[7] - leads[0] + 300.0).abs() < 1e-6);
+        }
     }
 
     #[test]
@@ -1177,11 +1184,11 @@ mod tests {
                 eq.push((i, j, truth[j] - truth[i], 1.0));
             }
         }
-        let leads = solve_leads(&eq, 13.0);
+        let leads = solve_leads(&eq, 26.0, 13.0);
         let regular = tied.iter().map(|&k| leads[k]).sum::<f64>() / tied.len() as f64;
         assert!((regular - 13.0).abs() < 1e-6, "{leads:?}");
         assert!((leads[7] - leads[0] - 100.0).abs() < 1e-6, "{leads:?}");
         assert_eq!((leads[3], leads[4]), (13.0, 13.0));
-        assert_eq!(solve_leads(&[], 13.0), [13.0; N_SENSORS]);
+        assert_eq!(solve_leads(&[], 26.0, 13.0), [13.0; N_SENSORS]);
     }
 }
