@@ -19,6 +19,8 @@ pub struct ErrorStats {
     /// Share of rays flagged usable.
     pub usable_share: f64,
     pub median_tof_err_us: f64,
+    /// Median of the signed ToF errors, µs: a ToF estimated too long is positive.
+    pub median_tof_bias_us: f64,
     pub worst_tof_err_us: f64,
     pub median_velocity_err: f64,
     pub p90_velocity_err: f64,
@@ -26,8 +28,8 @@ pub struct ErrorStats {
     pub median_reciprocity_diff: f64,
 }
 
-/// Compares one estimate with its truth; returns (|ToF error| µs, |v error| fraction) of the
-/// usable rays and the number of rays.
+/// Compares one estimate with its truth; returns (signed ToF error µs, |v error| fraction)
+/// of the usable rays and the number of rays.
 pub fn ray_errors(est: &SetEstimate, truth: &SetTruth) -> (Vec<f64>, Vec<f64>, usize) {
     let (mut tof, mut vel) = (Vec::new(), Vec::new());
     for i in 0..N_SENSORS {
@@ -35,7 +37,7 @@ pub fn ray_errors(est: &SetEstimate, truth: &SetTruth) -> (Vec<f64>, Vec<f64>, u
             if i == j || !est.flags[i][j].usable() {
                 continue;
             }
-            tof.push((est.tof_us[i][j] - truth.tof_us[i][j]).abs());
+            tof.push(est.tof_us[i][j] - truth.tof_us[i][j]);
             vel.push(
                 (est.velocity_m_s[i][j] - truth.velocity_m_s[i][j]).abs()
                     / truth.velocity_m_s[i][j],
@@ -83,11 +85,14 @@ pub fn evaluate(
             recip.push(m.median_reciprocity_diff);
         }
     }
+    let median_tof_bias_us = quantile(&mut tof, 0.5);
+    let mut tof: Vec<f64> = tof.iter().map(|e| e.abs()).collect();
     ErrorStats {
         n_sets,
         n_rays,
         usable_share: tof.len() as f64 / n_rays.max(1) as f64,
         median_tof_err_us: quantile(&mut tof, 0.5),
+        median_tof_bias_us,
         worst_tof_err_us: quantile(&mut tof, 1.0),
         median_velocity_err: quantile(&mut vel, 0.5),
         p90_velocity_err: quantile(&mut vel, 0.9),

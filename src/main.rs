@@ -332,13 +332,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--trigger-lead: {e}"))?;
             let tap_lead = check_sim_lead(a.sim_lead)?;
             println!(
-                "{:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                "{:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
                 "model",
                 "method",
                 "snr_dB",
                 "sets",
                 "usable",
                 "tof_med",
+                "tof_bias",
                 "tof_max",
                 "v_med",
                 "v_p90",
@@ -361,13 +362,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         };
                         let s = evaluate(&base, a.sets, a.seed, true, &cfg);
                         println!(
-                            "{:<7} {:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
+                            "{:<7} {:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>+7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
                             model.to_string(),
                             method.to_string(),
                             snr,
                             s.n_sets,
                             100.0 * s.usable_share,
                             s.median_tof_err_us,
+                            s.median_tof_bias_us,
                             s.worst_tof_err_us,
                             100.0 * s.median_velocity_err,
                             100.0 * s.p90_velocity_err,
