@@ -5,12 +5,14 @@
 //! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
 //! the cross-section. The service `run` is [`service`]:
 //! [`config`] → [`watch`] → [`group`] → [`engine`] → [`sink`], with [`journal`] keeping state.
-//! [`backend`] picks the correlator: the CPU, or the GPU in [`gpu`].
+//! [`backend`] picks the correlator: the CPU, or the GPU in [`gpu`]. [`calibrate`] measures a
+//! device's trigger lead on a specimen of known velocity.
 
 // Ray matrices are indexed [tapped][receiver]; index loops read closer to the physics.
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
+pub mod calibrate;
 pub mod config;
 pub mod device;
 pub mod engine;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use terawang::backend::BackendChoice;
+use terawang::calibrate::{SpecimenSet, calibrate, read_sets};
 use terawang::engine::{DEFAULT_TRIGGER_LEAD, EngineConfig, Method};
 use terawang::evaluate::evaluate;
 use terawang::process::{ProcessOptions, run};
@@ -35,6 +36,9 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Redraw the tomogram picture of an existing plain result file.
     Render(RenderArgs),
+    /// Measure a device's trigger lead (TRIGGER_LEAD) on sets tapped on a sound, uniform
+    /// specimen whose velocity is known.
+    Calibrate(CalibrateArgs),
     /// The service: watch DATA_DIR, compute each set, save, upload, publish, delete sources.
     Run(RunArgs),
 }
@@ -49,6 +53,22 @@ struct RenderArgs {
     /// The picture to write; defaults to the result's name with `.png`.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// Tap files and/or folders holding them: sets tapped on the specimen.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The specimen's velocity, m/s, the same along every chord (sound, uniform wood).
+    #[arg(long)]
+    velocity: f64,
+    /// The specimen's diameter in metres (the circle the sensors sit on).
+    #[arg(long, env = "DIAMETER", default_value_t = 0.3)]
+    diameter: f64,
+    /// Largest span of a set's file times, seconds.
+    #[arg(long, default_value_t = 900)]
+    window: i64,
 }
 
 #[derive(Args)]
@@ -327,6 +347,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Calibrate(a) => calibrate_command(&a),
         Command::Evaluate(a) => {
             let trigger_lead = EngineConfig::check_trigger_lead(a.trigger_lead)
                 .map_err(|e| anyhow::anyhow!("--trigger-lead: {e}"))?;
@@ -391,4 +412,63 @@ fn check_sim_lead(lead: Option<f64>) -> anyhow::Result<Option<f64>> {
             .map_err(|e| anyhow::anyhow!("the simulator's lead: {e}"))
     })
     .transpose()
+}
+
+/// `terawang calibrate`: prints each set's lead and the device's, as a `TRIGGER_LEAD=` line.
+fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
+    if !(a.diameter.is_finite() && a.diameter > 0.0 && a.diameter <= 10.0) {
+        anyhow::bail!(
+            "--diameter/DIAMETER must be a number of metres in (0, 10], got {}",
+            a.diameter
+        );
+    }
+    let read = read_sets(&a.inputs, a.window)?;
+    for e in &read.rejected {
+        eprintln!("rejected: {e}");
+    }
+    if read.sets.is_empty() {
+        anyhow::bail!("no complete set of eight taps among the inputs");
+    }
+    let sets: Vec<SpecimenSet> = read
+        .sets
+        .into_iter()
+        .map(|(name, taps)| SpecimenSet {
+            name,
+            taps,
+            diameter_m: a.diameter,
+            velocity_m_s: a.velocity,
+        })
+        .collect();
+    let c = calibrate(&sets, &EngineConfig::default())?;
+    for s in &c.sets {
+        match s.lead {
+            Some(lead) => println!("{}: lead {lead:.2} samples ({} rays)", s.name, s.rays),
+            None => println!("{}: no usable ray", s.name),
+        }
+    }
+    println!(
+        "TRIGGER_LEAD={:.2}\n(median over {} rays of {} sets; quartiles {:.2}-{:.2} samples; \
+         {:.1} µs at {:.1} µs per sample)",
+        c.lead,
+        c.rays,
+        c.sets.len(),
+        c.quartiles.0,
+        c.quartiles.1,
+        c.lead * c.dt_us,
+        c.dt_us
+    );
+    if EngineConfig::check_trigger_lead(c.lead).is_err() {
+        eprintln!(
+            "error: a lead of {:.2} samples is outside what the engine accepts (0-{}): check \
+             --velocity and --diameter, and that the specimen is sound and uniform",
+            c.lead,
+            terawang::engine::MAX_TRIGGER_LEAD
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if read.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

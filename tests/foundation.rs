@@ -529,3 +529,53 @@ fn the_trigger_lead_sets_the_common_offset() {
     assert!(v_matched <= 0.03, "{v_matched}");
     assert!(v_default > v_matched, "{v_default} vs {v_matched}");
 }
+
+/// `calibrate` end to end: a specimen's sets, written by the simulator with a lead of one
+/// sample, give a `TRIGGER_LEAD=` line near it (one geometry: within the third of a sample
+/// its chord classes' sampling phases allow, README); no set at all is an error.
+#[test]
+fn calibrate_prints_the_trigger_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = bin()
+        .args([
+            "simulate",
+            "--sets",
+            "2",
+            "--seed",
+            "3",
+            "--lead",
+            "1",
+            "--velocity",
+            "1400",
+        ])
+        .args(["--diameter", "0.5", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    std::fs::remove_file(dir.path().join("truth.json")).unwrap();
+    let run = bin()
+        .args(["calibrate", "--velocity", "1400", "--diameter", "0.5"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    let lead: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TRIGGER_LEAD="))
+        .expect("a TRIGGER_LEAD= line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((lead - 1.0).abs() < 0.35, "{stdout}");
+    assert_eq!(stdout.matches(" rays)").count(), 2, "{stdout}");
+    let empty = tempfile::tempdir().unwrap();
+    let none = bin()
+        .args(["calibrate", "--velocity", "1400"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no complete set"));
+}

@@ -1,0 +1,286 @@
+//! `terawang calibrate`: a device's trigger lead, measured on a specimen of known velocity.
+//!
+//! The tapped channel clips from its first sample, so no recording says how long before that
+//! sample the hammer hit (README, "The trigger lead"). On a sound, uniform specimen whose
+//! velocity is known, every ray's true ToF is its chord over that velocity. The engine's ToF,
+//! computed with an assumed lead, differs from it by the error of that assumption (in sampling
+//! intervals) plus the picker's own bias on the device's pulse, which the measured lead takes
+//! in too: both shift every ToF of the device alike.
+
+use std::path::PathBuf;
+
+use crate::device::{N_SENSORS, ReadError, TapName, TapRecording};
+use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method};
+use crate::geometry::chord_m;
+use crate::group::Grouper;
+use crate::process::{collect_inputs, read_set};
+
+/// The complete sets among files and folders, read, with the files that could not be read.
+#[derive(Debug, Default)]
+pub struct SetsRead {
+    /// Each set's result name (`result_<device>_<unix>`) and its eight taps.
+    pub sets: Vec<(String, [TapRecording; N_SENSORS])>,
+    pub rejected: Vec<ReadError>,
+}
+
+/// Groups the files among `inputs` (folders one level deep) as `process` does and reads every
+/// complete set; a file that cannot be read is rejected, and the rest of its set may still
+/// form a set with another file of the same tap.
+pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> {
+    let mut out = SetsRead::default();
+    let mut grouper: Grouper<PathBuf> = Grouper::new(window_s);
+    for path in collect_inputs(inputs)? {
+        match TapName::from_path(&path) {
+            Ok(name) => grouper.add(name, path),
+            Err(kind) => out.rejected.push(ReadError { path, kind }),
+        }
+    }
+    loop {
+        let complete = grouper.take_complete();
+        if complete.is_empty() {
+            return Ok(out);
+        }
+        for set in complete {
+            match read_set(&set) {
+                Ok(taps) => out.sets.push((set.result_stem(), *taps)),
+                Err(bad) => {
+                    out.rejected.extend(bad.rejected);
+                    for (name, path) in bad.good {
+                        grouper.add(name, path);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One set tapped on a specimen: its name, its taps, and the specimen's geometry and velocity.
+#[derive(Clone, Debug)]
+pub struct SpecimenSet {
+    pub name: String,
+    pub taps: [TapRecording; N_SENSORS],
+    pub diameter_m: f64,
+    /// The same along every chord: sound, uniform wood.
+    pub velocity_m_s: f64,
+}
+
+/// One set's share of a calibration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetLead {
+    pub name: String,
+    /// Median over the set's usable rays, samples; `None` when no ray was usable.
+    pub lead: Option<f64>,
+    pub rays: usize,
+}
+
+/// What the sets say about the device's trigger lead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    /// Median over every usable ray of every set, samples.
+    pub lead: f64,
+    /// First and third quartiles over the rays, samples.
+    pub quartiles: (f64, f64),
+    pub rays: usize,
+    /// Mean sampling interval over the sets, µs.
+    pub dt_us: f64,
+    pub sets: Vec<SetLead>,
+}
+
+/// Why no lead came out.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("the specimen's velocity must be a positive number of m/s, got {0}")]
+    BadVelocity(f64),
+    #[error("no usable ray in {0} set(s): nothing to calibrate on")]
+    NoRays(usize),
+    #[error(transparent)]
+    Correlator(#[from] CorrelatorError),
+}
+
+/// The per-ray leads (samples) of one set under `base`'s assumed lead, and its interval.
+fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), CorrelatorError> {
+    let cfg = EngineConfig {
+        diameter_m: set.diameter_m,
+        ..base.clone()
+    };
+    let velocity_m_s = set.velocity_m_s;
+    let est = Engine::new(cfg.clone()).estimate_set(&set.taps)?;
+    let mut leads = Vec::new();
+    for i in 0..N_SENSORS {
+        for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
+            let true_tof_us = chord_m(i, j, cfg.diameter_m) / velocity_m_s * 1e6;
+            leads.push(cfg.trigger_lead + (true_tof_us - est.tof_us[i][j]) / est.dt_us);
+        }
+    }
+    Ok((leads, est.dt_us))
+}
+
+/// Median and quartiles of `xs` (sorted in place); `None` when empty.
+fn quartiles(xs: &mut [f64]) -> Option<(f64, f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let q = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
+    Some((q(0.5), q(0.25), q(0.75)))
+}
+
+/// Measures the trigger lead from `sets` tapped on uniform specimens, with `base`'s
+/// plausibility bounds (the onset method). A first pass runs at `base`'s lead; when the sets
+/// disagree with it, a second pass runs at the measured lead, so that the engine's windows
+/// (quiet samples, early picks) sit where the device puts them.
+///
+/// One geometry puts each chord class at one sub-sample phase of the sampling, and a device
+/// whose lead hardly varies keeps it there: the picks of a class then share an error of up to
+/// a third of a sample. Specimens of a few diameters average it out.
+pub fn calibrate(
+    sets: &[SpecimenSet],
+    base: &EngineConfig,
+) -> Result<Calibration, CalibrationError> {
+    if let Some(bad) = sets
+        .iter()
+        .map(|s| s.velocity_m_s)
+        .find(|v| !(v.is_finite() && *v > 0.0))
+    {
+        return Err(CalibrationError::BadVelocity(bad));
+    }
+    let mut cfg = EngineConfig {
+        method: Method::Onset,
+        ..base.clone()
+    };
+    let mut result = None;
+    for _pass in 0..2 {
+        let (mut all, mut per_set, mut dt_sum) = (Vec::new(), Vec::new(), 0.0);
+        for set in sets {
+            let (mut leads, dt_us) = ray_leads(&cfg, set)?;
+            dt_sum += dt_us;
+            all.extend_from_slice(&leads);
+            per_set.push(SetLead {
+                name: set.name.clone(),
+                rays: leads.len(),
+                lead: quartiles(&mut leads).map(|q| q.0),
+            });
+        }
+        let Some((lead, q1, q3)) = quartiles(&mut all) else {
+            return Err(CalibrationError::NoRays(sets.len()));
+        };
+        let settled = (lead - cfg.trigger_lead).abs() < 0.05;
+        result = Some(Calibration {
+            lead,
+            quartiles: (q1, q3),
+            rays: all.len(),
+            dt_us: dt_sum / sets.len() as f64,
+            sets: per_set,
+        });
+        if settled {
+            break;
+        }
+        cfg.trigger_lead = lead.clamp(0.0, MAX_TRIGGER_LEAD);
+    }
+    Ok(result.expect("at least one pass ran"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::parse_tap;
+    use crate::simulate::{SimParams, simulate_many};
+
+    /// A set on each of four uniform specimens (diameters 0.25–0.8 m, 1100–1700 m/s, 40 dB)
+    /// whose files start `lead` samples after the tap.
+    fn specimens(lead: f64, seed: u64) -> Vec<SpecimenSet> {
+        [(0.25, 1300.0), (0.4, 1700.0), (0.6, 1100.0), (0.8, 1500.0)]
+            .iter()
+            .enumerate()
+            .map(|(n, &(diameter_m, velocity_m_s))| {
+                let p = SimParams {
+                    tap_lead: Some(lead),
+                    diameter_m,
+                    velocity_m_s,
+                    ..SimParams::default()
+                };
+                let (files, truth) = simulate_many(&p, 1, seed + n as u64, false);
+                SpecimenSet {
+                    name: truth.sets[0].result_file.clone(),
+                    taps: std::array::from_fn(|k| {
+                        parse_tap(&files[k].file_name, files[k].json.as_bytes()).unwrap()
+                    }),
+                    diameter_m,
+                    velocity_m_s,
+                }
+            })
+            .collect()
+    }
+
+    /// Median signed ToF error (µs) of other sets with the same lead, read with `lead`.
+    fn tof_bias(lead_truth: f64, lead: f64) -> f64 {
+        let p = SimParams {
+            tap_lead: Some(lead_truth),
+            ..SimParams::default()
+        };
+        let (files, truth) = simulate_many(&p, 4, 99, true);
+        let mut engine = Engine::new(EngineConfig {
+            trigger_lead: lead,
+            ..EngineConfig::default()
+        });
+        let mut errors = Vec::new();
+        for (s, t) in truth.sets.iter().enumerate() {
+            let taps = std::array::from_fn(|k| {
+                let f = &files[s * N_SENSORS + k];
+                parse_tap(&f.file_name, f.json.as_bytes()).unwrap()
+            });
+            engine = Engine::new(EngineConfig {
+                diameter_m: t.params.diameter_m,
+                ..engine.config().clone()
+            });
+            let est = engine.estimate_set(&taps).unwrap();
+            for i in 0..N_SENSORS {
+                for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
+                    errors.push(est.tof_us[i][j] - t.tof_us[i][j]);
+                }
+            }
+        }
+        quartiles(&mut errors).unwrap().0
+    }
+
+    #[test]
+    fn the_measured_lead_puts_other_sets_on_the_truth() {
+        // A lead of 0 (the first sample is the impact) and one of 1.5 samples, against the
+        // engine's default of 0.5. The measured lead also takes in the picker's bias on the
+        // specimens, so it is compared with the truth within a quarter of a sample, and judged
+        // by what it does: other sets (varied trunks, half of them decayed) then keep only the
+        // picker's own bias on them (−2.7 µs at 40 dB on the default device, README), where
+        // the default lead puts half a sample, 13.5 µs, on top.
+        for truth in [0.0, 1.5] {
+            let c = calibrate(&specimens(truth, 5), &EngineConfig::default()).unwrap();
+            assert!((c.lead - truth).abs() < 0.25, "{truth}: {c:?}");
+            assert!(c.rays > 150 && c.sets.len() == 4, "{c:?}");
+            assert!(c.quartiles.0 <= c.lead && c.lead <= c.quartiles.1);
+            let before = tof_bias(truth, 0.5);
+            let after = tof_bias(truth, c.lead);
+            println!(
+                "lead {truth}: measured {:.3}, bias {before:+.2} µs at 0.5, {after:+.2} µs",
+                c.lead
+            );
+            assert!(
+                after.abs() < 4.0,
+                "{truth}: bias {after} µs at lead {}",
+                c.lead
+            );
+            assert!(
+                before.abs() > 8.0,
+                "{truth}: bias {before} µs at the default"
+            );
+        }
+    }
+
+    #[test]
+    fn no_usable_ray_or_a_bad_velocity_is_an_error() {
+        let mut sets = specimens(0.5, 3);
+        sets[2].velocity_m_s = 0.0;
+        let e = calibrate(&sets, &EngineConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("velocity"), "{e}");
+        let e = calibrate(&[], &EngineConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("no usable ray in 0 set(s)"), "{e}");
+    }
+}
