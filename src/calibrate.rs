@@ -219,26 +219,19 @@ mod tests {
             ..SimParams::default()
         };
         let (files, truth) = simulate_many(&p, 4, 99, true);
-        let mut engine = Engine::new(EngineConfig {
-            trigger_lead: lead,
-            ..EngineConfig::default()
-        });
         let mut errors = Vec::new();
         for (s, t) in truth.sets.iter().enumerate() {
             let taps = std::array::from_fn(|k| {
                 let f = &files[s * N_SENSORS + k];
                 parse_tap(&f.file_name, f.json.as_bytes()).unwrap()
             });
-            engine = Engine::new(EngineConfig {
+            let cfg = EngineConfig {
                 diameter_m: t.params.diameter_m,
-                ..engine.config().clone()
-            });
-            let est = engine.estimate_set(&taps).unwrap();
-            for i in 0..N_SENSORS {
-                for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
-                    errors.push(est.tof_us[i][j] - t.tof_us[i][j]);
-                }
-            }
+                trigger_lead: lead,
+                ..EngineConfig::default()
+            };
+            let est = Engine::new(cfg).estimate_set(&taps).unwrap();
+            errors.extend(crate::evaluate::ray_errors(&est, t).0);
         }
         quartiles(&mut errors).unwrap().0
     }

@@ -484,14 +484,9 @@ fn signed_errors_with_lead(sim_lead: Option<f64>, trigger_lead: f64, sets: usize
         })
         .estimate_set(&taps)
         .unwrap();
-        for i in 0..N_SENSORS {
-            for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
-                tof.push(est.tof_us[i][j] - t.tof_us[i][j]);
-                vel.push(
-                    (est.velocity_m_s[i][j] - t.velocity_m_s[i][j]).abs() / t.velocity_m_s[i][j],
-                );
-            }
-        }
+        let (t, v, _) = terawang::evaluate::ray_errors(&est, t);
+        tof.extend(t);
+        vel.extend(v);
     }
     assert!(tof.len() > sets * 50, "{} usable rays", tof.len());
     tof.sort_by(f64::total_cmp);
