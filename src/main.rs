@@ -57,15 +57,18 @@ struct RenderArgs {
 
 #[derive(Args)]
 struct CalibrateArgs {
-    /// Tap files and/or folders holding them: sets tapped on the specimen.
+    /// Tap files and/or folders holding them: sets tapped on the specimens, one input per
+    /// specimen when there are several.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// The specimen's velocity, m/s, the same along every chord (sound, uniform wood).
-    #[arg(long)]
-    velocity: f64,
-    /// The specimen's diameter in metres (the circle the sensors sit on).
-    #[arg(long, env = "DIAMETER", default_value_t = 0.3)]
-    diameter: f64,
+    /// The specimen's velocity, m/s, the same along every chord (sound, uniform wood); one
+    /// value for all inputs, or one per input (comma-separated, in the inputs' order).
+    #[arg(long, value_delimiter = ',', required = true)]
+    velocity: Vec<f64>,
+    /// The specimen's diameter in metres (the circle the sensors sit on); one value for all
+    /// inputs, or one per input.
+    #[arg(long, env = "DIAMETER", value_delimiter = ',', default_value = "0.3")]
+    diameter: Vec<f64>,
     /// Largest span of a set's file times, seconds.
     #[arg(long, default_value_t = 900)]
     window: i64,
@@ -416,29 +419,47 @@ fn check_sim_lead(lead: Option<f64>) -> anyhow::Result<Option<f64>> {
 
 /// `terawang calibrate`: prints each set's lead and the device's, as a `TRIGGER_LEAD=` line.
 fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
-    if !(a.diameter.is_finite() && a.diameter > 0.0 && a.diameter <= 10.0) {
-        anyhow::bail!(
-            "--diameter/DIAMETER must be a number of metres in (0, 10], got {}",
-            a.diameter
-        );
+    // One value for every input, or one per input.
+    let per_input = |name: &str, values: &[f64]| -> anyhow::Result<Vec<f64>> {
+        match values.len() {
+            1 => Ok(vec![values[0]; a.inputs.len()]),
+            n if n == a.inputs.len() => Ok(values.to_vec()),
+            n => anyhow::bail!(
+                "--{name}: give one value, or one per input ({} inputs, {n} values)",
+                a.inputs.len()
+            ),
+        }
+    };
+    let diameters = per_input("diameter", &a.diameter)?;
+    let velocities = per_input("velocity", &a.velocity)?;
+    if let Some(d) = diameters
+        .iter()
+        .find(|d| !(d.is_finite() && **d > 0.0 && **d <= 10.0))
+    {
+        anyhow::bail!("--diameter/DIAMETER must be a number of metres in (0, 10], got {d}");
     }
-    let read = read_sets(&a.inputs, a.window)?;
-    for e in &read.rejected {
-        eprintln!("rejected: {e}");
+    let mut sets = Vec::new();
+    let mut rejected = 0;
+    for ((input, &diameter_m), &velocity_m_s) in a.inputs.iter().zip(&diameters).zip(&velocities) {
+        let read = read_sets(std::slice::from_ref(input), a.window)?;
+        for e in &read.rejected {
+            eprintln!("rejected: {e}");
+        }
+        rejected += read.rejected.len();
+        sets.extend(read.sets.into_iter().map(|(name, taps)| SpecimenSet {
+            name: if a.inputs.len() > 1 {
+                format!("{}: {name}", input.display())
+            } else {
+                name
+            },
+            taps,
+            diameter_m,
+            velocity_m_s,
+        }));
     }
-    if read.sets.is_empty() {
+    if sets.is_empty() {
         anyhow::bail!("no complete set of eight taps among the inputs");
     }
-    let sets: Vec<SpecimenSet> = read
-        .sets
-        .into_iter()
-        .map(|(name, taps)| SpecimenSet {
-            name,
-            taps,
-            diameter_m: a.diameter,
-            velocity_m_s: a.velocity,
-        })
-        .collect();
     let c = calibrate(&sets, &EngineConfig::default())?;
     for s in &c.sets {
         match s.lead {
@@ -466,7 +487,7 @@ fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    Ok(if read.rejected.is_empty() {
+    Ok(if rejected == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

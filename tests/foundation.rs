@@ -525,6 +525,17 @@ fn the_trigger_lead_sets_the_common_offset() {
     assert!(v_default > v_matched, "{v_default} vs {v_matched}");
 }
 
+/// The value of `calibrate`'s `TRIGGER_LEAD=` line.
+fn printed_lead(stdout: &str) -> f64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TRIGGER_LEAD="))
+        .expect("a TRIGGER_LEAD= line")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `calibrate` end to end: a specimen's sets, written by the simulator with a lead of one
 /// sample, give a `TRIGGER_LEAD=` line near it (one geometry: within the third of a sample
 /// its chord classes' sampling phases allow, README); no set at all is an error.
@@ -556,15 +567,47 @@ fn calibrate_prints_the_trigger_lead() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}");
-    let lead: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("TRIGGER_LEAD="))
-        .expect("a TRIGGER_LEAD= line")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!((lead - 1.0).abs() < 0.35, "{stdout}");
+    assert!((printed_lead(&stdout) - 1.0).abs() < 0.35, "{stdout}");
     assert_eq!(stdout.matches(" rays)").count(), 2, "{stdout}");
+    // Two specimens, each with its own diameter and velocity; values that do not pair with
+    // the inputs are refused.
+    let other = tempfile::tempdir().unwrap();
+    let sim = bin()
+        .args([
+            "simulate",
+            "--sets",
+            "1",
+            "--seed",
+            "4",
+            "--lead",
+            "1",
+            "--velocity",
+            "1100",
+        ])
+        .args(["--diameter", "0.8", "--out"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    std::fs::remove_file(other.path().join("truth.json")).unwrap();
+    let both = bin()
+        .arg("calibrate")
+        .args([dir.path(), other.path()])
+        .args(["--velocity", "1400,1100", "--diameter", "0.5,0.8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&both.stdout);
+    assert!(both.status.success(), "{stdout}");
+    assert_eq!(stdout.matches(" rays)").count(), 3, "{stdout}");
+    assert!((printed_lead(&stdout) - 1.0).abs() < 0.35, "{stdout}");
+    let unpaired = bin()
+        .arg("calibrate")
+        .args([dir.path(), other.path()])
+        .args(["--velocity", "1400,1100,1200"])
+        .output()
+        .unwrap();
+    assert!(!unpaired.status.success());
+    assert!(String::from_utf8_lossy(&unpaired.stderr).contains("one per input"));
     let empty = tempfile::tempdir().unwrap();
     let none = bin()
         .args(["calibrate", "--velocity", "1400"])
