@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::device::{N_SENSORS, ReadError, TapName, TapRecording};
 use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method};
+use crate::evaluate::quantile;
 use crate::geometry::chord_m;
 use crate::group::Grouper;
 use crate::process::{collect_inputs, read_set};
@@ -117,12 +118,7 @@ fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), 
 
 /// Median and quartiles of `xs` (sorted in place); `None` when empty.
 fn quartiles(xs: &mut [f64]) -> Option<(f64, f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let q = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
-    Some((q(0.5), q(0.25), q(0.75)))
+    (!xs.is_empty()).then(|| (quantile(xs, 0.5), quantile(xs, 0.25), quantile(xs, 0.75)))
 }
 
 /// Measures the trigger lead from `sets` tapped on uniform specimens, with `base`'s
@@ -233,7 +229,7 @@ mod tests {
             let est = Engine::new(cfg).estimate_set(&taps).unwrap();
             errors.extend(crate::evaluate::ray_errors(&est, t).0);
         }
-        quartiles(&mut errors).unwrap().0
+        quantile(&mut errors, 0.5)
     }
 
     #[test]

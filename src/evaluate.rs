@@ -47,7 +47,8 @@ pub fn ray_errors(est: &SetEstimate, truth: &SetTruth) -> (Vec<f64>, Vec<f64>, u
     (tof, vel, N_SENSORS * (N_SENSORS - 1))
 }
 
-fn quantile(xs: &mut [f64], q: f64) -> f64 {
+/// The `q` quantile (0–1, nearest rank) of `xs`, sorted in place; NaN when empty.
+pub(crate) fn quantile(xs: &mut [f64], q: f64) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }

@@ -525,6 +525,35 @@ fn the_trigger_lead_sets_the_common_offset() {
     assert!(v_default > v_matched, "{v_default} vs {v_matched}");
 }
 
+/// `sets` simulated sets on a uniform specimen with a lead of one sample, without the truth
+/// file (`calibrate` would reject it as not a tap file).
+fn specimen_files(sets: u32, seed: u32, velocity: &str, diameter: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = bin()
+        .args([
+            "simulate",
+            "--lead",
+            "1",
+            "--velocity",
+            velocity,
+            "--diameter",
+            diameter,
+        ])
+        .args([
+            "--sets",
+            &sets.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    std::fs::remove_file(dir.path().join("truth.json")).unwrap();
+    dir
+}
+
 /// The value of `calibrate`'s `TRIGGER_LEAD=` line.
 fn printed_lead(stdout: &str) -> f64 {
     stdout
@@ -541,25 +570,7 @@ fn printed_lead(stdout: &str) -> f64 {
 /// its chord classes' sampling phases allow, README); no set at all is an error.
 #[test]
 fn calibrate_prints_the_trigger_lead() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = bin()
-        .args([
-            "simulate",
-            "--sets",
-            "2",
-            "--seed",
-            "3",
-            "--lead",
-            "1",
-            "--velocity",
-            "1400",
-        ])
-        .args(["--diameter", "0.5", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(sim.status.success());
-    std::fs::remove_file(dir.path().join("truth.json")).unwrap();
+    let dir = specimen_files(2, 3, "1400", "0.5");
     let run = bin()
         .args(["calibrate", "--velocity", "1400", "--diameter", "0.5"])
         .arg(dir.path())
@@ -571,25 +582,7 @@ fn calibrate_prints_the_trigger_lead() {
     assert_eq!(stdout.matches(" rays)").count(), 2, "{stdout}");
     // Two specimens, each with its own diameter and velocity; values that do not pair with
     // the inputs are refused.
-    let other = tempfile::tempdir().unwrap();
-    let sim = bin()
-        .args([
-            "simulate",
-            "--sets",
-            "1",
-            "--seed",
-            "4",
-            "--lead",
-            "1",
-            "--velocity",
-            "1100",
-        ])
-        .args(["--diameter", "0.8", "--out"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(sim.status.success());
-    std::fs::remove_file(other.path().join("truth.json")).unwrap();
+    let other = specimen_files(1, 4, "1100", "0.8");
     let both = bin()
         .arg("calibrate")
         .args([dir.path(), other.path()])
