@@ -116,12 +116,7 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> anyhow::Result<EngineConfig> {
-        if !(self.diameter.is_finite() && self.diameter > 0.0 && self.diameter <= 10.0) {
-            anyhow::bail!(
-                "--diameter/DIAMETER must be a number of metres in (0, 10], got {}",
-                self.diameter
-            );
-        }
+        check_diameter("--diameter/DIAMETER", self.diameter)?;
         if !(self.min_velocity > 0.0 && self.min_velocity < self.max_velocity) {
             anyhow::bail!("--min-velocity must be positive and below --max-velocity");
         }
@@ -313,9 +308,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .diameter
                 .or_else(|| report_diameter(&a.result))
                 .unwrap_or(0.3);
-            if !(diameter.is_finite() && diameter > 0.0 && diameter <= 10.0) {
-                anyhow::bail!("--diameter must be a number of metres in (0, 10], got {diameter}");
-            }
+            check_diameter("--diameter", diameter)?;
             let out = a.out.unwrap_or_else(|| a.result.with_extension("png"));
             let png = render_plain(&a.result, diameter)?;
             std::fs::write(&out, png).with_context(|| format!("cannot write {}", out.display()))?;
@@ -432,11 +425,8 @@ fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     };
     let diameters = per_input("diameter", &a.diameter)?;
     let velocities = per_input("velocity", &a.velocity)?;
-    if let Some(d) = diameters
-        .iter()
-        .find(|d| !(d.is_finite() && **d > 0.0 && **d <= 10.0))
-    {
-        anyhow::bail!("--diameter/DIAMETER must be a number of metres in (0, 10], got {d}");
+    for &d in &diameters {
+        check_diameter("--diameter/DIAMETER", d)?;
     }
     let mut sets = Vec::new();
     let mut rejected = 0;
@@ -492,4 +482,13 @@ fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// A trunk diameter: metres in (0, 10]; the error names the option.
+fn check_diameter(option: &str, diameter: f64) -> anyhow::Result<f64> {
+    if diameter.is_finite() && diameter > 0.0 && diameter <= 10.0 {
+        Ok(diameter)
+    } else {
+        anyhow::bail!("{option} must be a number of metres in (0, 10], got {diameter}")
+    }
 }
