@@ -340,7 +340,9 @@ fn mis_tapped_set(
 }
 
 /// Checks that sensor 5's rays (row 4) are flagged `tap_mismatch` and 0 in the plain matrix
-/// and no other ray is; returns `(row, |ToF error| µs)` of the other usable rays.
+/// and no other ray is, and that no ray into sensor 5 is flagged for disagreeing with that
+/// row (it is no measurement of their path); returns `(row, |ToF error| µs)` of the other
+/// usable rays.
 fn row_5_flagged_alone(
     truth: &terawang::simulate::SetTruth,
     est: &terawang::engine::SetEstimate,
@@ -362,6 +364,14 @@ fn row_5_flagged_alone(
                 i + 1,
                 j + 1
             );
+            if j == 4 {
+                assert_ne!(
+                    est.flags[i][j],
+                    RayFlag::ReciprocityMismatch,
+                    "ray {}→5",
+                    i + 1
+                );
+            }
             if est.flags[i][j].usable() {
                 errs.push((i, (est.tof_us[i][j] - truth.tof_us[i][j]).abs()));
             }

@@ -439,6 +439,10 @@ pub(crate) fn empty_estimate(set: &[Prepared; N_SENSORS]) -> SetEstimate {
 }
 
 /// Velocities from ToFs, then plausibility and reciprocity flags on rays still marked Ok.
+/// A ray is held against its reverse only where the reverse is itself usable so far: a
+/// reverse that was not picked, is implausible, weak or comes from a file that hit another
+/// sensor is no measurement of the path, and cannot refute the ray (on the real set the rays
+/// into sensor 5, which was never tapped, were flagged against that sensor's row).
 pub(crate) fn finish(cfg: &EngineConfig, est: &mut SetEstimate) {
     for i in 0..N_SENSORS {
         for j in 0..N_SENSORS {
@@ -465,9 +469,10 @@ pub(crate) fn finish(cfg: &EngineConfig, est: &mut SetEstimate) {
             }
         }
     }
+    let measured = est.flags;
     for i in 0..N_SENSORS {
         for j in 0..N_SENSORS {
-            if i == j || !est.flags[i][j].usable() {
+            if i == j || !measured[i][j].usable() || !measured[j][i].usable() {
                 continue;
             }
             let (a, b) = (est.velocity_m_s[i][j], est.velocity_m_s[j][i]);
