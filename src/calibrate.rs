@@ -214,22 +214,11 @@ mod tests {
             tap_lead: Some(lead_truth),
             ..SimParams::default()
         };
-        let (files, truth) = simulate_many(&p, 4, 99, true);
-        let mut errors = Vec::new();
-        for (s, t) in truth.sets.iter().enumerate() {
-            let taps = std::array::from_fn(|k| {
-                let f = &files[s * N_SENSORS + k];
-                parse_tap(&f.file_name, f.json.as_bytes()).unwrap()
-            });
-            let cfg = EngineConfig {
-                diameter_m: t.params.diameter_m,
-                trigger_lead: lead,
-                ..EngineConfig::default()
-            };
-            let est = Engine::new(cfg).estimate_set(&taps).unwrap();
-            errors.extend(crate::evaluate::ray_errors(&est, t).0);
-        }
-        quantile(&mut errors, 0.5)
+        let cfg = EngineConfig {
+            trigger_lead: lead,
+            ..EngineConfig::default()
+        };
+        crate::evaluate::evaluate(&p, 4, 99, true, &cfg).median_tof_bias_us
     }
 
     #[test]

@@ -473,35 +473,19 @@ fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
 /// varied sets at 40 dB whose files start `sim_lead` samples after the tap, estimated with
 /// the engine's trigger lead `trigger_lead`.
 fn signed_errors_with_lead(sim_lead: Option<f64>, trigger_lead: f64, sets: usize) -> (f64, f64) {
-    use terawang::device::{N_SENSORS, parse_tap};
-    use terawang::engine::{Engine, EngineConfig};
-    use terawang::simulate::{SimParams, simulate_many};
+    use terawang::engine::EngineConfig;
+    use terawang::simulate::SimParams;
     let base = SimParams {
         tap_lead: sim_lead,
         ..SimParams::default()
     };
-    let (files, truth) = simulate_many(&base, sets, 11, true);
-    let (mut tof, mut vel) = (Vec::new(), Vec::new());
-    for (s, t) in truth.sets.iter().enumerate() {
-        let taps = std::array::from_fn(|k| {
-            let f = &files[s * N_SENSORS + k];
-            parse_tap(&f.file_name, f.json.as_bytes()).unwrap()
-        });
-        let est = Engine::new(EngineConfig {
-            diameter_m: t.params.diameter_m,
-            trigger_lead,
-            ..EngineConfig::default()
-        })
-        .estimate_set(&taps)
-        .unwrap();
-        let (t, v, _) = terawang::evaluate::ray_errors(&est, t);
-        tof.extend(t);
-        vel.extend(v);
-    }
-    assert!(tof.len() > sets * 50, "{} usable rays", tof.len());
-    tof.sort_by(f64::total_cmp);
-    vel.sort_by(f64::total_cmp);
-    (median(&tof), median(&vel))
+    let cfg = EngineConfig {
+        trigger_lead,
+        ..EngineConfig::default()
+    };
+    let s = terawang::evaluate::evaluate(&base, sets, 11, true, &cfg);
+    assert!(s.usable_share > 50.0 / 56.0, "{s:?}");
+    (s.median_tof_bias_us, s.median_velocity_err)
 }
 
 /// A device whose first sample is the impact itself (lead 0, not the default's half a sample
