@@ -6,8 +6,11 @@
 //! `FTP_HOST` or `RABBITMQ_HOST` turns that sink off.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::logging::LogFormat;
 
 /// Every variable the service reads, with its default ("" = no default) and what it does.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
@@ -94,6 +97,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "RESCAN_SECONDS",
         "60",
         "full rescan of DATA_DIR, in case a file event was lost",
+    ),
+    (
+        "INCOMPLETE_GRACE_SECONDS",
+        "60",
+        "a tap file still without its set this long after GROUP_WINDOW_SECONDS is logged as incomplete",
+    ),
+    (
+        "METRICS_ADDR",
+        "",
+        "address for GET /metrics (Prometheus) and GET /healthz, e.g. 127.0.0.1:9184; empty turns it off",
+    ),
+    (
+        "LOG_FORMAT",
+        "text",
+        "text, or json for one JSON object per log line",
     ),
 ];
 
@@ -220,6 +238,11 @@ pub struct Config {
     pub settle: Duration,
     pub retry_max: Duration,
     pub rescan: Duration,
+    /// How long after the group window a file without a set is reported as incomplete.
+    pub incomplete_grace: Duration,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 /// A true/false variable.
@@ -259,7 +282,7 @@ impl Config {
                 }
             }
         };
-        let ftp_host = raw.get("FTP_HOST").trim().to_string();
+        let ftp_host = host(raw, "FTP_HOST")?;
         let ftp = if ftp_host.is_empty() {
             None
         } else {
@@ -277,7 +300,7 @@ impl Config {
                 tls: flag(raw, "FTP_TLS")?,
             })
         };
-        let amqp_host = raw.get("RABBITMQ_HOST").trim().to_string();
+        let amqp_host = host(raw, "RABBITMQ_HOST")?;
         let amqp = if amqp_host.is_empty() {
             None
         } else {
@@ -323,6 +346,15 @@ impl Config {
                 "GROUP_WINDOW_SECONDS must be whole seconds in [0, 86400], got {window:?}"
             ),
         };
+        let metrics = raw.get("METRICS_ADDR");
+        let metrics_addr = match metrics.trim() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "METRICS_ADDR must be an IP address and port like 127.0.0.1:9184, got {metrics:?}"
+                )
+            })?),
+        };
         Ok(Config {
             data_dir: dir("DATA_DIR")?,
             result_dir: dir("RESULT_DIR")?,
@@ -335,7 +367,34 @@ impl Config {
             settle: seconds("FILE_SETTLE_SECONDS", 0.0)?,
             retry_max: seconds("RETRY_MAX_SECONDS", 0.1)?,
             rescan: seconds("RESCAN_SECONDS", 0.1)?,
+            incomplete_grace: seconds("INCOMPLETE_GRACE_SECONDS", 0.0)?,
+            metrics_addr,
+            log_format: log_format(raw)?,
         })
+    }
+}
+
+/// `LOG_FORMAT`: text or json.
+pub fn log_format(raw: &RawConfig) -> anyhow::Result<LogFormat> {
+    raw.get("LOG_FORMAT")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("LOG_FORMAT {e}"))
+}
+
+/// A host name or IP address (empty: the sink is off), checked at start rather than at the
+/// first upload: letters, digits, `-`, `.`, `_`, or an IPv6 address.
+fn host(raw: &RawConfig, name: &str) -> anyhow::Result<String> {
+    let v = raw.get(name);
+    let h = v.trim();
+    let ipv6 = h.parse::<std::net::Ipv6Addr>().is_ok();
+    let name_ok = h.len() <= 253
+        && !h.starts_with(['-', '.'])
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if h.is_empty() || ipv6 || name_ok {
+        Ok(h.to_string())
+    } else {
+        anyhow::bail!("{name} must be a host name or an IP address, got {v:?}")
     }
 }
 
@@ -393,6 +452,26 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("RABBITMQ_QUEUE_DURABLE"), "{e}");
+    }
+
+    #[test]
+    fn hosts_metrics_and_log_format_are_checked_at_start() {
+        for bad in ["ho st", "a/b", "-x", "h:5672"] {
+            let e = Config::from_raw(&raw(&[("RABBITMQ_HOST", bad)])).unwrap_err();
+            assert!(e.to_string().contains("RABBITMQ_HOST"), "{bad}: {e}");
+            let e = Config::from_raw(&raw(&[("FTP_HOST", bad)])).unwrap_err();
+            assert!(e.to_string().contains("FTP_HOST"), "{bad}: {e}");
+        }
+        for good in ["rabbitmq", "10.0.0.7", "::1", "broker.example.org", " ftp "] {
+            let c = Config::from_raw(&raw(&[("RABBITMQ_HOST", good)])).unwrap();
+            assert_eq!(c.amqp.unwrap().host, good.trim());
+        }
+        let e = Config::from_raw(&raw(&[("METRICS_ADDR", "9184")])).unwrap_err();
+        assert!(e.to_string().contains("METRICS_ADDR"), "{e}");
+        let c = Config::from_raw(&raw(&[("METRICS_ADDR", "127.0.0.1:0")])).unwrap();
+        assert!(c.metrics_addr.is_some());
+        let e = Config::from_raw(&raw(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(e.to_string().contains("LOG_FORMAT"), "{e}");
     }
 
     #[test]

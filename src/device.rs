@@ -60,22 +60,15 @@ impl TapName {
                 ));
             }
         };
-        let safe_id = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 128
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        };
         if let Some(device) = device {
             if !safe_id(device) {
                 return Err(bad(
-                    "the device id must be ASCII letters, digits, '-' or '.'",
+                    "the device id must be ASCII letters, digits, '-' or '.' (not first, last or twice in a row)",
                 ));
             }
             if !safe_id(upload_id) {
                 return Err(bad(
-                    "the upload id must be ASCII letters, digits, '-' or '.'",
+                    "the upload id must be ASCII letters, digits, '-' or '.' (not first, last or twice in a row)",
                 ));
             }
         }
@@ -164,6 +157,18 @@ impl TapName {
     }
 }
 
+/// Whether `s` is safe as one component of a file name: ASCII letters, digits, `-` and `.`,
+/// with no `.` first, last or twice in a row (so never `.`, `..` or a hidden name).
+fn safe_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// One tap: all eight channels as recorded after the tapped sensor was hit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TapRecording {
@@ -227,6 +232,8 @@ pub enum ReadErrorKind {
     NonNumeric { field: String, index: usize },
     #[error("only {found} samples, at least {min} are needed")]
     TooFewSamples { found: usize, min: usize },
+    #[error("timestamp[{index}] = {value} is outside 0 to 2^63 ns")]
+    TimestampOutOfRange { index: usize, value: f64 },
     #[error("timestamps do not increase at sample {index} ({prev} then {next} ns)")]
     TimestampsNotIncreasing { index: usize, prev: i64, next: i64 },
 }
@@ -315,8 +322,7 @@ struct RawTap {
 /// the fast scanner leaves to it and names every error.
 fn parse_general(bytes: &[u8]) -> Result<RawTap, ReadErrorKind> {
     let mut owned = bytes.to_vec();
-    let value =
-        simd_json::to_borrowed_value(&mut owned).map_err(|e| ReadErrorKind::Json(e.to_string()))?;
+    let value = simd_json::to_borrowed_value(&mut owned).map_err(|_| json_error(bytes))?;
     let BorrowedValue::Array(objects) = value else {
         return Err(ReadErrorKind::NotAnArrayOfObjects);
     };
@@ -340,7 +346,17 @@ fn parse_general(bytes: &[u8]) -> Result<RawTap, ReadErrorKind> {
                 raw.channels[k - 1] = Some(numbers(key, value, |x| x as f32)?);
                 channel_here = Some(k);
             } else if key == "timestamp" {
-                raw.timestamps = Some(numbers(key, value, |x| x as i64)?);
+                let ts = numbers(key, value, |x| x)?;
+                // Past i64 a value would saturate and read as "not increasing". (The fast
+                // scanner leaves numbers that long to this path; negative ones are caught in
+                // `finish`, for both.)
+                if let Some(index) = ts.iter().position(|&x| x >= I64_LIMIT) {
+                    return Err(ReadErrorKind::TimestampOutOfRange {
+                        index,
+                        value: ts[index],
+                    });
+                }
+                raw.timestamps = Some(ts.into_iter().map(|x| x as i64).collect());
             } else if key == "guid" {
                 guid_here = value.as_str().map(str::to_string);
             } else if key == "guidteensy" {
@@ -352,6 +368,25 @@ fn parse_general(bytes: &[u8]) -> Result<RawTap, ReadErrorKind> {
         }
     }
     Ok(raw)
+}
+
+/// 2^63 as f64: the first value an i64 cannot hold.
+const I64_LIMIT: f64 = 9_223_372_036_854_775_808.0;
+
+/// Names what is wrong with text that is not valid JSON. simd-json's messages point at
+/// character 0 of a file cut in half, so serde_json, which says where and what, names it; a
+/// document that ends inside an open array, object or string is called truncated.
+fn json_error(bytes: &[u8]) -> ReadErrorKind {
+    let why = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Err(e) if e.is_eof() => format!(
+            "the file ends after {} bytes with the JSON still open (truncated?): {e}",
+            bytes.len()
+        ),
+        Err(e) => e.to_string(),
+        // simd-json refused what serde_json takes (e.g. nesting past its limit).
+        Ok(_) => "simd-json cannot parse it".to_string(),
+    };
+    ReadErrorKind::Json(why)
 }
 
 impl RawTap {
@@ -386,6 +421,12 @@ impl RawTap {
             return Err(ReadErrorKind::TooFewSamples {
                 found: shortest,
                 min: MIN_SAMPLES,
+            });
+        }
+        if let Some(index) = timestamps_ns.iter().position(|&t| t < 0) {
+            return Err(ReadErrorKind::TimestampOutOfRange {
+                index,
+                value: timestamps_ns[index] as f64,
             });
         }
         if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
@@ -538,6 +579,15 @@ mod tests {
         assert_eq!(kind(""), ReadErrorKind::Empty);
         assert!(matches!(kind("[{\"value1\": [1,2"), ReadErrorKind::Json(_)));
         assert!(matches!(kind("not json"), ReadErrorKind::Json(_)));
+        let full = sample_json(100);
+        let half = kind(&full[..full.len() / 2]);
+        let text = half.to_string();
+        assert!(
+            text.contains("truncated") && !text.contains("character 0"),
+            "{text}"
+        );
+        let garbage = kind("[{\"value1\": [1, 2,, 3]}]").to_string();
+        assert!(garbage.contains("column"), "{garbage}");
         assert_eq!(kind("{\"a\": 1}"), ReadErrorKind::NotAnArrayOfObjects);
         assert_eq!(kind("[1, 2]"), ReadErrorKind::NotAnArrayOfObjects);
 
@@ -577,6 +627,19 @@ mod tests {
         assert!(matches!(
             kind(&serde_json::to_string(&bad).unwrap()),
             ReadErrorKind::TimestampsNotIncreasing { index: 50, .. }
+        ));
+        let mut bad = objects.clone();
+        bad[8]["timestamp"][7] = serde_json::json!(9_300_000_000_000_000_000u64);
+        let e = kind(&serde_json::to_string(&bad).unwrap());
+        assert!(
+            matches!(e, ReadErrorKind::TimestampOutOfRange { index: 7, .. }),
+            "{e}"
+        );
+        let mut bad = objects.clone();
+        bad[8]["timestamp"][3] = serde_json::json!(-5);
+        assert!(matches!(
+            kind(&serde_json::to_string(&bad).unwrap()),
+            ReadErrorKind::TimestampOutOfRange { index: 3, .. }
         ));
         let mut bad = objects.clone();
         bad.push(serde_json::json!({"value2": [1, 2, 3]}));
@@ -623,6 +686,17 @@ mod tests {
             bad_name("dev/x_up_123_1.json"),
             ReadErrorKind::BadName(_)
         ));
+        for unsafe_id in [
+            "a..b_up_123_1.json",
+            "a._up_123_1.json",
+            "dev_..._123_1.json",
+        ] {
+            assert!(
+                matches!(bad_name(unsafe_id), ReadErrorKind::BadName(_)),
+                "{unsafe_id}"
+            );
+        }
+        assert!(TapName::parse("a.b-c_u.1_123_1.json").is_ok());
         assert_eq!(
             bad_name("dev_up_123_9.json"),
             ReadErrorKind::TapOutOfRange(9)

@@ -2,9 +2,15 @@
 //!
 //! A set is eight files with taps 1..=8 from the same device whose unix seconds span at most
 //! `window_s`. Rule: per device, the earliest complete window wins: windows are tried from the
-//! earliest pending file on, and inside the chosen window each tap takes its earliest file.
-//! Files that form no set stay pending (duplicates, leftovers, incomplete sets) until a later
-//! file completes them or the caller takes them out with [`Grouper::remove`].
+//! earliest pending file on, and the window ends at the first file that completes the eight
+//! taps (with any other file of that same second). Inside it, a sensor tapped twice takes its
+//! latest file: an operator taps a sensor again because the first tap was bad.
+//!
+//! Once a set is formed, no file of its device as old as the set's newest file ever joins a
+//! later set: such a file (a re-tap that came too late, the rest of a set that never
+//! completed) is a leftover, and [`Grouper::take_stale`] hands it to the caller to be set
+//! aside with its reason. Other files that form no set stay pending until a later file
+//! completes them or the caller takes them out with [`Grouper::remove`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
@@ -31,10 +37,34 @@ pub struct TapSet<K> {
 impl<K> TapSet<K> {
     /// `result_<device>_<unix>` (or `result_<unix>` for legacy names), without extension.
     pub fn result_stem(&self) -> String {
-        match &self.device {
-            Some(device) => format!("result_{device}_{}", self.unix_s),
-            None => format!("result_{}", self.unix_s),
-        }
+        result_stem(self.device.as_deref(), self.unix_s)
+    }
+}
+
+fn result_stem(device: Option<&str>, unix_s: i64) -> String {
+    match device {
+        Some(device) => format!("result_{device}_{unix_s}"),
+        None => format!("result_{unix_s}"),
+    }
+}
+
+/// A pending file that can never join a set: it is not newer than a set already formed
+/// from its device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stale<K> {
+    pub file: Pending<K>,
+    /// The result stem of that set, and its newest file's unix seconds.
+    pub set_stem: String,
+    pub set_newest_s: i64,
+}
+
+impl<K> Stale<K> {
+    /// Why the file is set aside, for the reason file and the log.
+    pub fn reason(&self) -> String {
+        format!(
+            "tap {} at {} s is not newer than set {} (its newest tap at {} s), which was already formed: a leftover never joins a later set",
+            self.file.name.tap, self.file.name.unix_s, self.set_stem, self.set_newest_s
+        )
     }
 }
 
@@ -46,6 +76,8 @@ pub struct Grouper<K> {
     pending: BTreeMap<Option<String>, Vec<Pending<K>>>,
     /// The keys in `pending`, so that adding a file does not compare it with every other one.
     keys: HashSet<K>,
+    /// Per device, the newest set formed: its stem and its newest file's unix seconds.
+    formed: BTreeMap<Option<String>, (String, i64)>,
 }
 
 impl<K: Clone + Eq + Hash> Grouper<K> {
@@ -55,6 +87,7 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
             window_s,
             pending: BTreeMap::new(),
             keys: HashSet::new(),
+            formed: BTreeMap::new(),
         }
     }
 
@@ -75,7 +108,15 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
     pub fn take_complete(&mut self) -> Vec<TapSet<K>> {
         let mut sets = Vec::new();
         for (device, files) in self.pending.iter_mut() {
-            while let Some(chosen) = earliest_complete_window(files, self.window_s) {
+            loop {
+                // Files not newer than a set already formed never join another one.
+                let first = self.formed.get(device).map_or(0, |(_, newest)| {
+                    files.partition_point(|p| p.name.unix_s <= *newest)
+                });
+                let Some(chosen) = earliest_complete_window(&files[first..], self.window_s) else {
+                    break;
+                };
+                let chosen: Vec<usize> = chosen.into_iter().map(|i| i + first).collect();
                 // Remove from the back so indices stay valid.
                 let mut members: Vec<(usize, Pending<K>)> = Vec::with_capacity(N_SENSORS);
                 let mut by_index = chosen;
@@ -88,9 +129,18 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                 members.sort_by_key(|(_, p)| p.name.tap);
                 let members: Vec<Pending<K>> = members.into_iter().map(|(_, p)| p).collect();
                 let unix_s = members.iter().map(|p| p.name.unix_s).min().unwrap_or(0);
+                let newest_s = members.iter().map(|p| p.name.unix_s).max().unwrap_or(0);
                 let Ok(members) = <[Pending<K>; N_SENSORS]>::try_from(members) else {
                     unreachable!("a complete window has exactly one file per tap");
                 };
+                let stem = result_stem(device.as_deref(), unix_s);
+                let mark = self
+                    .formed
+                    .entry(device.clone())
+                    .or_insert((String::new(), i64::MIN));
+                if newest_s >= mark.1 {
+                    *mark = (stem, newest_s);
+                }
                 sets.push(TapSet {
                     device: device.clone(),
                     unix_s,
@@ -101,6 +151,29 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
         self.pending.retain(|_, files| !files.is_empty());
         sets.sort_by(|a, b| (a.unix_s, &a.device).cmp(&(b.unix_s, &b.device)));
         sets
+    }
+
+    /// Takes out the pending files that can never join a set: those not newer than the
+    /// newest set already formed from their device.
+    pub fn take_stale(&mut self) -> Vec<Stale<K>> {
+        let mut stale = Vec::new();
+        for (device, (stem, newest_s)) in &self.formed {
+            let Some(files) = self.pending.get_mut(device) else {
+                continue;
+            };
+            // Sorted by time: the stale files are a prefix.
+            let n = files.partition_point(|p| p.name.unix_s <= *newest_s);
+            for file in files.drain(..n) {
+                self.keys.remove(&file.key);
+                stale.push(Stale {
+                    file,
+                    set_stem: stem.clone(),
+                    set_newest_s: *newest_s,
+                });
+            }
+        }
+        self.pending.retain(|_, files| !files.is_empty());
+        stale
     }
 
     /// Removes a pending file (it vanished or was rejected). Returns whether it was there.
@@ -129,21 +202,25 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
     }
 }
 
-/// Indices (into `files`, sorted by time) of the earliest complete window, one per tap.
+/// Indices (into `files`, sorted by time) of the earliest complete window, one per tap: from
+/// the earliest file on, up to the first file that completes the eight taps and the files of
+/// that same second; a tap found twice takes its later file.
 fn earliest_complete_window<K>(files: &[Pending<K>], window_s: i64) -> Option<Vec<usize>> {
     for start in 0..files.len() {
         let t0 = files[start].name.unix_s;
         let mut chosen: [Option<usize>; N_SENSORS] = [None; N_SENSORS];
+        let mut complete_at: Option<i64> = None;
         for (i, file) in files.iter().enumerate().skip(start) {
-            if file.name.unix_s - t0 > window_s {
+            let t = file.name.unix_s;
+            if t - t0 > window_s || complete_at.is_some_and(|end| t > end) {
                 break;
             }
-            let slot = &mut chosen[file.name.tap as usize - 1];
-            if slot.is_none() {
-                *slot = Some(i);
+            chosen[file.name.tap as usize - 1] = Some(i);
+            if complete_at.is_none() && chosen.iter().all(Option::is_some) {
+                complete_at = Some(t);
             }
         }
-        if chosen.iter().all(Option::is_some) {
+        if complete_at.is_some() {
             return Some(chosen.iter().flatten().copied().collect());
         }
     }
@@ -232,15 +309,66 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_tap_earliest_is_used_and_duplicate_is_left_over() {
+    fn a_re_tap_inside_the_set_replaces_the_first_tap_which_is_then_stale() {
         let mut g = Grouper::new(900);
         add_set(&mut g, "A", 1000, 10);
-        g.add(name("A", 1015, 2), "dup2".into());
+        g.add(name("A", 1015, 2), "retap2".into());
         let sets = g.take_complete();
         assert_eq!(sets.len(), 1);
-        assert_eq!(sets[0].members[1].key, "A-1010-2");
+        assert_eq!(sets[0].members[1].key, "retap2");
         let left: Vec<_> = g.pending().map(|p| p.key.clone()).collect();
-        assert_eq!(left, vec!["dup2".to_string()]);
+        assert_eq!(left, vec!["A-1010-2".to_string()]);
+        let stale = g.take_stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].file.key, "A-1010-2");
+        assert_eq!(stale[0].set_stem, "result_A_1000");
+        assert!(
+            stale[0].reason().contains("result_A_1000"),
+            "{}",
+            stale[0].reason()
+        );
+        assert_eq!(g.n_pending(), 0);
+    }
+
+    #[test]
+    fn a_leftover_tap_never_joins_a_later_set() {
+        // Set A, then a re-tap of sensor 3 that came after A was formed, then set B 400 s
+        // later: B takes its own tap 3 and the leftover is set aside, also when it arrives
+        // after B was formed.
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 0, 10);
+        assert_eq!(g.take_complete().len(), 1);
+        g.add(name("A", 100, 3), "late3".into());
+        assert!(g.take_complete().is_empty());
+        assert!(
+            g.take_stale().is_empty(),
+            "newer than A: it may still start a set"
+        );
+        add_set(&mut g, "A", 500, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].members[2].key, "A-520-3");
+        let stale: Vec<_> = g.take_stale().into_iter().map(|s| s.file.key).collect();
+        assert_eq!(stale, vec!["late3".to_string()]);
+        g.add(name("A", 560, 5), "later5".into());
+        assert_eq!(g.take_stale()[0].file.key, "later5");
+        g.add(name("B", 10, 5), "other-device".into());
+        assert!(g.take_stale().is_empty());
+    }
+
+    #[test]
+    fn a_window_ends_where_the_set_is_complete() {
+        // A backlog of three sets 400 s apart, all pending at once: each is its own set.
+        let mut g = Grouper::new(900);
+        for t0 in [0, 400, 800] {
+            add_set(&mut g, "A", t0, 10);
+        }
+        let sets = g.take_complete();
+        assert_eq!(
+            sets.iter().map(|s| s.unix_s).collect::<Vec<_>>(),
+            vec![0, 400, 800]
+        );
+        assert!(g.take_stale().is_empty());
     }
 
     #[test]
@@ -253,19 +381,20 @@ mod tests {
     }
 
     #[test]
-    fn two_interleaved_sets_from_one_device() {
+    fn two_interleaved_sets_from_one_device_form_one_of_the_latest_taps() {
+        // One device cannot tap two sets at once; if its files interleave, the first window
+        // takes each sensor's later file and the rest is stale.
         let mut g = Grouper::new(900);
-        // Set one at 1000, 1010, ...; set two at 1005, 1015, ...: interleaved in time.
         add_set(&mut g, "A", 1000, 10);
         add_set(&mut g, "A", 1005, 10);
         let sets = g.take_complete();
-        assert_eq!(sets.len(), 2);
-        assert_eq!(sets[0].unix_s, 1000);
-        assert_eq!(sets[1].unix_s, 1005);
-        for tap in 0..8 {
-            assert_eq!(sets[0].members[tap].name.unix_s, 1000 + 10 * tap as i64);
-            assert_eq!(sets[1].members[tap].name.unix_s, 1005 + 10 * tap as i64);
+        assert_eq!(sets.len(), 1);
+        for tap in 0..7 {
+            assert_eq!(sets[0].members[tap].name.unix_s, 1005 + 10 * tap as i64);
         }
+        assert_eq!(sets[0].members[7].name.unix_s, 1070);
+        assert_eq!(g.take_stale().len(), 7);
+        assert_eq!(g.n_pending(), 1, "the second tap 8, newer than the set");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod geometry;
 pub mod gpu;
 pub mod group;
 pub mod journal;
+pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod result;
 pub mod rng;

@@ -11,6 +11,7 @@ use terawang::backend::BackendChoice;
 use terawang::calibrate::{SpecimenSet, calibrate, read_sets};
 use terawang::engine::{DEFAULT_TRIGGER_LEAD, EngineConfig, Method};
 use terawang::evaluate::evaluate;
+use terawang::logging;
 use terawang::process::{ProcessOptions, run};
 use terawang::result::{render_plain, report_diameter};
 use terawang::simulate::{Decay, SimParams, Truth, WaveModel, simulate_many};
@@ -77,7 +78,7 @@ struct CalibrateArgs {
 #[derive(Args)]
 struct RunArgs {
     /// Process the files present at start, try each sink once per set, then exit
-    /// (exit code 2 when a set stays undelivered).
+    /// (exit code 4 when a set stays undelivered).
     #[arg(long)]
     once: bool,
     /// Compute backend: `auto` uses a real GPU when present, else the CPU.
@@ -218,20 +219,52 @@ struct EvaluateArgs {
     trigger_lead: f64,
 }
 
+/// Exit codes, one table for every command (2 is clap's usage error).
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 fatal error (bad settings, I/O); 2 usage error \
+    (bad command line); 3 done, but some input was rejected or a set could not be written \
+    (process, calibrate: also a lead outside 0-4); 4 run --once left a set undelivered (it stays \
+    in the journal for the next run).";
+const EXIT_INPUT_REJECTED: u8 = 3;
+const EXIT_UNDELIVERED: u8 = 4;
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    quiet_wayland_probe();
     // `run --help` lists every setting the service reads, from the one table in `config`.
-    let command = Cli::command().mut_subcommand("run", |c| c.after_help(settings_help()));
+    let command = Cli::command()
+        .after_help(EXIT_CODES)
+        .mut_subcommand("run", |c| c.after_help(settings_help()));
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Run(_)) {
+        // `run` reads LOG_FORMAT from its settings (the .env too); the others from the
+        // environment.
+        let format = std::env::var("LOG_FORMAT")
+            .ok()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_default();
+        logging::init(format);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", logging::clean(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The Vulkan driver loads libwayland-client when the GPU is probed, and on a machine with no
+/// display it prints "error: XDG_RUNTIME_DIR is invalid or not set" for every probe. Pointing
+/// the variable at a folder with no compositor in it makes that lookup fail quietly.
+fn quiet_wayland_probe() {
+    let usable =
+        std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|v| v.to_string_lossy().starts_with('/'));
+    if !usable {
+        let none = std::env::temp_dir().join("terawang-no-display");
+        // SAFETY: the first thing main does, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", none) };
     }
 }
 
@@ -273,7 +306,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 if summary.rejected.is_empty() && summary.failed.is_empty() {
                     ExitCode::SUCCESS
                 } else {
-                    ExitCode::from(2)
+                    ExitCode::from(EXIT_INPUT_REJECTED)
                 },
             )
         }
@@ -317,6 +350,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(a) => {
             let raw = terawang::config::RawConfig::load(a.env_file.as_deref())?;
+            logging::init(terawang::config::log_format(&raw)?);
+            for secret in ["FTP_PASSWORD", "RABBITMQ_PASSWORD"] {
+                if let Some(value) = raw.vars.get(secret) {
+                    logging::redact(value);
+                }
+            }
             let cfg = terawang::config::Config::from_raw(&raw)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -338,7 +377,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.rejected
             );
             Ok(if summary.undelivered > 0 {
-                ExitCode::from(2)
+                ExitCode::from(EXIT_UNDELIVERED)
             } else {
                 ExitCode::SUCCESS
             })
@@ -475,12 +514,12 @@ fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
             c.lead,
             terawang::engine::MAX_TRIGGER_LEAD
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(EXIT_INPUT_REJECTED));
     }
     Ok(if rejected == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(EXIT_INPUT_REJECTED)
     })
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded};
 
 use crate::backend::{BackendChoice, make_correlators};
-use crate::device::{N_SENSORS, ReadError, TapName, TapRecording, read_tap_file};
+use crate::device::{N_SENSORS, ReadError, ReadErrorKind, TapName, TapRecording, read_tap_file};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::result::{Durability, SetOutputs};
@@ -39,8 +39,13 @@ pub struct Summary {
     pub sets_found: usize,
     pub written: Vec<PathBuf>,
     pub rejected: Vec<ReadError>,
+    /// Files that are not tap files by their name (e.g. `truth.json`), with the reason.
+    pub ignored: Vec<(PathBuf, String)>,
     /// Files that formed no complete set.
     pub leftovers: Vec<PathBuf>,
+    /// Leftovers not newer than a set already formed from their device, with the reason:
+    /// they never join a later set.
+    pub stale: Vec<(PathBuf, String)>,
     /// Sets that could not be written (I/O errors on the output side).
     pub failed: Vec<String>,
 }
@@ -58,6 +63,26 @@ impl Summary {
             writeln!(out, "{} files rejected:", self.rejected.len())?;
             for e in &self.rejected {
                 writeln!(out, "  {e}")?;
+            }
+        }
+        if !self.ignored.is_empty() {
+            writeln!(
+                out,
+                "{} files ignored (not tap files by their name):",
+                self.ignored.len()
+            )?;
+            for (p, why) in &self.ignored {
+                writeln!(out, "  {}: {why}", p.display())?;
+            }
+        }
+        if !self.stale.is_empty() {
+            writeln!(
+                out,
+                "{} files are leftovers of a formed set:",
+                self.stale.len()
+            )?;
+            for (p, why) in &self.stale {
+                writeln!(out, "  {}: {why}", p.display())?;
             }
         }
         if !self.leftovers.is_empty() {
@@ -127,6 +152,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     for path in files {
         match TapName::from_path(&path) {
             Ok(tap_name) => grouper.add(tap_name, path),
+            Err(kind @ ReadErrorKind::BadName(_)) => summary.ignored.push((path, kind.to_string())),
             Err(kind) => summary.rejected.push(ReadError { path, kind }),
         }
     }
@@ -199,6 +225,9 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     if show_progress && started.elapsed().as_secs_f64() > 1.0 {
         eprintln!();
     }
+    for stale in grouper.take_stale() {
+        summary.stale.push((stale.file.key.clone(), stale.reason()));
+    }
     // Files in no set were never read: read them now so corrupt ones are reported too.
     for pending in grouper.pending() {
         match read_tap_file(&pending.key) {
@@ -207,6 +236,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
         }
     }
     summary.leftovers.sort();
+    summary.stale.sort();
     summary.written.sort();
     Ok(summary)
 }

@@ -8,11 +8,19 @@
 //! which uploads, publishes and finally deletes the eight sources. Results and reports come
 //! back to the coordinator's inbox.
 //!
+//! Every tap file is read once it settles, so a bad one is set aside in `rejected/` with its
+//! reason within seconds, whether or not its set ever completes; an entry named like a tap
+//! that is not a regular file (a link, a FIFO, a folder) is set aside without being opened.
+//! A leftover that can never join a set (see [`crate::group`]) is set aside too, and files
+//! still waiting for their set after the window plus `INCOMPLETE_GRACE_SECONDS` are logged
+//! once with the taps they miss. [`Metrics`] counts all of it for `METRICS_ADDR`.
+//!
 //! On start the journal is replayed: saved but undelivered sets resume where they stopped and
-//! their sources stay claimed. When `stop` is raised (SIGINT/SIGTERM) no new set is started,
-//! sets being computed finish and are journaled, and the function returns.
+//! their sources stay claimed; temporary files a killed run left in `TEMP_DIR` are removed.
+//! When `stop` is raised (SIGINT/SIGTERM) no new set is started, sets being computed finish
+//! and are journaled, and the function returns.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,16 +31,19 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::backend::{BackendChoice, make_correlators};
 use crate::config::Config;
-use crate::device::{ReadError, TapName};
+use crate::device::{N_SENSORS, ReadError, TapName, read_tap_file};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::journal::{Entry, Journal, Stage};
+use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
 use crate::process::{BadMembers, compute_outputs, read_set};
 use crate::result::Durability;
 use crate::sink::{
     Delivery, DeliveryConfig, DeliveryItem, DeliveryMsg, DeliveryReport, SetTimings,
 };
-use crate::watch::{FileSig, Kind, REJECTED_DIR, Settle, Watcher, classify, reject};
+use crate::watch::{
+    FileSig, Kind, REJECTED_DIR, Settle, WatchEvent, Watcher, classify, not_a_regular_file, reject,
+};
 
 /// Options from the command line.
 #[derive(Clone, Debug)]
@@ -54,7 +65,7 @@ pub struct RunSummary {
 }
 
 enum Inbox {
-    Path(PathBuf),
+    Watch(WatchEvent),
     Outcome(Outcome),
     Report(DeliveryReport),
 }
@@ -75,6 +86,7 @@ struct WorkerCtx {
     cfg: Config,
     journal: Arc<Mutex<Journal>>,
     delivery: Sender<DeliveryMsg>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the service until `stop` is raised (or, with `once`, until the work found at start
@@ -97,6 +109,23 @@ pub fn run(
         .data_dir
         .canonicalize()
         .with_context(|| format!("DATA_DIR: {}", cfg.data_dir.display()))?;
+    let sinks: Vec<SinkKind> = [
+        cfg.ftp.as_ref().map(|_| SinkKind::Ftp),
+        cfg.amqp.as_ref().map(|_| SinkKind::Amqp),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let metrics = Metrics::new(&sinks);
+    let _metrics_server = match cfg.metrics_addr {
+        Some(addr) if !opts.once => {
+            let server = MetricsServer::start(addr, metrics.clone())?;
+            log::info!("metrics on http://{}/metrics and /healthz", server.addr());
+            Some(server)
+        }
+        _ => None,
+    };
+    remove_temporary_files(&cfg.temp_dir);
     match &cfg.ftp {
         Some(f) => log::info!("FTP upload to {f:?}"),
         None => log::info!("FTP upload is off (FTP_HOST is empty)"),
@@ -161,6 +190,7 @@ pub fn run(
             retry_base: Duration::from_millis(500).min(cfg.retry_max),
             retry_max: cfg.retry_max,
             once: opts.once,
+            metrics: metrics.clone(),
         },
         journal.clone(),
         report_tx,
@@ -176,6 +206,8 @@ pub fn run(
         in_flight: 0,
         outstanding: 0,
         summary: RunSummary::default(),
+        metrics: metrics.clone(),
+        last_incomplete_check: Instant::now(),
         cfg: cfg.clone(),
     };
     for item in resumed {
@@ -188,8 +220,8 @@ pub fn run(
 
     let watcher = {
         let tx = inbox_tx.clone();
-        Watcher::start(&cfg.data_dir, move |p| {
-            let _ = tx.try_send(Inbox::Path(p));
+        Watcher::start(&cfg.data_dir, move |event| {
+            let _ = tx.try_send(Inbox::Watch(event));
         })
         .with_context(|| format!("DATA_DIR: cannot watch {}", cfg.data_dir.display()))?
     };
@@ -200,6 +232,7 @@ pub fn run(
         cfg: cfg.clone(),
         journal: journal.clone(),
         delivery: delivery.sender(),
+        metrics: metrics.clone(),
     });
     let engine_cfg = EngineConfig {
         diameter_m: cfg.diameter_m,
@@ -257,6 +290,8 @@ pub fn run(
             job_tx.send(set).context("the engine workers stopped")?;
             co.in_flight += 1;
         }
+        co.update_gauges();
+        metrics.heartbeat();
         if opts.once && co.idle() {
             break;
         }
@@ -287,12 +322,20 @@ pub fn run(
     Ok(co.summary)
 }
 
+/// A tap file read and waiting in the grouper for the rest of its set.
+struct Waiting {
+    /// Its signature when it settled.
+    sig: FileSig,
+    since: Instant,
+    /// Logged as incomplete already.
+    reported: bool,
+}
+
 struct Coordinator {
     cfg: Config,
     settle: Settle,
     grouper: Grouper<PathBuf>,
-    /// Signature of each file when it settled.
-    sigs: HashMap<PathBuf, FileSig>,
+    sigs: HashMap<PathBuf, Waiting>,
     /// Sources of sets being computed or delivered, with their signature when claimed
     /// (`None` for sets resumed from the journal).
     claimed: HashMap<PathBuf, Option<FileSig>>,
@@ -302,6 +345,8 @@ struct Coordinator {
     /// Sets handed to delivery and not reported back.
     outstanding: isize,
     summary: RunSummary,
+    metrics: Arc<Metrics>,
+    last_incomplete_check: Instant,
 }
 
 impl Coordinator {
@@ -314,10 +359,16 @@ impl Coordinator {
 
     /// Lists the data folder and looks at every entry.
     fn scan(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.cfg.data_dir) else {
-            log::warn!("cannot list {}", self.cfg.data_dir.display());
-            return;
+        let entries = match std::fs::read_dir(&self.cfg.data_dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let why = format!("cannot list {}: {e}", self.cfg.data_dir.display());
+                log::error!("{why}");
+                self.metrics.watcher_status(Err(why));
+                return;
+            }
         };
+        self.metrics.watcher_status(Ok(()));
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         for p in paths {
@@ -330,19 +381,21 @@ impl Coordinator {
         if self.claimed.contains_key(&path) {
             return;
         }
-        if self.sigs.contains_key(&path) {
+        if let Some(waiting) = self.sigs.get(&path) {
             // Pending in the grouper: taken out if it vanished or changed.
-            let now = FileSig::of(&path);
-            if now.as_ref() == self.sigs.get(&path) {
+            if FileSig::of(&path) == Some(waiting.sig) {
                 return;
             }
             self.grouper.remove(&path);
             self.sigs.remove(&path);
         }
         match classify(&self.cfg.data_dir, &path) {
-            Kind::Tap(_) => self
-                .settle
-                .observe(&path, FileSig::of(&path), Instant::now()),
+            Kind::Tap(_) => match not_a_regular_file(&path) {
+                Some(why) => self.set_aside(&path, &why, None),
+                None => self
+                    .settle
+                    .observe(&path, FileSig::of(&path), Instant::now()),
+            },
             Kind::Ignored(why) => {
                 let is_rejected_dir = path.file_name().is_some_and(|n| n == REJECTED_DIR)
                     || path
@@ -370,7 +423,8 @@ impl Coordinator {
         }
     }
 
-    /// Re-examines settling files, groups the settled ones and queues complete sets.
+    /// Re-examines settling files, reads the settled ones (a bad one is set aside now),
+    /// groups them, queues complete sets and sets leftovers aside.
     fn step(&mut self) {
         let now = Instant::now();
         for p in self.settle.paths() {
@@ -378,28 +432,111 @@ impl Coordinator {
         }
         for (path, sig) in self.settle.take_settled(now) {
             if let Kind::Tap(name) = classify(&self.cfg.data_dir, &path) {
-                self.sigs.insert(path.clone(), sig);
-                self.grouper.add(name, path);
+                // Read to validate only: the worker reads the set again when it is complete.
+                match read_tap_file(&path) {
+                    Ok(_) => {
+                        self.sigs.insert(
+                            path.clone(),
+                            Waiting {
+                                sig,
+                                since: now,
+                                reported: false,
+                            },
+                        );
+                        self.grouper.add(name, path);
+                    }
+                    Err(e) => self.set_aside(&path, &e.kind, Some(sig)),
+                }
             }
         }
         for set in self.grouper.take_complete() {
             for m in &set.members {
-                let sig = self.sigs.remove(&m.key);
+                let sig = self.sigs.remove(&m.key).map(|w| w.sig);
                 self.claimed.insert(m.key.clone(), sig);
             }
             self.queue.push_back(set);
         }
+        for stale in self.grouper.take_stale() {
+            let sig = self.sigs.remove(&stale.file.key).map(|w| w.sig);
+            self.set_aside(&stale.file.key, &stale.reason(), sig);
+        }
+        if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
+            self.last_incomplete_check = now;
+            self.report_incomplete(now);
+        }
+    }
+
+    /// Logs once, per device, the files still without a set after the window and the grace.
+    fn report_incomplete(&mut self, now: Instant) {
+        let after =
+            Duration::from_secs(self.cfg.group_window_s.max(0) as u64) + self.cfg.incomplete_grace;
+        let mut by_device: BTreeMap<Option<String>, Vec<&crate::group::Pending<PathBuf>>> =
+            BTreeMap::new();
+        let mut any_new = false;
+        for p in self.grouper.pending() {
+            let Some(w) = self.sigs.get_mut(&p.key) else {
+                continue;
+            };
+            if now.duration_since(w.since) < after {
+                continue;
+            }
+            any_new |= !w.reported;
+            w.reported = true;
+            by_device.entry(p.name.device.clone()).or_default().push(p);
+        }
+        let incomplete: usize = by_device.values().map(Vec::len).sum();
+        Metrics::set(&self.metrics.files_incomplete, incomplete as u64);
+        if !any_new {
+            return;
+        }
+        for (device, files) in by_device {
+            let mut have = [false; N_SENSORS];
+            for f in &files {
+                have[f.name.tap as usize - 1] = true;
+            }
+            let missing: Vec<String> = (1..=N_SENSORS)
+                .filter(|k| !have[k - 1])
+                .map(|k| k.to_string())
+                .collect();
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.key.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            log::warn!(
+                "incomplete: device {} has {} tap files waiting over {:.0} s for a set, missing tap {}: {}",
+                device.as_deref().unwrap_or("(none)"),
+                files.len(),
+                after.as_secs_f64(),
+                if missing.is_empty() {
+                    "none (the taps are too far apart in time)".to_string()
+                } else {
+                    missing.join(", ")
+                },
+                names.join(" ")
+            );
+        }
+    }
+
+    fn update_gauges(&self) {
+        let pending = self.queue.len() as isize + self.in_flight as isize + self.outstanding;
+        Metrics::set(&self.metrics.sets_pending, pending.max(0) as u64);
+        Metrics::set(&self.metrics.files_waiting, self.grouper.n_pending() as u64);
     }
 
     fn handle(&mut self, msg: Inbox) {
         match msg {
-            Inbox::Path(p) => self.look(p),
+            Inbox::Watch(WatchEvent::Path(p)) => self.look(p),
+            Inbox::Watch(WatchEvent::Error(e)) => {
+                log::warn!("file events: {e}; the rescan finds what they missed");
+            }
             Inbox::Outcome(o) => {
                 self.in_flight -= 1;
                 match o {
                     Outcome::Saved => self.outstanding += 1,
                     Outcome::Failed { members, why } => {
                         log::error!("{why}");
+                        Metrics::add(&self.metrics.sets_failed, 1);
                         for m in members {
                             self.claimed.remove(&m);
                         }
@@ -407,12 +544,19 @@ impl Coordinator {
                     Outcome::BadMembers { rejected, good } => {
                         for e in rejected {
                             let settled = self.claimed.remove(&e.path).flatten();
-                            self.set_aside(e, settled);
+                            self.set_aside(&e.path, &e.kind, settled);
                         }
                         for (name, path) in good {
                             self.claimed.remove(&path);
                             if let Some(sig) = FileSig::of(&path) {
-                                self.sigs.insert(path.clone(), sig);
+                                self.sigs.insert(
+                                    path.clone(),
+                                    Waiting {
+                                        sig,
+                                        since: Instant::now(),
+                                        reported: false,
+                                    },
+                                );
                                 self.grouper.add(name, path);
                             }
                         }
@@ -424,11 +568,15 @@ impl Coordinator {
                 match r {
                     DeliveryReport::Delivered { sources } => {
                         self.summary.delivered += 1;
+                        Metrics::add(&self.metrics.sets_delivered, 1);
                         for s in sources {
                             self.claimed.remove(&s);
                         }
                     }
-                    DeliveryReport::Undelivered { .. } => self.summary.undelivered += 1,
+                    DeliveryReport::Undelivered { .. } => {
+                        self.summary.undelivered += 1;
+                        Metrics::add(&self.metrics.sets_failed, 1);
+                    }
                     DeliveryReport::Recompute { sources } => {
                         for s in sources {
                             self.claimed.remove(&s);
@@ -440,24 +588,53 @@ impl Coordinator {
         }
     }
 
-    /// A file failed to read after it had settled: set it aside, unless it changed since.
-    fn set_aside(&mut self, e: ReadError, settled: Option<FileSig>) {
-        let Some(now) = FileSig::of(&e.path) else {
-            return;
-        };
-        if let Some(settled) = settled
-            && settled != now
-        {
-            self.settle.observe(&e.path, Some(now), Instant::now());
+    /// Sets a file aside in `rejected/` with its reason, unless it changed since it settled
+    /// (`settled`; then it is watched again).
+    fn set_aside(&mut self, path: &Path, why: &dyn std::fmt::Display, settled: Option<FileSig>) {
+        if std::fs::symlink_metadata(path).is_err() {
             return;
         }
-        match reject(&self.cfg.data_dir, &e.path, &e.kind) {
+        if let Some(settled) = settled
+            && FileSig::of(path) != Some(settled)
+        {
+            self.settle.observe(path, FileSig::of(path), Instant::now());
+            return;
+        }
+        match reject(&self.cfg.data_dir, path, why) {
             Ok(dst) => {
                 self.summary.rejected += 1;
-                log::warn!("rejected {e}; moved to {}", dst.display());
+                Metrics::add(&self.metrics.files_rejected, 1);
+                log::warn!(
+                    "rejected {}: {why}; moved to {}",
+                    path.display(),
+                    dst.display()
+                );
             }
-            Err(io) => log::error!("{e}; cannot move it aside: {io}"),
+            Err(io) => log::error!("{}: {why}; cannot move it aside: {io}", path.display()),
         }
+    }
+}
+
+/// Removes what a killed run left in `TEMP_DIR`: the temporary files of results being
+/// written and of a journal being compacted (the journal itself stays).
+fn remove_temporary_files(temp_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.ends_with(".tmp") && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "removed {removed} temporary files a previous run left in {}",
+            temp_dir.display()
+        );
     }
 }
 
@@ -509,17 +686,21 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
             why: format!("{name}: {e:#}"),
         };
     }
+    let timings = SetTimings {
+        read: t_read,
+        compute: t_compute,
+        save: t2.elapsed(),
+    };
+    ctx.metrics.observe(StageTimer::Read, timings.read);
+    ctx.metrics.observe(StageTimer::Compute, timings.compute);
+    ctx.metrics.observe(StageTimer::Save, timings.save);
     let item = DeliveryItem {
         result_name: name,
         device: set.device.clone(),
         unix_s: set.unix_s,
         stage: Stage::Saved,
         sources: members,
-        timings: Some(SetTimings {
-            read: t_read,
-            compute: t_compute,
-            save: t2.elapsed(),
-        }),
+        timings: Some(timings),
     };
     let _ = ctx.delivery.send(DeliveryMsg::Deliver(item));
     Outcome::Saved

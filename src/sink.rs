@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{AmqpConfig, FtpConfig};
 use crate::journal::{Entry, Journal, Sinks, Stage, Step, next_step, stage_after};
+use crate::metrics::{Metrics, SinkKind, StageTimer};
 
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -159,6 +160,18 @@ impl FtpSink {
         self.conn = Some(ftp);
         Ok(())
     }
+
+    /// Checks the server answers: a NOOP on the kept connection, else a new connection.
+    pub fn probe(&mut self) -> anyhow::Result<()> {
+        if let Some(mut ftp) = self.conn.take()
+            && ftp.noop().is_ok()
+        {
+            self.conn = Some(ftp);
+            return Ok(());
+        }
+        self.conn = Some(self.connect()?);
+        Ok(())
+    }
 }
 
 struct AmqpLink {
@@ -203,12 +216,7 @@ impl AmqpSink {
                     ..Default::default()
                 },
             )
-            .with_context(|| {
-                format!(
-                    "cannot declare queue {} (durable: {}); RABBITMQ_QUEUE_DURABLE must match the existing queue",
-                    self.cfg.queue, self.cfg.durable
-                )
-            })?;
+            .map_err(|e| declare_error(e, &self.cfg))?;
         let confirms = channel.listen_for_publisher_confirms()?;
         let returns = channel.listen_for_returns()?;
         channel.enable_publisher_confirms()?;
@@ -239,6 +247,28 @@ impl AmqpSink {
         }
     }
 
+    /// Checks the broker answers: the queue is declared again on the kept link (an idempotent
+    /// round trip), or a new link is made.
+    pub fn probe(&mut self) -> anyhow::Result<()> {
+        if let Some(link) = &self.link
+            && link
+                .channel
+                .queue_declare(
+                    self.cfg.queue.as_str(),
+                    amiquip::QueueDeclareOptions {
+                        durable: self.cfg.durable,
+                        ..Default::default()
+                    },
+                )
+                .is_ok()
+        {
+            return Ok(());
+        }
+        self.link = None;
+        self.link = Some(self.connect()?);
+        Ok(())
+    }
+
     /// Publishes `body` and waits for the broker's confirm.
     pub fn publish(&mut self, body: &str) -> anyhow::Result<()> {
         if self.link.is_none() {
@@ -250,6 +280,30 @@ impl AmqpSink {
             self.link = None;
         }
         result
+    }
+}
+
+/// What a refused queue declaration means: only PRECONDITION_FAILED (406) is a durability
+/// mismatch; ACCESS_REFUSED (403) is a permission the user lacks on the vhost.
+fn declare_error(e: amiquip::Error, cfg: &AmqpConfig) -> anyhow::Error {
+    let queue = &cfg.queue;
+    match e {
+        amiquip::Error::ServerClosedChannel {
+            code: 406, message, ..
+        } => anyhow::anyhow!(
+            "cannot declare queue {queue} (durable: {}): the broker says {message}; \
+             RABBITMQ_QUEUE_DURABLE must match how the existing queue was declared",
+            cfg.durable
+        ),
+        amiquip::Error::ServerClosedChannel {
+            code: 403, message, ..
+        } => anyhow::anyhow!(
+            "cannot declare queue {queue}: access refused ({message}); give user {} the \
+             configure, write and read permissions on vhost {}",
+            cfg.user,
+            cfg.vhost
+        ),
+        other => anyhow::anyhow!("cannot declare queue {queue}: {other}"),
     }
 }
 
@@ -300,7 +354,11 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     /// `--once`: try each sink once per set, never wait for a retry.
     pub once: bool,
+    pub metrics: Arc<Metrics>,
 }
+
+/// How often an idle delivery thread checks that the sinks still answer (for `/healthz`).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long dropping [`Delivery`] waits for a step in progress (a hanging server).
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -365,6 +423,8 @@ struct DeliveryLoop {
     ftp: Option<(FtpSink, Backoff)>,
     amqp: Option<(AmqpSink, Backoff)>,
     pending: VecDeque<Pending>,
+    /// When the idle sinks are checked next (never with `--once`).
+    next_probe: Option<Instant>,
 }
 
 struct Pending {
@@ -393,6 +453,7 @@ impl DeliveryLoop {
             },
             ftp: cfg.ftp.clone().map(|c| (FtpSink::new(c), backoff())),
             amqp: cfg.amqp.clone().map(|c| (AmqpSink::new(c), backoff())),
+            next_probe: (!cfg.once).then(Instant::now),
             cfg,
             journal,
             reports,
@@ -400,13 +461,40 @@ impl DeliveryLoop {
         }
     }
 
+    /// Checks each sink that is not backing off, when it is time; the outcome only feeds
+    /// the health status.
+    fn probe_if_due(&mut self) {
+        let now = Instant::now();
+        if self.next_probe.is_none_or(|t| now < t) {
+            return;
+        }
+        self.next_probe = Some(now + PROBE_EVERY);
+        let metrics = &self.cfg.metrics;
+        if let Some((ftp, backoff)) = self.ftp.as_mut()
+            && backoff.ready(now)
+        {
+            metrics.sink_status(SinkKind::Ftp, ftp.probe().map_err(|e| format!("{e:#}")));
+        }
+        if let Some((amqp, backoff)) = self.amqp.as_mut()
+            && backoff.ready(now)
+        {
+            metrics.sink_status(SinkKind::Amqp, amqp.probe().map_err(|e| format!("{e:#}")));
+        }
+    }
+
     fn run(mut self, rx: Receiver<DeliveryMsg>) {
         loop {
-            // Wait for new work, or until the earliest backoff ends.
+            // Wait for new work, or until the earliest backoff ends (or, idle, the next probe).
             let first = if self.pending.is_empty() {
-                match rx.recv() {
+                self.probe_if_due();
+                let got = match self.next_probe {
+                    Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match got {
                     Ok(m) => Some(m),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             } else {
                 let wait = self.next_wake().saturating_duration_since(Instant::now());
@@ -531,7 +619,7 @@ impl DeliveryLoop {
                         None => ftp.upload(&name, &bytes),
                     };
                     p.upload = started.elapsed();
-                    sink_outcome(backoff, "FTP upload", &name, r)
+                    sink_outcome(backoff, &self.cfg.metrics, SinkKind::Ftp, &name, r)
                 }
                 Step::Publish => {
                     let Some((amqp, backoff)) = self.amqp.as_mut() else {
@@ -542,7 +630,7 @@ impl DeliveryLoop {
                     }
                     let r = amqp.publish(&name);
                     p.publish = started.elapsed();
-                    sink_outcome(backoff, "RabbitMQ publish", &name, r)
+                    sink_outcome(backoff, &self.cfg.metrics, SinkKind::Amqp, &name, r)
                 }
                 Step::DeleteSources => {
                     let mut r = Ok(());
@@ -584,6 +672,12 @@ impl DeliveryLoop {
     }
 
     fn log_done(&self, p: &Pending) {
+        if self.sinks.ftp {
+            self.cfg.metrics.observe(StageTimer::Upload, p.upload);
+        }
+        if self.sinks.amqp {
+            self.cfg.metrics.observe(StageTimer::Publish, p.publish);
+        }
         let device = p.item.device.as_deref().unwrap_or("-");
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let upload = if self.sinks.ftp {
@@ -614,13 +708,19 @@ impl DeliveryLoop {
     }
 }
 
-/// Updates a sink's backoff after an attempt and logs a failure.
+/// Updates a sink's backoff and health after an attempt and logs a failure.
 fn sink_outcome(
     backoff: &mut Backoff,
-    what: &str,
+    metrics: &Metrics,
+    sink: SinkKind,
     name: &str,
     r: anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let what = match sink {
+        SinkKind::Ftp => "FTP upload",
+        SinkKind::Amqp => "RabbitMQ publish",
+    };
+    metrics.sink_status(sink, r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
     match &r {
         Ok(()) => {
             if backoff.failures() > 0 {
@@ -629,6 +729,7 @@ fn sink_outcome(
             backoff.succeeded();
         }
         Err(e) => {
+            metrics.sink_retry(sink);
             let wait = backoff.failed(Instant::now());
             log::warn!(
                 "{what} of {name} failed: {e:#}; retrying in {:.1} s",

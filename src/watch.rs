@@ -14,10 +14,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
-use crate::device::{ReadErrorKind, TapName};
+use crate::device::TapName;
 
 /// Subfolder of `DATA_DIR` for files that cannot be read.
 pub const REJECTED_DIR: &str = "rejected";
+
+/// What the watcher forwards.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Something happened to this path: look at it.
+    Path(PathBuf),
+    /// notify reported an error (events may have been lost; the rescan finds them).
+    Error(String),
+}
 
 /// Owns the notify watcher; dropping it stops the events.
 pub struct Watcher {
@@ -25,19 +34,23 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches `dir` (not recursively) and calls `forward` with each path an event names.
+    /// Watches `dir` (not recursively) and calls `forward` with each path an event names,
+    /// and with each error.
     pub fn start(
         dir: &Path,
-        forward: impl Fn(PathBuf) + Send + 'static,
+        forward: impl Fn(WatchEvent) + Send + 'static,
     ) -> notify::Result<Watcher> {
         let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(event) = res else { return };
+            let event = match res {
+                Ok(event) => event,
+                Err(e) => return forward(WatchEvent::Error(e.to_string())),
+            };
             if matches!(event.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             {
                 return;
             }
             for path in event.paths {
-                forward(path);
+                forward(WatchEvent::Path(path));
             }
         })?;
         inner.watch(dir, RecursiveMode::NonRecursive)?;
@@ -53,9 +66,9 @@ pub struct FileSig {
 }
 
 impl FileSig {
-    /// `None` when the path is missing or not a plain file.
+    /// `None` when the path is missing or not a plain file (a symbolic link is not followed).
     pub fn of(path: &Path) -> Option<FileSig> {
-        let meta = std::fs::metadata(path).ok()?;
+        let meta = std::fs::symlink_metadata(path).ok()?;
         if !meta.is_file() {
             return None;
         }
@@ -98,10 +111,6 @@ impl Settle {
                 }
             },
         }
-    }
-
-    pub fn contains(&self, path: &Path) -> bool {
-        self.files.contains_key(path)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,8 +166,36 @@ pub fn classify(data_dir: &Path, path: &Path) -> Kind {
     }
 }
 
+/// Why an existing entry named like a tap cannot be read as one: it is not a regular file.
+/// A symbolic link is never followed (it could lead out of the data folder), and a FIFO
+/// would block its reader. `None` for a regular file or a missing one.
+pub fn not_a_regular_file(path: &Path) -> Option<String> {
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    let what = if kind.is_file() {
+        return None;
+    } else if kind.is_symlink() {
+        "a symbolic link (never followed)"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device file"
+        }
+    };
+    Some(format!("it is not a regular file but {what}"))
+}
+
 /// Moves `path` into `data_dir/rejected/` and writes `<name>.reason.txt` beside it.
-pub fn reject(data_dir: &Path, path: &Path, why: &ReadErrorKind) -> std::io::Result<PathBuf> {
+pub fn reject(
+    data_dir: &Path,
+    path: &Path,
+    why: &dyn std::fmt::Display,
+) -> std::io::Result<PathBuf> {
     let dir = data_dir.join(REJECTED_DIR);
     std::fs::create_dir_all(&dir)?;
     let name = path
@@ -198,6 +235,29 @@ mod tests {
         s.observe(p, sig(20), t0);
         s.observe(p, None, t0);
         assert!(s.take_settled(t0 + s3 * 10).is_empty());
+    }
+
+    #[test]
+    fn entries_that_are_not_regular_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a_u_1_1.json");
+        std::fs::write(&file, "[]").unwrap();
+        assert_eq!(not_a_regular_file(&file), None);
+        assert_eq!(not_a_regular_file(&dir.path().join("missing")), None);
+        let link = dir.path().join("a_u_1_2.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(not_a_regular_file(&link).unwrap().contains("symbolic link"));
+        assert_eq!(FileSig::of(&link), None, "a link is not followed");
+        let sub = dir.path().join("a_u_1_3.json");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(not_a_regular_file(&sub).unwrap().contains("directory"));
+        let moved = reject(dir.path(), &sub, &"a test").unwrap();
+        assert!(moved.is_dir());
+        let reason = dir
+            .path()
+            .join(REJECTED_DIR)
+            .join("a_u_1_3.json.reason.txt");
+        assert_eq!(std::fs::read_to_string(reason).unwrap(), "a test\n");
     }
 
     #[test]

@@ -54,8 +54,12 @@ fn process_fixtures_matches_ground_truth() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&run.stdout);
-        // truth.json is not a tap file: it is reported as rejected, hence exit code 2.
-        assert_eq!(run.status.code(), Some(2), "{case}: {stdout}");
+        // truth.json is not a tap file: it is listed as ignored, and the run succeeds.
+        assert_eq!(run.status.code(), Some(0), "{case}: {stdout}");
+        assert!(
+            stdout.contains("1 files ignored (not tap files by their name)"),
+            "{case}: {stdout}"
+        );
         assert!(
             stdout.contains("1 sets found, 1 written"),
             "{case}: {stdout}"
@@ -111,7 +115,8 @@ fn malformed_fixtures_are_rejected_with_their_reason() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert_eq!(run.status.code(), Some(2), "{stdout}");
+    // Exit code 3: input rejected (2 is clap's usage error).
+    assert_eq!(run.status.code(), Some(3), "{stdout}");
     // The good set is still written.
     assert!(stdout.contains("1 sets found, 1 written"), "{stdout}");
     let expect = [

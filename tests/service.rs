@@ -277,6 +277,12 @@ struct Site {
     upload_png: bool,
     /// FTPS and AMQPS, trusting this certificate (`SSL_CERT_FILE`).
     tls_cert: Option<PathBuf>,
+    /// RabbitMQ user and password.
+    amqp_login: (String, String),
+    /// `RUST_LOG`.
+    rust_log: &'static str,
+    /// More settings, set last.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -295,6 +301,9 @@ impl Site {
             settle_s: 0.5,
             upload_png: false,
             tls_cert: None,
+            amqp_login: ("guest".into(), "guest".into()),
+            rust_log: "info",
+            extra_env: Vec::new(),
             root,
             _tmp: tmp,
         }
@@ -324,7 +333,7 @@ impl Site {
         }
         cmd.current_dir(&self.root)
             .env_remove("FTP_PASSWORD")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", self.rust_log)
             .env("DATA_DIR", &self.data)
             .env("RESULT_DIR", &self.result)
             .env("TEMP_DIR", &self.temp)
@@ -334,8 +343,8 @@ impl Site {
             .env("FTP_FOLDER_HASIL", "/result")
             .env("RABBITMQ_HOST", "127.0.0.1")
             .env("RABBITMQ_PORT", self.amqp_port.to_string())
-            .env("RABBITMQ_USERNAME", "guest")
-            .env("RABBITMQ_PASSWORD", "guest")
+            .env("RABBITMQ_USERNAME", &self.amqp_login.0)
+            .env("RABBITMQ_PASSWORD", &self.amqp_login.1)
             .env("RABBITMQ_VHOST", &self.vhost.name)
             .env("RABBITMQ_QUEUE", &self.queue)
             .env("RABBITMQ_QUEUE_DURABLE", "false")
@@ -345,6 +354,7 @@ impl Site {
             .env("RABBITMQ_TLS", self.tls_cert.is_some().to_string())
             .env("RETRY_MAX_SECONDS", "1")
             .env("RESCAN_SECONDS", "2")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         cmd.spawn().unwrap()
@@ -594,9 +604,9 @@ fn ftp_down_then_up_catches_up() {
     let site = Site::new("ftpdown");
     let (_, truth) = site.drop_sets(2, 14);
     let names: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
-    // --once with the FTP server down: saved locally, kept in the journal, exit code 2.
+    // --once with the FTP server down: saved locally, kept in the journal, exit code 4.
     let status = site.start(true).wait().unwrap();
-    assert_eq!(status.code(), Some(2), "{}", site.log());
+    assert_eq!(status.code(), Some(4), "{}", site.log());
     assert!(names.iter().all(|n| site.result.join(n).exists()));
     // The service resumes them and waits for the server.
     let child = site.start(false);
@@ -781,4 +791,355 @@ fn sigterm_while_the_ftp_server_hangs_exits_in_time() {
     assert_eq!(site.json_files_in_data().len(), 8, "sources kept");
     assert!(site.vhost.drain(&site.queue).is_empty());
     drop(hole);
+}
+
+/// A RabbitMQ user of its own with the given permissions on a vhost, deleted on drop.
+struct AmqpUser {
+    name: String,
+}
+
+impl AmqpUser {
+    fn new(test: &str, password: &str, vhost: &Vhost, configure: &str) -> AmqpUser {
+        let name = format!("terawang-test-{test}-{}", std::process::id());
+        rabbitmqctl(&["add_user", &name, password]);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            &name,
+            configure,
+            ".*",
+            ".*",
+        ]);
+        AmqpUser { name }
+    }
+}
+
+impl Drop for AmqpUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// `GET path` on the metrics listener: (status code, body); `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `f` renamed to another device and unix time (its tap and upload id kept).
+fn retimed(f: &SimFile, device: &str, unix_s: i64, upload: &str) -> SimFile {
+    let stem = f.file_name.trim_end_matches(".json");
+    let tap = stem.rsplit('_').next().unwrap();
+    SimFile {
+        file_name: format!("{device}_{upload}_{unix_s}_{tap}.json"),
+        json: f.json.clone(),
+    }
+}
+
+#[test]
+fn files_that_never_form_a_set_are_read_rejected_or_reported_within_seconds() {
+    let mut site = Site::new("lone");
+    // The window is one second, so a file still alone after 1 + 1 s is incomplete.
+    site.extra_env = vec![
+        ("GROUP_WINDOW_SECONDS".into(), "1".into()),
+        ("INCOMPLETE_GRACE_SECONDS".into(), "1".into()),
+    ];
+    let metrics_port = free_port();
+    site.extra_env
+        .push(("METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}")));
+    let _ftp = site.ftp();
+    std::fs::create_dir_all(&site.data).unwrap();
+    std::fs::create_dir_all(site.root.join("outside")).unwrap();
+    let (files, _) = sets(2, 21);
+    // A lone corrupt file: half of a tap.
+    let lone = retimed(&files[0], "LONE-1", 1_800_000_000, "u1");
+    std::fs::write(
+        site.data.join(&lone.file_name),
+        &lone.json[..lone.json.len() / 2],
+    )
+    .unwrap();
+    // Seven taps of a set that never completes.
+    let seven: Vec<SimFile> = files[8..15].to_vec();
+    for f in &seven {
+        site.drop_file(f);
+    }
+    // A FIFO, a folder and a link named like taps (the link points out of the folder).
+    let fifo = "FIFO-1_u_1800000000_1.json";
+    assert!(
+        Command::new("mkfifo")
+            .arg(site.data.join(fifo))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let folder = "DIR-1_u_1800000000_2.json";
+    std::fs::create_dir(site.data.join(folder)).unwrap();
+    let link = "LINK-1_u_1800000000_3.json";
+    let target = site.root.join("outside").join("secret.json");
+    std::fs::write(&target, &files[3].json).unwrap();
+    std::os::unix::fs::symlink(&target, site.data.join(link)).unwrap();
+    let child = site.start(false);
+    let rejected = site.data.join("rejected");
+    let reason = |name: &str| {
+        std::fs::read_to_string(rejected.join(format!("{name}.reason.txt"))).unwrap_or_default()
+    };
+    wait_until(
+        "the lone corrupt file and the odd entries to be set aside",
+        Duration::from_secs(15),
+        || {
+            [lone.file_name.as_str(), fifo, folder, link]
+                .iter()
+                .all(|n| !reason(n).is_empty())
+        },
+    );
+    assert!(
+        reason(&lone.file_name).contains("truncated"),
+        "{}",
+        reason(&lone.file_name)
+    );
+    assert!(reason(fifo).contains("FIFO"), "{}", reason(fifo));
+    assert!(reason(folder).contains("directory"), "{}", reason(folder));
+    assert!(reason(link).contains("symbolic link"), "{}", reason(link));
+    assert!(target.exists(), "the link's target is never touched");
+    assert!(
+        std::fs::symlink_metadata(rejected.join(link))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link itself is moved aside, not followed"
+    );
+    // The seven taps are logged once as incomplete, with the tap they miss.
+    let missing_tap = (1..=8)
+        .find(|k| {
+            !seven
+                .iter()
+                .any(|f| f.file_name.ends_with(&format!("_{k}.json")))
+        })
+        .unwrap();
+    wait_until(
+        "the incomplete set to be logged",
+        Duration::from_secs(15),
+        || site.log().contains("incomplete: device"),
+    );
+    let log = site.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("incomplete: device"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("missing tap {missing_tap}:")),
+        "{line}"
+    );
+    assert!(line.contains(&seven[0].file_name), "{line}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        site.log().matches("incomplete: device").count(),
+        1,
+        "logged once"
+    );
+    let (_, body) = http_get(metrics_port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&body, "terawang_files_incomplete"),
+        Some(7.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "terawang_files_rejected_total"),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(site.json_files_in_data().len(), 7, "the seven taps stay");
+    terminate(child, &site);
+}
+
+#[test]
+fn a_leftover_tap_is_set_aside_and_never_joins_a_later_set() {
+    let site = Site::new("leftover");
+    let _ftp = site.ftp();
+    let (files, _) = sets(2, 22);
+    let device = "20-79-18-81-6E-AB";
+    let t0 = 1_800_000_000;
+    let set_a: Vec<SimFile> = files[..8]
+        .iter()
+        .enumerate()
+        .map(|(k, f)| retimed(f, device, t0 + 10 * k as i64, "a"))
+        .collect();
+    let retap = retimed(&files[2], device, t0 + 100, "retap");
+    let set_b: Vec<SimFile> = files[8..]
+        .iter()
+        .enumerate()
+        .map(|(k, f)| retimed(f, device, t0 + 500 + 10 * k as i64, "b"))
+        .collect();
+    std::fs::create_dir_all(&site.data).unwrap();
+    let child = site.start(false);
+    for f in &set_a {
+        site.drop_file(f);
+    }
+    wait_until("set A", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    site.drop_file(&retap);
+    std::thread::sleep(Duration::from_secs(1));
+    for f in &set_b {
+        site.drop_file(f);
+    }
+    let reason_file = site
+        .data
+        .join("rejected")
+        .join(format!("{}.reason.txt", retap.file_name));
+    wait_until(
+        "set B and the leftover set aside",
+        Duration::from_secs(30),
+        || site.json_files_in_data().is_empty() && reason_file.exists(),
+    );
+    let reason = std::fs::read_to_string(&reason_file).unwrap();
+    let name_b = format!("result_{device}_{}", t0 + 500);
+    assert!(
+        reason.contains("leftover") && reason.contains(&name_b),
+        "{reason}"
+    );
+    assert_eq!(
+        site.published_names(),
+        vec![
+            format!("result_{device}_{t0}.json"),
+            format!("{name_b}.json")
+        ]
+    );
+    // B's report names its own tap 3 as the source of row 3.
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.result.join(format!("{name_b}.report.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        report["sources"][2],
+        set_b[2].file_name.as_str(),
+        "{report}"
+    );
+    let log = site.log();
+    assert!(
+        log.contains(&format!(
+            "rejected {}",
+            site.data.join(&retap.file_name).display()
+        )),
+        "{log}"
+    );
+    terminate(child, &site);
+}
+
+#[test]
+fn no_password_in_a_trace_level_log_and_temporary_files_are_cleaned() {
+    let mut site = Site::new("secrets");
+    let amqp_pass = "amqp-pw-7f3e91c2";
+    let user = AmqpUser::new("secrets", amqp_pass, &site.vhost, ".*");
+    site.amqp_login = (user.name.clone(), amqp_pass.into());
+    site.rust_log = "trace";
+    let _ftp = site.ftp();
+    // What a killed run left: a result being written.
+    std::fs::create_dir_all(&site.temp).unwrap();
+    let stale_tmp = site.temp.join(".result_x_1.json.4242.tmp");
+    std::fs::write(&stale_tmp, b"[[").unwrap();
+    let (_, truth) = site.drop_sets(1, 23);
+    let name = truth.sets[0].result_file.clone();
+    let child = site.start(false);
+    wait_until("the set to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    assert_eq!(site.published_names(), vec![name]);
+    terminate(child, &site);
+    assert!(!stale_tmp.exists(), "temporary files are removed at start");
+    let log = site.log();
+    assert!(log.contains("TRACE"), "a trace-level run: {log}");
+    assert!(!log.contains(FTP_PASS), "the FTP password is in the log");
+    assert!(
+        !log.contains(amqp_pass),
+        "the RabbitMQ password is in the log"
+    );
+}
+
+#[test]
+fn access_refused_is_reported_as_a_permission_not_a_durability_mismatch() {
+    let mut site = Site::new("refused");
+    let pass = "refused-pw-5512";
+    // May write and read, but not declare (configure) queues.
+    let user = AmqpUser::new("refused", pass, &site.vhost, "^$");
+    site.amqp_login = (user.name.clone(), pass.into());
+    let _ftp = site.ftp();
+    site.drop_sets(1, 24);
+    let child = site.start(false);
+    wait_until("the refusal to be logged", Duration::from_secs(30), || {
+        site.log().contains("access refused")
+    });
+    let log = site.log();
+    assert!(!log.contains("must match"), "{log}");
+    assert!(log.contains("permissions on vhost"), "{log}");
+    terminate(child, &site);
+}
+
+#[test]
+fn metrics_count_a_delivered_set_and_health_follows_the_broker() {
+    let mut site = Site::new("metrics");
+    site.amqp_port = free_port(); // nothing listens there yet
+    let metrics_port = free_port();
+    site.extra_env
+        .push(("METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}")));
+    let _ftp = site.ftp();
+    let child = site.start(false);
+    // The idle delivery thread probes the sinks at start: the broker is unreachable.
+    let mut health = (0, String::new());
+    wait_until("/healthz to say 503", Duration::from_secs(20), || {
+        health = http_get(metrics_port, "/healthz").unwrap_or_default();
+        health.0 == 503
+    });
+    assert!(health.1.contains("amqp:"), "{}", health.1);
+    let (_, truth) = site.drop_sets(1, 25);
+    let name = truth.sets[0].result_file.clone();
+    wait_until("the upload", Duration::from_secs(30), || {
+        site.ftp_file(&name).exists()
+    });
+    let (_, body) = http_get(metrics_port, "/metrics").unwrap();
+    assert_eq!(metric(&body, "terawang_sets_pending"), Some(1.0), "{body}");
+    assert_eq!(
+        metric(&body, "terawang_sets_delivered_total"),
+        Some(0.0),
+        "{body}"
+    );
+    let _proxy = Proxy::start(site.amqp_port, 5672);
+    wait_until("the publish", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    wait_until("/healthz to say 200", Duration::from_secs(15), || {
+        http_get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    let (code, body) = http_get(metrics_port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&body, "terawang_sets_delivered_total"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "terawang_sets_pending"), Some(0.0), "{body}");
+    assert!(
+        body.contains("terawang_sink_retries_total{sink=\"amqp\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("terawang_stage_duration_seconds_count{stage=\"compute\"} 1"),
+        "{body}"
+    );
+    assert_eq!(site.published_names(), vec![name]);
+    terminate(child, &site);
 }
