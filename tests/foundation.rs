@@ -609,3 +609,30 @@ fn calibrate_prints_the_trigger_lead() {
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no complete set"));
 }
+
+#[test]
+fn json_log_lines_and_no_display_noise_from_the_gpu_probe() {
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .args(["process", "--backend", "auto", "--out"])
+        .arg(out.path())
+        .arg(fixtures().join("clean"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "the backend choice is logged");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["msg"].is_string() && v["ts"].is_string(),
+            "{line}"
+        );
+    }
+}

@@ -1124,12 +1124,15 @@ fn metrics_count_a_delivered_set_and_health_follows_the_broker() {
     wait_until("/healthz to say 200", Duration::from_secs(15), || {
         http_get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
     });
-    let (code, body) = http_get(metrics_port, "/metrics").unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(
-        metric(&body, "terawang_sets_delivered_total"),
-        Some(1.0),
-        "{body}"
+    // The delivery's report reaches the coordinator just after the sources are gone.
+    let mut body = String::new();
+    wait_until(
+        "the delivered set to be counted",
+        Duration::from_secs(5),
+        || {
+            body = http_get(metrics_port, "/metrics").unwrap_or_default().1;
+            metric(&body, "terawang_sets_delivered_total") == Some(1.0)
+        },
     );
     assert_eq!(metric(&body, "terawang_sets_pending"), Some(0.0), "{body}");
     assert!(
