@@ -59,7 +59,7 @@ pub struct Sinks {
 }
 
 /// What to do next for a set at `stage`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
     Save,
     Upload,

@@ -21,6 +21,7 @@ pub mod geometry;
 pub mod gpu;
 pub mod group;
 pub mod journal;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod process;

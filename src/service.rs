@@ -1,46 +1,46 @@
 //! `terawang run`: the service that watches `DATA_DIR` and delivers each set's result.
 //!
-//! Threads, joined by channels: notify's callback forwards paths into the coordinator's
-//! inbox (bounded; an event dropped when it is full is found by the periodic rescan); the
-//! coordinator (this function's thread) settles files, groups them ([`Grouper`]) and hands
-//! complete sets to `engine-N` workers over a bounded channel; a worker reads, computes, saves
-//! the result locally, journals it and passes it to the `delivery` thread ([`Delivery`]),
-//! which uploads, publishes and finally deletes the eight sources. Results and reports come
-//! back to the coordinator's inbox.
+//! One owner decides, thin threads do the I/O. The coordinator (this function's thread) owns
+//! every file and set: notify's callback forwards paths into its inbox (bounded; an event
+//! dropped when it is full is found by the periodic rescan); it settles files ([`Settle`]),
+//! reads each one once it settled (a bad one is set aside at once), groups them
+//! ([`Grouper`]), and keeps every complete set in a [`SetBook`], the pure state machine of a
+//! set's life, which says what comes next. `engine-N` workers read, compute, save and journal
+//! the sets it hands them and report back; the `delivery` thread ([`Delivery`]) does the
+//! upload, publish and deletion steps it hands out one at a time and reports back. Nothing
+//! else keeps state about a set.
 //!
-//! Every tap file is read once it settles, so a bad one is set aside in `rejected/` with its
-//! reason within seconds, whether or not its set ever completes; an entry named like a tap
-//! that is not a regular file (a link, a FIFO, a folder) is set aside without being opened.
-//! A leftover that can never join a set (see [`crate::group`]) is set aside too, and files
-//! still waiting for their set after the window plus `INCOMPLETE_GRACE_SECONDS` are logged
-//! once with the taps they miss. [`Metrics`] counts all of it for `METRICS_ADDR`.
+//! An entry named like a tap that is not a regular file (a link, a FIFO, a folder) is set
+//! aside without being opened. A leftover that can never join a set (see [`crate::group`])
+//! is set aside too, and files still waiting for their set after the window plus
+//! `INCOMPLETE_GRACE_SECONDS` are logged once with the taps they miss. [`Metrics`] counts all
+//! of it for `METRICS_ADDR`.
 //!
-//! On start the journal is replayed: saved but undelivered sets resume where they stopped and
-//! their sources stay claimed; temporary files a killed run left in `TEMP_DIR` are removed.
-//! When `stop` is raised (SIGINT/SIGTERM) no new set is started, sets being computed finish
-//! and are journaled, and the function returns.
+//! On start the journal is replayed: saved but undelivered sets enter the book where they
+//! stopped and their sources stay claimed; temporary files a killed run left in `TEMP_DIR`
+//! are removed. When `stop` is raised (SIGINT/SIGTERM) no new set is started, sets being
+//! computed finish and are journaled, and the function returns.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, bounded};
 
 use crate::backend::{BackendChoice, make_correlators};
 use crate::config::Config;
 use crate::device::{N_SENSORS, ReadError, TapName, read_tap_file};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
-use crate::group::{Grouper, TapSet};
-use crate::journal::{Entry, Journal, Stage};
+use crate::group::{Grouper, Pending, TapSet};
+use crate::journal::{Entry, Journal, Sinks, Stage};
+use crate::lifecycle::{Event, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
 use crate::process::{BadMembers, compute_outputs, read_set};
-use crate::result::Durability;
-use crate::sink::{
-    Delivery, DeliveryConfig, DeliveryItem, DeliveryMsg, DeliveryReport, SetTimings,
-};
+use crate::result::{Durability, parse_result_stem};
+use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
 use crate::watch::{
     FileSig, Kind, REJECTED_DIR, Settle, WatchEvent, Watcher, classify, not_a_regular_file, reject,
 };
@@ -64,18 +64,24 @@ pub struct RunSummary {
     pub rejected: usize,
 }
 
+/// How often an idle delivery thread checks that the sinks answer (for `/healthz`).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
 enum Inbox {
     Watch(WatchEvent),
     Outcome(Outcome),
     Report(DeliveryReport),
 }
 
+/// What a worker did with a set, by its result name.
 enum Outcome {
-    /// Saved and handed to delivery.
-    Saved,
-    /// Could not save; the members are released.
-    Failed { members: Vec<PathBuf>, why: String },
+    /// Saved and journaled.
+    Saved { name: String, timings: SetTimings },
+    /// Could not compute or save it.
+    Failed { name: String, why: String },
+    /// Some files could not be read.
     BadMembers {
+        name: String,
         rejected: Vec<ReadError>,
         good: Vec<(TapName, PathBuf)>,
     },
@@ -85,7 +91,6 @@ enum Outcome {
 struct WorkerCtx {
     cfg: Config,
     journal: Arc<Mutex<Journal>>,
-    delivery: Sender<DeliveryMsg>,
     metrics: Arc<Metrics>,
 }
 
@@ -109,14 +114,19 @@ pub fn run(
         .data_dir
         .canonicalize()
         .with_context(|| format!("DATA_DIR: {}", cfg.data_dir.display()))?;
-    let sinks: Vec<SinkKind> = [
-        cfg.ftp.as_ref().map(|_| SinkKind::Ftp),
-        cfg.amqp.as_ref().map(|_| SinkKind::Amqp),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let metrics = Metrics::new(&sinks);
+    let sinks = Sinks {
+        ftp: cfg.ftp.is_some(),
+        amqp: cfg.amqp.is_some(),
+    };
+    let metrics = Metrics::new(
+        &[
+            sinks.ftp.then_some(SinkKind::Ftp),
+            sinks.amqp.then_some(SinkKind::Amqp),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>(),
+    );
     let _metrics_server = match cfg.metrics_addr {
         Some(addr) if !opts.once => {
             let server = MetricsServer::start(addr, metrics.clone())?;
@@ -141,33 +151,23 @@ pub fn run(
             cfg.temp_dir.display()
         )
     })?;
-    let resumed: Vec<DeliveryItem> = journal
-        .state()
-        .sets
-        .iter()
-        .map(|(name, rec)| DeliveryItem {
-            result_name: name.clone(),
-            device: rec
-                .sources
-                .first()
-                .and_then(|s| TapName::parse(s).ok())
-                .and_then(|t| t.device),
-            unix_s: rec
-                .sources
-                .iter()
-                .filter_map(|s| TapName::parse(s).ok())
-                .map(|t| t.unix_s)
-                .min()
-                .unwrap_or(0),
-            stage: rec.stage,
-            sources: rec.sources.iter().map(|s| cfg.data_dir.join(s)).collect(),
-            timings: None,
-        })
-        .collect();
+    let retry_base = Duration::from_millis(500).min(cfg.retry_max);
+    let mut book = SetBook::new(
+        sinks,
+        retry_base,
+        cfg.retry_max,
+        opts.once,
+        (!opts.once).then_some(PROBE_EVERY),
+    );
+    for (name, rec) in &journal.state().sets {
+        log::info!("resuming {name} at stage {:?}", rec.stage);
+        let sources = rec.sources.iter().map(|s| cfg.data_dir.join(s)).collect();
+        book.resumed(name.clone(), sources, rec.stage);
+    }
     let journal = Arc::new(Mutex::new(journal));
 
     let (inbox_tx, inbox_rx) = bounded::<Inbox>(4096);
-    let (report_tx, report_rx) = bounded::<DeliveryReport>(1024);
+    let (report_tx, report_rx) = bounded::<DeliveryReport>(16);
     {
         // Reports join the inbox through a small forwarding thread, so delivery never blocks
         // on a full inbox while the coordinator waits on it.
@@ -187,36 +187,11 @@ pub fn run(
             result_dir: cfg.result_dir.clone(),
             ftp: cfg.ftp.clone(),
             amqp: cfg.amqp.clone(),
-            retry_base: Duration::from_millis(500).min(cfg.retry_max),
-            retry_max: cfg.retry_max,
-            once: opts.once,
             metrics: metrics.clone(),
         },
         journal.clone(),
         report_tx,
     )?;
-
-    let mut co = Coordinator {
-        settle: Settle::new(cfg.settle),
-        grouper: Grouper::new(cfg.group_window_s),
-        sigs: HashMap::new(),
-        claimed: HashMap::new(),
-        ignored: HashSet::new(),
-        queue: VecDeque::new(),
-        in_flight: 0,
-        outstanding: 0,
-        summary: RunSummary::default(),
-        metrics: metrics.clone(),
-        last_incomplete_check: Instant::now(),
-        cfg: cfg.clone(),
-    };
-    for item in resumed {
-        log::info!("resuming {} at stage {:?}", item.result_name, item.stage);
-        co.claimed
-            .extend(item.sources.iter().map(|s| (s.clone(), None)));
-        co.outstanding += 1;
-        let _ = delivery.sender().send(DeliveryMsg::Deliver(item));
-    }
 
     let watcher = {
         let tx = inbox_tx.clone();
@@ -231,7 +206,6 @@ pub fn run(
     let ctx = Arc::new(WorkerCtx {
         cfg: cfg.clone(),
         journal: journal.clone(),
-        delivery: delivery.sender(),
         metrics: metrics.clone(),
     });
     let engine_cfg = EngineConfig {
@@ -264,6 +238,17 @@ pub fn run(
     drop(job_rx);
     drop(ctx);
 
+    let mut co = Coordinator {
+        settle: Settle::new(cfg.settle),
+        grouper: Grouper::new(cfg.group_window_s),
+        files: HashMap::new(),
+        book,
+        ignored: HashSet::new(),
+        summary: RunSummary::default(),
+        metrics: metrics.clone(),
+        last_incomplete_check: Instant::now(),
+        cfg: cfg.clone(),
+    };
     co.scan();
     let tick = (cfg.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut last_rescan = Instant::now();
@@ -274,7 +259,10 @@ pub fn run(
         cfg.rescan.as_secs_f64()
     );
     while !stop.load(Ordering::Relaxed) {
-        let first = inbox_rx.recv_timeout(tick).ok();
+        let wait = co.book.next_wake().map_or(tick, |t| {
+            t.saturating_duration_since(Instant::now()).min(tick)
+        });
+        let first = inbox_rx.recv_timeout(wait).ok();
         for msg in first.into_iter().chain(inbox_rx.try_iter()) {
             co.handle(msg);
         }
@@ -283,13 +271,13 @@ pub fn run(
             last_rescan = Instant::now();
         }
         co.step();
-        while co.in_flight < threads * 2 {
-            let Some(set) = co.queue.pop_front() else {
+        while co.book.counts().computing < threads * 2 {
+            let Some(set) = co.book.take_job() else {
                 break;
             };
             job_tx.send(set).context("the engine workers stopped")?;
-            co.in_flight += 1;
         }
+        co.deliver(&delivery);
         co.update_gauges();
         metrics.heartbeat();
         if opts.once && co.idle() {
@@ -301,7 +289,7 @@ pub fn run(
     drop(job_tx);
     drop(watcher);
     let deadline = Instant::now() + Duration::from_secs(4);
-    while co.in_flight > 0 && Instant::now() < deadline {
+    while co.book.counts().computing > 0 && Instant::now() < deadline {
         if let Ok(msg) = inbox_rx.recv_timeout(Duration::from_millis(50)) {
             co.handle(msg);
         }
@@ -313,17 +301,24 @@ pub fn run(
     for msg in inbox_rx.try_iter() {
         co.handle(msg);
     }
-    if !co.queue.is_empty() {
+    let counts = co.book.counts();
+    if counts.queued > 0 {
         log::info!(
             "{} complete sets not started; they are picked up at the next start",
-            co.queue.len()
+            counts.queued
+        );
+    }
+    if counts.delivering > 0 {
+        log::info!(
+            "stopping with {} sets not yet delivered; they stay in the journal",
+            counts.delivering
         );
     }
     Ok(co.summary)
 }
 
-/// A tap file read and waiting in the grouper for the rest of its set.
-struct Waiting {
+/// A tap file read and settled: waiting in the grouper, or claimed by a set in the book.
+struct Seen {
     /// Its signature when it settled.
     sig: FileSig,
     since: Instant,
@@ -335,15 +330,9 @@ struct Coordinator {
     cfg: Config,
     settle: Settle,
     grouper: Grouper<PathBuf>,
-    sigs: HashMap<PathBuf, Waiting>,
-    /// Sources of sets being computed or delivered, with their signature when claimed
-    /// (`None` for sets resumed from the journal).
-    claimed: HashMap<PathBuf, Option<FileSig>>,
+    files: HashMap<PathBuf, Seen>,
+    book: SetBook<PathBuf>,
     ignored: HashSet<PathBuf>,
-    queue: VecDeque<TapSet<PathBuf>>,
-    in_flight: usize,
-    /// Sets handed to delivery and not reported back.
-    outstanding: isize,
     summary: RunSummary,
     metrics: Arc<Metrics>,
     last_incomplete_check: Instant,
@@ -351,10 +340,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn idle(&self) -> bool {
-        self.settle.is_empty()
-            && self.queue.is_empty()
-            && self.in_flight == 0
-            && self.outstanding <= 0
+        self.settle.is_empty() && self.book.is_idle()
     }
 
     /// Lists the data folder and looks at every entry.
@@ -378,16 +364,16 @@ impl Coordinator {
 
     /// Something happened to `path`.
     fn look(&mut self, path: PathBuf) {
-        if self.claimed.contains_key(&path) {
+        if self.book.is_claimed(&path) {
             return;
         }
-        if let Some(waiting) = self.sigs.get(&path) {
+        if let Some(seen) = self.files.get(&path) {
             // Pending in the grouper: taken out if it vanished or changed.
-            if FileSig::of(&path) == Some(waiting.sig) {
+            if FileSig::of(&path) == Some(seen.sig) {
                 return;
             }
             self.grouper.remove(&path);
-            self.sigs.remove(&path);
+            self.files.remove(&path);
         }
         match classify(&self.cfg.data_dir, &path) {
             Kind::Tap(_) => match not_a_regular_file(&path) {
@@ -423,8 +409,21 @@ impl Coordinator {
         }
     }
 
+    /// A good file for the grouper.
+    fn wait_for_set(&mut self, name: TapName, path: PathBuf, sig: FileSig, now: Instant) {
+        self.files.insert(
+            path.clone(),
+            Seen {
+                sig,
+                since: now,
+                reported: false,
+            },
+        );
+        self.grouper.add(name, path);
+    }
+
     /// Re-examines settling files, reads the settled ones (a bad one is set aside now),
-    /// groups them, queues complete sets and sets leftovers aside.
+    /// groups them, books complete sets and sets leftovers aside.
     fn step(&mut self) {
         let now = Instant::now();
         for p in self.settle.paths() {
@@ -434,30 +433,16 @@ impl Coordinator {
             if let Kind::Tap(name) = classify(&self.cfg.data_dir, &path) {
                 // Read to validate only: the worker reads the set again when it is complete.
                 match read_tap_file(&path) {
-                    Ok(_) => {
-                        self.sigs.insert(
-                            path.clone(),
-                            Waiting {
-                                sig,
-                                since: now,
-                                reported: false,
-                            },
-                        );
-                        self.grouper.add(name, path);
-                    }
+                    Ok(_) => self.wait_for_set(name, path, sig, now),
                     Err(e) => self.set_aside(&path, &e.kind, Some(sig)),
                 }
             }
         }
         for set in self.grouper.take_complete() {
-            for m in &set.members {
-                let sig = self.sigs.remove(&m.key).map(|w| w.sig);
-                self.claimed.insert(m.key.clone(), sig);
-            }
-            self.queue.push_back(set);
+            self.book.grouped(set);
         }
         for stale in self.grouper.take_stale() {
-            let sig = self.sigs.remove(&stale.file.key).map(|w| w.sig);
+            let sig = self.files.remove(&stale.file.key).map(|s| s.sig);
             self.set_aside(&stale.file.key, &stale.reason(), sig);
         }
         if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
@@ -466,22 +451,116 @@ impl Coordinator {
         }
     }
 
+    /// Hands the delivery thread its next step, and carries out what the book decides.
+    fn deliver(&mut self, delivery: &Delivery) {
+        while let Some(event) = self.book.next_order(Instant::now()) {
+            match event {
+                Event::Do(order) => {
+                    delivery.send(DeliveryMsg::Do(order));
+                    return;
+                }
+                Event::Probe => {
+                    delivery.send(DeliveryMsg::Probe);
+                    return;
+                }
+                other => self.apply(other),
+            }
+        }
+    }
+
+    /// Carries out a decision of the book.
+    fn apply(&mut self, event: Event<PathBuf>) {
+        match event {
+            Event::Do(_) | Event::Probe => {}
+            Event::Retry {
+                result_name,
+                step,
+                why,
+                wait,
+            } => log::warn!(
+                "{step:?} of {result_name} failed: {why}; retrying in {:.1} s",
+                wait.as_secs_f64()
+            ),
+            Event::Delivered {
+                result_name,
+                sources,
+                timings,
+            } => {
+                for s in &sources {
+                    self.files.remove(s);
+                }
+                self.summary.delivered += 1;
+                Metrics::add(&self.metrics.sets_delivered, 1);
+                self.log_delivered(&result_name, &timings);
+            }
+            Event::Undelivered { result_name, why } => {
+                log::warn!(
+                    "{result_name}: not delivered in this run ({why}); the journal keeps it"
+                );
+                self.summary.undelivered += 1;
+                Metrics::add(&self.metrics.sets_failed, 1);
+            }
+            Event::Released {
+                result_name,
+                sources,
+            } => {
+                log::info!("{result_name}: its sources are grouped again");
+                for s in sources {
+                    self.files.remove(&s);
+                    self.look(s);
+                }
+            }
+        }
+    }
+
+    fn log_delivered(&self, name: &str, t: &SetTimings) {
+        if self.cfg.ftp.is_some() {
+            self.metrics.observe(StageTimer::Upload, t.upload);
+        }
+        if self.cfg.amqp.is_some() {
+            self.metrics.observe(StageTimer::Publish, t.publish);
+        }
+        let (device, unix_s) = parse_result_stem(name.trim_end_matches(".json"));
+        let device = device.unwrap_or_else(|| "-".into());
+        let unix_s = unix_s.unwrap_or_default();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let upload = match self.cfg.ftp {
+            Some(_) => format!("upload {:.1} ms", ms(t.upload)),
+            None => "upload off".to_string(),
+        };
+        let publish = match self.cfg.amqp {
+            Some(_) => format!("publish {:.1} ms", ms(t.publish)),
+            None => "publish off".to_string(),
+        };
+        if t.computed_here {
+            log::info!(
+                "set {name} device {device} time {unix_s}: read {:.1} ms, compute {:.1} ms, save {:.1} ms, {upload}, {publish}, sources deleted",
+                ms(t.read),
+                ms(t.compute),
+                ms(t.save),
+            );
+        } else {
+            log::info!(
+                "set {name} device {device} time {unix_s} (resumed): {upload}, {publish}, sources deleted"
+            );
+        }
+    }
+
     /// Logs once, per device, the files still without a set after the window and the grace.
     fn report_incomplete(&mut self, now: Instant) {
         let after =
             Duration::from_secs(self.cfg.group_window_s.max(0) as u64) + self.cfg.incomplete_grace;
-        let mut by_device: BTreeMap<Option<String>, Vec<&crate::group::Pending<PathBuf>>> =
-            BTreeMap::new();
+        let mut by_device: BTreeMap<Option<String>, Vec<&Pending<PathBuf>>> = BTreeMap::new();
         let mut any_new = false;
         for p in self.grouper.pending() {
-            let Some(w) = self.sigs.get_mut(&p.key) else {
+            let Some(seen) = self.files.get_mut(&p.key) else {
                 continue;
             };
-            if now.duration_since(w.since) < after {
+            if now.duration_since(seen.since) < after {
                 continue;
             }
-            any_new |= !w.reported;
-            w.reported = true;
+            any_new |= !seen.reported;
+            seen.reported = true;
             by_device.entry(p.name.device.clone()).or_default().push(p);
         }
         let incomplete: usize = by_device.values().map(Vec::len).sum();
@@ -519,8 +598,11 @@ impl Coordinator {
     }
 
     fn update_gauges(&self) {
-        let pending = self.queue.len() as isize + self.in_flight as isize + self.outstanding;
-        Metrics::set(&self.metrics.sets_pending, pending.max(0) as u64);
+        let c = self.book.counts();
+        Metrics::set(
+            &self.metrics.sets_pending,
+            (c.queued + c.computing + c.delivering) as u64,
+        );
         Metrics::set(&self.metrics.files_waiting, self.grouper.n_pending() as u64);
     }
 
@@ -530,59 +612,34 @@ impl Coordinator {
             Inbox::Watch(WatchEvent::Error(e)) => {
                 log::warn!("file events: {e}; the rescan finds what they missed");
             }
-            Inbox::Outcome(o) => {
-                self.in_flight -= 1;
-                match o {
-                    Outcome::Saved => self.outstanding += 1,
-                    Outcome::Failed { members, why } => {
-                        log::error!("{why}");
-                        Metrics::add(&self.metrics.sets_failed, 1);
-                        for m in members {
-                            self.claimed.remove(&m);
-                        }
-                    }
-                    Outcome::BadMembers { rejected, good } => {
-                        for e in rejected {
-                            let settled = self.claimed.remove(&e.path).flatten();
-                            self.set_aside(&e.path, &e.kind, settled);
-                        }
-                        for (name, path) in good {
-                            self.claimed.remove(&path);
-                            if let Some(sig) = FileSig::of(&path) {
-                                self.sigs.insert(
-                                    path.clone(),
-                                    Waiting {
-                                        sig,
-                                        since: Instant::now(),
-                                        reported: false,
-                                    },
-                                );
-                                self.grouper.add(name, path);
-                            }
-                        }
+            Inbox::Outcome(Outcome::Saved { name, timings }) => self.book.saved(&name, timings),
+            Inbox::Outcome(Outcome::Failed { name, why }) => {
+                log::error!("{why}");
+                Metrics::add(&self.metrics.sets_failed, 1);
+                for s in self.book.not_saved(&name) {
+                    self.files.remove(&s);
+                }
+            }
+            Inbox::Outcome(Outcome::BadMembers {
+                name,
+                rejected,
+                good,
+            }) => {
+                self.book.not_saved(&name);
+                for e in rejected {
+                    let settled = self.files.remove(&e.path).map(|s| s.sig);
+                    self.set_aside(&e.path, &e.kind, settled);
+                }
+                for (tap, path) in good {
+                    self.files.remove(&path);
+                    if let Some(sig) = FileSig::of(&path) {
+                        self.wait_for_set(tap, path, sig, Instant::now());
                     }
                 }
             }
             Inbox::Report(r) => {
-                self.outstanding -= 1;
-                match r {
-                    DeliveryReport::Delivered { sources } => {
-                        self.summary.delivered += 1;
-                        Metrics::add(&self.metrics.sets_delivered, 1);
-                        for s in sources {
-                            self.claimed.remove(&s);
-                        }
-                    }
-                    DeliveryReport::Undelivered { .. } => {
-                        self.summary.undelivered += 1;
-                        Metrics::add(&self.metrics.sets_failed, 1);
-                    }
-                    DeliveryReport::Recompute { sources } => {
-                        for s in sources {
-                            self.claimed.remove(&s);
-                            self.look(s);
-                        }
-                    }
+                if let Some(event) = self.book.step_done(r.result, r.took, Instant::now()) {
+                    self.apply(event);
                 }
             }
         }
@@ -638,25 +695,31 @@ fn remove_temporary_files(temp_dir: &Path) {
     }
 }
 
-/// Reads, computes, saves and journals one set, then hands it to delivery.
+/// Reads, computes, saves and journals one set.
 fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome {
+    let name = format!("{}.json", set.result_stem());
     let t0 = Instant::now();
     let taps = match read_set(set) {
         Ok(taps) => taps,
-        Err(BadMembers { rejected, good }) => return Outcome::BadMembers { rejected, good },
+        Err(BadMembers { rejected, good }) => {
+            return Outcome::BadMembers {
+                name,
+                rejected,
+                good,
+            };
+        }
     };
-    let t_read = t0.elapsed();
+    let read = t0.elapsed();
     let t1 = Instant::now();
-    let members: Vec<PathBuf> = set.members.iter().map(|m| m.key.clone()).collect();
     let outputs = match compute_outputs(engine, set, &taps, true) {
         Ok(outputs) => outputs,
-        Err(why) => return Outcome::Failed { members, why },
+        Err(why) => return Outcome::Failed { name, why },
     };
-    let name = outputs.result_name();
-    let t_compute = t1.elapsed();
-    let sources: Vec<String> = members
+    let compute = t1.elapsed();
+    let sources: Vec<String> = set
+        .members
         .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter_map(|m| m.key.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     let t2 = Instant::now();
     let save = || -> anyhow::Result<()> {
@@ -681,27 +744,17 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
         Ok(())
     };
     if let Err(e) = save() {
-        return Outcome::Failed {
-            members,
-            why: format!("{name}: {e:#}"),
-        };
+        let why = format!("{name}: {e:#}");
+        return Outcome::Failed { name, why };
     }
     let timings = SetTimings {
-        read: t_read,
-        compute: t_compute,
+        read,
+        compute,
         save: t2.elapsed(),
+        ..SetTimings::default()
     };
     ctx.metrics.observe(StageTimer::Read, timings.read);
     ctx.metrics.observe(StageTimer::Compute, timings.compute);
     ctx.metrics.observe(StageTimer::Save, timings.save);
-    let item = DeliveryItem {
-        result_name: name,
-        device: set.device.clone(),
-        unix_s: set.unix_s,
-        stage: Stage::Saved,
-        sources: members,
-        timings: Some(timings),
-    };
-    let _ = ctx.delivery.send(DeliveryMsg::Deliver(item));
-    Outcome::Saved
+    Outcome::Saved { name, timings }
 }

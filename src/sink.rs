@@ -1,15 +1,13 @@
 //! Where results go: the local result folder, the FTP server and the RabbitMQ queue.
 //!
 //! The worker saves a set's files ([`crate::result::SetOutputs::write`]: through `TEMP_DIR`,
-//! renamed into `RESULT_DIR`, the plain result last). The
-//! [`Delivery`] actor (thread `delivery`) then walks each saved set through the steps the
-//! journal prescribes ([`next_step`]): upload to FTP under a temporary name then rename,
-//! publish the bare file name as a persistent message and wait for the broker's confirm,
-//! delete the eight sources. A sink that fails is retried with exponential backoff capped at
-//! `RETRY_MAX_SECONDS` ([`Backoff`], pure), without blocking the engine workers, which keep
-//! computing and saving. Each step is journaled only after it succeeded.
+//! renamed into `RESULT_DIR`, the plain result last). The [`Delivery`] thread then does the
+//! steps the set's owner ([`crate::lifecycle::SetBook`]) hands it, one at a time: upload to
+//! FTP under a temporary name then rename, publish the bare file name as a persistent message
+//! and wait for the broker's confirm, delete the eight sources. Each step is journaled only
+//! after it succeeded, and reported back to the owner, which decides about retries (with a
+//! [`Backoff`], pure, per step) while the engine workers keep computing and saving.
 
-use std::collections::VecDeque;
 use std::io::Cursor;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -20,8 +18,9 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{AmqpConfig, FtpConfig};
-use crate::journal::{Entry, Journal, Sinks, Stage, Step, next_step, stage_after};
-use crate::metrics::{Metrics, SinkKind, StageTimer};
+use crate::journal::{Entry, Journal, Step, stage_after};
+use crate::lifecycle::{Order, StepResult};
+use crate::metrics::{Metrics, SinkKind};
 
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -307,58 +306,30 @@ fn declare_error(e: amiquip::Error, cfg: &AmqpConfig) -> anyhow::Error {
     }
 }
 
-/// How long each stage of one set took, for its log line.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetTimings {
-    pub read: Duration,
-    pub compute: Duration,
-    pub save: Duration,
-}
-
-/// A saved set on its way out.
-#[derive(Clone, Debug)]
-pub struct DeliveryItem {
-    pub result_name: String,
-    pub device: Option<String>,
-    pub unix_s: i64,
-    pub stage: Stage,
-    pub sources: Vec<PathBuf>,
-    /// `None` for sets resumed from the journal.
-    pub timings: Option<SetTimings>,
-}
-
-/// What became of a set, reported back to the service.
-#[derive(Debug)]
-pub enum DeliveryReport {
-    /// Every sink succeeded and the sources are gone.
-    Delivered { sources: Vec<PathBuf> },
-    /// Given up for this run (`--once`); the journal keeps it for the next run.
-    Undelivered { sources: Vec<PathBuf> },
-    /// The result file vanished before it was delivered: compute the set again.
-    Recompute { sources: Vec<PathBuf> },
-}
-
-/// The delivery actor's inbox.
+/// The delivery thread's inbox: one step at a time, decided by the set's owner
+/// ([`crate::lifecycle::SetBook`]).
 pub enum DeliveryMsg {
-    Deliver(DeliveryItem),
+    Do(Order<PathBuf>),
+    /// Check that each sink answers (for `/healthz`).
+    Probe,
     /// Finish the step in progress and stop; what is left stays in the journal.
     Stop,
 }
 
-/// Settings of the delivery actor.
+/// What a step came to, with how long it took.
+#[derive(Debug)]
+pub struct DeliveryReport {
+    pub result: StepResult,
+    pub took: Duration,
+}
+
+/// Settings of the delivery thread.
 pub struct DeliveryConfig {
     pub result_dir: PathBuf,
     pub ftp: Option<FtpConfig>,
     pub amqp: Option<AmqpConfig>,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// `--once`: try each sink once per set, never wait for a retry.
-    pub once: bool,
     pub metrics: Arc<Metrics>,
 }
-
-/// How often an idle delivery thread checks that the sinks still answer (for `/healthz`).
-const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long dropping [`Delivery`] waits for a step in progress (a hanging server).
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -377,16 +348,21 @@ impl Delivery {
         journal: Arc<Mutex<Journal>>,
         reports: Sender<DeliveryReport>,
     ) -> std::io::Result<Delivery> {
-        // Bounded, but drained into the pending list at every turn, so a sink that is down
-        // never blocks the workers.
-        let (tx, rx) = crossbeam_channel::bounded(1024);
+        // The owner hands out one step at a time, so the inbox stays short.
+        let (tx, rx) = crossbeam_channel::bounded(16);
         let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("delivery".into())
             .spawn(move || {
                 // Dropped when the loop ends, however it ends.
                 let _finished = finished_tx;
-                DeliveryLoop::new(cfg, journal, reports).run(rx);
+                Driver {
+                    ftp: cfg.ftp.clone().map(FtpSink::new),
+                    amqp: cfg.amqp.clone().map(AmqpSink::new),
+                    cfg,
+                    journal,
+                }
+                .run(rx, reports);
             })?;
         Ok(Delivery {
             tx,
@@ -395,8 +371,8 @@ impl Delivery {
         })
     }
 
-    pub fn sender(&self) -> Sender<DeliveryMsg> {
-        self.tx.clone()
+    pub fn send(&self, msg: DeliveryMsg) {
+        let _ = self.tx.send(msg);
     }
 }
 
@@ -415,329 +391,126 @@ impl Drop for Delivery {
     }
 }
 
-struct DeliveryLoop {
+/// Does the steps: the I/O only, each journaled after it succeeded.
+struct Driver {
     cfg: DeliveryConfig,
-    sinks: Sinks,
     journal: Arc<Mutex<Journal>>,
-    reports: Sender<DeliveryReport>,
-    ftp: Option<(FtpSink, Backoff)>,
-    amqp: Option<(AmqpSink, Backoff)>,
-    pending: VecDeque<Pending>,
-    /// When the idle sinks are checked next (never with `--once`).
-    next_probe: Option<Instant>,
+    ftp: Option<FtpSink>,
+    amqp: Option<AmqpSink>,
 }
 
-struct Pending {
-    item: DeliveryItem,
-    upload: Duration,
-    publish: Duration,
-}
-
-enum Advance {
-    Done,
-    Waiting,
-    Failed,
-}
-
-impl DeliveryLoop {
-    fn new(
-        cfg: DeliveryConfig,
-        journal: Arc<Mutex<Journal>>,
-        reports: Sender<DeliveryReport>,
-    ) -> DeliveryLoop {
-        let backoff = || Backoff::new(cfg.retry_base, cfg.retry_max);
-        DeliveryLoop {
-            sinks: Sinks {
-                ftp: cfg.ftp.is_some(),
-                amqp: cfg.amqp.is_some(),
-            },
-            ftp: cfg.ftp.clone().map(|c| (FtpSink::new(c), backoff())),
-            amqp: cfg.amqp.clone().map(|c| (AmqpSink::new(c), backoff())),
-            next_probe: (!cfg.once).then(Instant::now),
-            cfg,
-            journal,
-            reports,
-            pending: VecDeque::new(),
-        }
-    }
-
-    /// Checks each sink that is not backing off, when it is time; the outcome only feeds
-    /// the health status.
-    fn probe_if_due(&mut self) {
-        let now = Instant::now();
-        if self.next_probe.is_none_or(|t| now < t) {
-            return;
-        }
-        self.next_probe = Some(now + PROBE_EVERY);
-        let metrics = &self.cfg.metrics;
-        if let Some((ftp, backoff)) = self.ftp.as_mut()
-            && backoff.ready(now)
-        {
-            metrics.sink_status(SinkKind::Ftp, ftp.probe().map_err(|e| format!("{e:#}")));
-        }
-        if let Some((amqp, backoff)) = self.amqp.as_mut()
-            && backoff.ready(now)
-        {
-            metrics.sink_status(SinkKind::Amqp, amqp.probe().map_err(|e| format!("{e:#}")));
-        }
-    }
-
-    fn run(mut self, rx: Receiver<DeliveryMsg>) {
-        loop {
-            // Wait for new work, or until the earliest backoff ends (or, idle, the next probe).
-            let first = if self.pending.is_empty() {
-                self.probe_if_due();
-                let got = match self.next_probe {
-                    Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match got {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+impl Driver {
+    fn run(mut self, rx: Receiver<DeliveryMsg>, reports: Sender<DeliveryReport>) {
+        for msg in rx {
+            let started = Instant::now();
+            let result = match msg {
+                DeliveryMsg::Stop => return,
+                DeliveryMsg::Probe => {
+                    self.probe();
+                    StepResult::Done
                 }
-            } else {
-                let wait = self.next_wake().saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
+                DeliveryMsg::Do(order) => self.step(&order),
             };
-            let mut stop = false;
-            for msg in first.into_iter().chain(rx.try_iter()) {
-                match msg {
-                    DeliveryMsg::Deliver(item) => self.pending.push_back(Pending {
-                        item,
-                        upload: Duration::ZERO,
-                        publish: Duration::ZERO,
-                    }),
-                    DeliveryMsg::Stop => stop = true,
-                }
-            }
-            if stop {
-                if !self.pending.is_empty() {
-                    log::info!(
-                        "stopping with {} sets not yet delivered; they stay in the journal",
-                        self.pending.len()
-                    );
-                }
+            let report = DeliveryReport {
+                result,
+                took: started.elapsed(),
+            };
+            if reports.send(report).is_err() {
                 return;
             }
-            self.advance_all();
         }
     }
 
-    /// When a waiting set may move again: the earliest end of a sink's backoff, or in a
-    /// second when none is backing off (a journal write failed).
-    fn next_wake(&self) -> Instant {
-        let ftp = self.ftp.as_ref().map(|(_, b)| b);
-        let amqp = self.amqp.as_ref().map(|(_, b)| b);
-        [ftp, amqp]
-            .into_iter()
-            .flatten()
-            .filter_map(Backoff::next_try)
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
-    }
-
-    fn advance_all(&mut self) {
-        let mut keep = VecDeque::with_capacity(self.pending.len());
-        while let Some(mut p) = self.pending.pop_front() {
-            match self.advance(&mut p) {
-                Advance::Done => {}
-                Advance::Waiting => keep.push_back(p),
-                Advance::Failed => {
-                    let _ = self.reports.send(DeliveryReport::Undelivered {
-                        sources: p.item.sources.clone(),
-                    });
+    /// Does one step and journals it.
+    fn step(&mut self, order: &Order<PathBuf>) -> StepResult {
+        let name = order.result_name.as_str();
+        let attempt = match order.step {
+            Step::Upload => match std::fs::read(self.cfg.result_dir.join(name)) {
+                Ok(bytes) => {
+                    let r = self.upload(name, &bytes);
+                    self.sink_outcome(SinkKind::Ftp, r)
                 }
+                Err(e) => {
+                    log::warn!("{name}: result file unreadable ({e}); computing it again");
+                    return StepResult::ResultMissing;
+                }
+            },
+            Step::Publish => {
+                let r = match self.amqp.as_mut() {
+                    Some(amqp) => amqp.publish(name),
+                    None => Err(anyhow::anyhow!("RabbitMQ is not configured")),
+                };
+                self.sink_outcome(SinkKind::Amqp, r)
             }
+            Step::DeleteSources => delete_sources(&order.sources),
+            Step::Save | Step::Done => {
+                Err(anyhow::anyhow!("{:?} is not a delivery step", order.step))
+            }
+        };
+        if let Err(e) = attempt {
+            return StepResult::Failed(format!("{e:#}"));
         }
-        self.pending = keep;
-    }
-
-    fn journal(&self, stage: Stage, name: &str) -> std::io::Result<()> {
+        let Some(stage) = stage_after(order.step) else {
+            return StepResult::Done;
+        };
         let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        j.record(&Entry {
+        match j.record(&Entry {
             stage,
             result_name: name.to_string(),
             sources: Vec::new(),
-        })
-    }
-
-    /// A set that cannot move now waits for the retry, except with `--once`.
-    fn wait_or_give_up(&self) -> Advance {
-        if self.cfg.once {
-            Advance::Failed
-        } else {
-            Advance::Waiting
+        }) {
+            Ok(()) => StepResult::Done,
+            Err(e) => StepResult::Failed(format!("cannot write the journal: {e}")),
         }
     }
 
-    /// Moves one set forward as far as the sinks allow.
-    fn advance(&mut self, p: &mut Pending) -> Advance {
-        let name = p.item.result_name.clone();
-        loop {
-            let step = next_step(p.item.stage, self.sinks);
-            let now = Instant::now();
-            let started = Instant::now();
-            let attempt: anyhow::Result<()> = match step {
-                Step::Done => return Advance::Done,
-                Step::Save => {
-                    // Saved by the worker before the set reaches us; nothing to redo.
-                    log::error!("{name}: reached delivery unsaved");
-                    return Advance::Failed;
-                }
-                Step::Upload => {
-                    let Some((ftp, backoff)) = self.ftp.as_mut() else {
-                        unreachable!("next_step only uploads with FTP configured")
-                    };
-                    if !backoff.ready(now) {
-                        return self.wait_or_give_up();
-                    }
-                    let bytes = match std::fs::read(self.cfg.result_dir.join(&name)) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            log::warn!("{name}: result file unreadable ({e}); computing it again");
-                            let _ = self.reports.send(DeliveryReport::Recompute {
-                                sources: p.item.sources.clone(),
-                            });
-                            return Advance::Done;
-                        }
-                    };
-                    // The picture first, so that a consumer told of the result finds it.
-                    let png_name = name.replace(".json", ".png");
-                    let png = ftp
-                        .upload_png()
-                        .then(|| std::fs::read(self.cfg.result_dir.join(&png_name)).ok())
-                        .flatten();
-                    let r = match png {
-                        Some(png) => ftp
-                            .upload(&png_name, &png)
-                            .and_then(|()| ftp.upload(&name, &bytes)),
-                        None => ftp.upload(&name, &bytes),
-                    };
-                    p.upload = started.elapsed();
-                    sink_outcome(backoff, &self.cfg.metrics, SinkKind::Ftp, &name, r)
-                }
-                Step::Publish => {
-                    let Some((amqp, backoff)) = self.amqp.as_mut() else {
-                        unreachable!("next_step only publishes with RabbitMQ configured")
-                    };
-                    if !backoff.ready(now) {
-                        return self.wait_or_give_up();
-                    }
-                    let r = amqp.publish(&name);
-                    p.publish = started.elapsed();
-                    sink_outcome(backoff, &self.cfg.metrics, SinkKind::Amqp, &name, r)
-                }
-                Step::DeleteSources => {
-                    let mut r = Ok(());
-                    for src in &p.item.sources {
-                        match std::fs::remove_file(src) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => {
-                                r = Err(anyhow::anyhow!("cannot delete {}: {e}", src.display()));
-                                break;
-                            }
-                        }
-                    }
-                    if let Err(e) = &r {
-                        log::error!("{name}: {e:#}");
-                    }
-                    r
-                }
-            };
-            if attempt.is_err() {
-                return self.wait_or_give_up();
-            }
-            let Some(stage) = stage_after(step) else {
-                return Advance::Done;
-            };
-            if let Err(e) = self.journal(stage, &name) {
-                log::error!("{name}: cannot write the journal: {e}");
-                return Advance::Waiting;
-            }
-            p.item.stage = stage;
-            if stage == Stage::Deleted {
-                self.log_done(p);
-                let _ = self.reports.send(DeliveryReport::Delivered {
-                    sources: p.item.sources.clone(),
-                });
-                return Advance::Done;
-            }
-        }
-    }
-
-    fn log_done(&self, p: &Pending) {
-        if self.sinks.ftp {
-            self.cfg.metrics.observe(StageTimer::Upload, p.upload);
-        }
-        if self.sinks.amqp {
-            self.cfg.metrics.observe(StageTimer::Publish, p.publish);
-        }
-        let device = p.item.device.as_deref().unwrap_or("-");
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let upload = if self.sinks.ftp {
-            format!("upload {:.1} ms", ms(p.upload))
-        } else {
-            "upload off".to_string()
+    /// Uploads the result, the picture first when `TOMOGRAM_UPLOAD` is on, so that a
+    /// consumer told of the result finds it.
+    fn upload(&mut self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(ftp) = self.ftp.as_mut() else {
+            anyhow::bail!("FTP is not configured");
         };
-        let publish = if self.sinks.amqp {
-            format!("publish {:.1} ms", ms(p.publish))
-        } else {
-            "publish off".to_string()
-        };
-        match p.item.timings {
-            Some(t) => log::info!(
-                "set {} device {device} time {}: read {:.1} ms, compute {:.1} ms, save {:.1} ms, {upload}, {publish}, sources deleted",
-                p.item.result_name,
-                p.item.unix_s,
-                ms(t.read),
-                ms(t.compute),
-                ms(t.save),
-            ),
-            None => log::info!(
-                "set {} device {device} time {} (resumed): {upload}, {publish}, sources deleted",
-                p.item.result_name,
-                p.item.unix_s,
-            ),
+        if ftp.upload_png() {
+            let png_name = name.replace(".json", ".png");
+            if let Ok(png) = std::fs::read(self.cfg.result_dir.join(&png_name)) {
+                ftp.upload(&png_name, &png)?;
+            }
+        }
+        ftp.upload(name, bytes)
+    }
+
+    /// Records a sink's attempt in the metrics (health, retries).
+    fn sink_outcome(&self, sink: SinkKind, r: anyhow::Result<()>) -> anyhow::Result<()> {
+        let metrics = &self.cfg.metrics;
+        metrics.sink_status(sink, r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+        if r.is_err() {
+            metrics.sink_retry(sink);
+        }
+        r
+    }
+
+    /// Checks each sink; the outcome only feeds the health status.
+    fn probe(&mut self) {
+        let metrics = &self.cfg.metrics;
+        if let Some(ftp) = self.ftp.as_mut() {
+            metrics.sink_status(SinkKind::Ftp, ftp.probe().map_err(|e| format!("{e:#}")));
+        }
+        if let Some(amqp) = self.amqp.as_mut() {
+            metrics.sink_status(SinkKind::Amqp, amqp.probe().map_err(|e| format!("{e:#}")));
         }
     }
 }
 
-/// Updates a sink's backoff and health after an attempt and logs a failure.
-fn sink_outcome(
-    backoff: &mut Backoff,
-    metrics: &Metrics,
-    sink: SinkKind,
-    name: &str,
-    r: anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let what = match sink {
-        SinkKind::Ftp => "FTP upload",
-        SinkKind::Amqp => "RabbitMQ publish",
-    };
-    metrics.sink_status(sink, r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
-    match &r {
-        Ok(()) => {
-            if backoff.failures() > 0 {
-                log::info!("{what} works again");
-            }
-            backoff.succeeded();
-        }
-        Err(e) => {
-            metrics.sink_retry(sink);
-            let wait = backoff.failed(Instant::now());
-            log::warn!(
-                "{what} of {name} failed: {e:#}; retrying in {:.1} s",
-                wait.as_secs_f64()
-            );
+/// Deletes a set's source files (one already gone is fine).
+fn delete_sources(sources: &[PathBuf]) -> anyhow::Result<()> {
+    for src in sources {
+        match std::fs::remove_file(src) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot delete {}: {e}", src.display()),
         }
     }
-    r
+    Ok(())
 }
 
 #[cfg(test)]
