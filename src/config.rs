@@ -49,6 +49,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "folder on the FTP server for the results (created if missing)",
     ),
     (
+        "FTP_FOLDER_DATA_ROW",
+        "",
+        "raw archive on the FTP server: each set's eight tap files are copied there, unchanged, before they are deleted; empty turns it off",
+    ),
+    (
         "RABBITMQ_HOST",
         "",
         "RabbitMQ broker; empty turns publishing off",
@@ -66,6 +71,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "RABBITMQ_QUEUE",
         "result_queue",
         "queue that receives each result file name (alias RABBITMQ_QUEUE_RESULT)",
+    ),
+    (
+        "RABBITMQ_GRAPH_QUEUE",
+        "",
+        "queue for the tomogram viewer's message ({\"GUID_SURVEY\": <result>, \"data\": [<8 tap files>]}); empty turns it off",
     ),
     (
         "RABBITMQ_QUEUE_DURABLE",
@@ -171,6 +181,8 @@ pub struct FtpConfig {
     pub upload_png: bool,
     /// Explicit FTPS (`FTP_TLS`).
     pub tls: bool,
+    /// The raw archive folder (`FTP_FOLDER_DATA_ROW`), if on.
+    pub archive_folder: Option<String>,
 }
 
 /// Where to publish result names.
@@ -185,6 +197,8 @@ pub struct AmqpConfig {
     pub durable: bool,
     /// AMQPS (`RABBITMQ_TLS`).
     pub tls: bool,
+    /// The viewer's queue (`RABBITMQ_GRAPH_QUEUE`), if on; declared like `queue`.
+    pub graph_queue: Option<String>,
 }
 
 impl AmqpConfig {
@@ -298,6 +312,7 @@ impl Config {
                 folder,
                 upload_png: flag(raw, "TOMOGRAM_UPLOAD")?,
                 tls: flag(raw, "FTP_TLS")?,
+                archive_folder: optional(raw, "FTP_FOLDER_DATA_ROW"),
             })
         };
         let amqp_host = host(raw, "RABBITMQ_HOST")?;
@@ -325,6 +340,7 @@ impl Config {
                 queue: queue.trim().to_string(),
                 durable,
                 tls: flag(raw, "RABBITMQ_TLS")?,
+                graph_queue: optional(raw, "RABBITMQ_GRAPH_QUEUE"),
             })
         };
         let diameter = raw.get("DIAMETER");
@@ -372,6 +388,11 @@ impl Config {
             log_format: log_format(raw)?,
         })
     }
+}
+
+/// A variable whose empty value turns its feature off.
+fn optional(raw: &RawConfig, name: &str) -> Option<String> {
+    Some(raw.get(name).trim().to_string()).filter(|v| !v.is_empty())
 }
 
 /// `LOG_FORMAT`: text or json.

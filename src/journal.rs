@@ -1,7 +1,8 @@
 //! The journal: which stage each set has reached, kept durably in `TEMP_DIR/journal.log`.
 //!
-//! A set moves Computed → Saved → Uploaded → Published → Deleted; the sinks that are off are
-//! skipped. Each step is appended as one line (`<stage> <result-name> [<source>…]`) and
+//! A set moves Computed → Saved → Uploaded → Archived → Published → Announced → Deleted; the
+//! steps whose sink is off are skipped (Archived: the raw tap files copied to the FTP raw
+//! archive; Announced: the viewer's message on the graph queue). Each step is appended as one line (`<stage> <result-name> [<source>…]`) and
 //! fsynced *after* the step succeeded, so after a kill -9 the service redoes at most the step
 //! that was in flight: a result is uploaded or published again (same idempotent name), never
 //! lost, and the eight sources are deleted only once every sink has succeeded. A set the
@@ -22,8 +23,12 @@ pub enum Stage {
     Saved,
     /// Result uploaded to the FTP server.
     Uploaded,
+    /// The eight raw tap files copied to the FTP raw archive (`FTP_FOLDER_DATA_ROW`).
+    Archived,
     /// The broker confirmed the message.
     Published,
+    /// The broker confirmed the viewer's message on the graph queue (`RABBITMQ_GRAPH_QUEUE`).
+    Announced,
     /// Sources deleted: the set is done.
     Deleted,
 }
@@ -34,7 +39,9 @@ impl Stage {
             Stage::Computed => "computed",
             Stage::Saved => "saved",
             Stage::Uploaded => "uploaded",
+            Stage::Archived => "archived",
             Stage::Published => "published",
+            Stage::Announced => "announced",
             Stage::Deleted => "deleted",
         }
     }
@@ -44,7 +51,9 @@ impl Stage {
             "computed" => Stage::Computed,
             "saved" => Stage::Saved,
             "uploaded" => Stage::Uploaded,
+            "archived" => Stage::Archived,
             "published" => Stage::Published,
+            "announced" => Stage::Announced,
             "deleted" => Stage::Deleted,
             _ => return None,
         })
@@ -52,10 +61,14 @@ impl Stage {
 }
 
 /// Which sinks are configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sinks {
     pub ftp: bool,
     pub amqp: bool,
+    /// The raw archive on the FTP server (`FTP_FOLDER_DATA_ROW`, with FTP).
+    pub archive: bool,
+    /// The viewer's message (`RABBITMQ_GRAPH_QUEUE`, with RabbitMQ).
+    pub graph: bool,
 }
 
 /// What to do next for a set at `stage`.
@@ -63,20 +76,45 @@ pub struct Sinks {
 pub enum Step {
     Save,
     Upload,
+    Archive,
     Publish,
+    Announce,
     DeleteSources,
     Done,
 }
 
-/// The next step after `stage`, skipping sinks that are off. Upload comes before publish so a
-/// consumer that gets the message finds the file on the FTP server.
+/// The delivery steps in their order, with the stage each leads to. Upload comes before
+/// publish so a consumer that gets the message finds the file on the FTP server, and the raw
+/// archive before the viewer's message, which points the viewer at it.
+const DELIVERY: [(Step, Stage); 5] = [
+    (Step::Upload, Stage::Uploaded),
+    (Step::Archive, Stage::Archived),
+    (Step::Publish, Stage::Published),
+    (Step::Announce, Stage::Announced),
+    (Step::DeleteSources, Stage::Deleted),
+];
+
+impl Sinks {
+    fn wants(self, step: Step) -> bool {
+        match step {
+            Step::Upload => self.ftp,
+            Step::Archive => self.ftp && self.archive,
+            Step::Publish => self.amqp,
+            Step::Announce => self.amqp && self.graph,
+            Step::Save | Step::DeleteSources | Step::Done => true,
+        }
+    }
+}
+
+/// The next step after `stage`, skipping the sinks that are off.
 pub fn next_step(stage: Stage, sinks: Sinks) -> Step {
     match stage {
         Stage::Computed => Step::Save,
-        Stage::Saved if sinks.ftp => Step::Upload,
-        Stage::Saved | Stage::Uploaded if sinks.amqp => Step::Publish,
-        Stage::Saved | Stage::Uploaded | Stage::Published => Step::DeleteSources,
         Stage::Deleted => Step::Done,
+        _ => DELIVERY
+            .iter()
+            .find(|(step, reached)| *reached > stage && sinks.wants(*step))
+            .map_or(Step::Done, |(step, _)| *step),
     }
 }
 
@@ -84,10 +122,11 @@ pub fn next_step(stage: Stage, sinks: Sinks) -> Step {
 pub fn stage_after(step: Step) -> Option<Stage> {
     match step {
         Step::Save => Some(Stage::Saved),
-        Step::Upload => Some(Stage::Uploaded),
-        Step::Publish => Some(Stage::Published),
-        Step::DeleteSources => Some(Stage::Deleted),
         Step::Done => None,
+        _ => DELIVERY
+            .iter()
+            .find(|(s, _)| *s == step)
+            .map(|(_, stage)| *stage),
     }
 }
 
@@ -282,6 +321,8 @@ mod tests {
     const BOTH: Sinks = Sinks {
         ftp: true,
         amqp: true,
+        archive: false,
+        graph: false,
     };
 
     fn computed(name: &str) -> Entry {
@@ -308,20 +349,47 @@ mod tests {
         assert_eq!(next_step(Stage::Published, BOTH), Step::DeleteSources);
         assert_eq!(next_step(Stage::Deleted, BOTH), Step::Done);
         let amqp_only = Sinks {
-            ftp: false,
             amqp: true,
+            ..Sinks::default()
         };
         assert_eq!(next_step(Stage::Saved, amqp_only), Step::Publish);
-        let none = Sinks {
-            ftp: false,
-            amqp: false,
-        };
+        let none = Sinks::default();
         assert_eq!(next_step(Stage::Saved, none), Step::DeleteSources);
         let ftp_only = Sinks {
             ftp: true,
-            amqp: false,
+            ..Sinks::default()
         };
         assert_eq!(next_step(Stage::Uploaded, ftp_only), Step::DeleteSources);
+        let all = Sinks {
+            ftp: true,
+            amqp: true,
+            archive: true,
+            graph: true,
+        };
+        let mut stage = Stage::Saved;
+        let mut steps = Vec::new();
+        while next_step(stage, all) != Step::Done {
+            let step = next_step(stage, all);
+            steps.push(step);
+            stage = stage_after(step).unwrap();
+        }
+        assert_eq!(
+            steps,
+            [
+                Step::Upload,
+                Step::Archive,
+                Step::Publish,
+                Step::Announce,
+                Step::DeleteSources
+            ]
+        );
+        // The archive needs FTP and the viewer's message RabbitMQ.
+        let no_servers = Sinks {
+            archive: true,
+            graph: true,
+            ..Sinks::default()
+        };
+        assert_eq!(next_step(Stage::Saved, no_servers), Step::DeleteSources);
     }
 
     #[test]

@@ -140,7 +140,13 @@ enum Busy {
 }
 
 /// The delivery steps, latest first: a set near its end is finished before new ones start.
-const STEPS: [Step; 3] = [Step::DeleteSources, Step::Publish, Step::Upload];
+const STEPS: [Step; 5] = [
+    Step::DeleteSources,
+    Step::Announce,
+    Step::Publish,
+    Step::Archive,
+    Step::Upload,
+];
 
 impl<K: Clone + Eq + Hash> SetBook<K> {
     /// `probe_every`: how often the sinks are checked while no set is being delivered (for
@@ -407,6 +413,8 @@ mod tests {
     const BOTH: Sinks = Sinks {
         ftp: true,
         amqp: true,
+        archive: false,
+        graph: false,
     };
 
     fn one_set(device: &str, t0: i64) -> TapSet<String> {
@@ -576,10 +584,7 @@ mod tests {
     #[test]
     fn without_sinks_a_saved_set_only_deletes_its_sources() {
         let t0 = Instant::now();
-        let none = Sinks {
-            ftp: false,
-            amqp: false,
-        };
+        let none = Sinks::default();
         let mut b = SetBook::new(
             none,
             Duration::from_secs(1),

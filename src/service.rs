@@ -117,6 +117,8 @@ pub fn run(
     let sinks = Sinks {
         ftp: cfg.ftp.is_some(),
         amqp: cfg.amqp.is_some(),
+        archive: cfg.ftp.as_ref().is_some_and(|f| f.archive_folder.is_some()),
+        graph: cfg.amqp.as_ref().is_some_and(|a| a.graph_queue.is_some()),
     };
     let metrics = Metrics::new(
         &[
@@ -143,6 +145,12 @@ pub fn run(
     match &cfg.amqp {
         Some(a) => log::info!("publishing to {a:?}"),
         None => log::info!("RabbitMQ publishing is off (RABBITMQ_HOST is empty)"),
+    }
+    if let Some(folder) = cfg.ftp.as_ref().and_then(|f| f.archive_folder.as_ref()) {
+        log::info!("raw tap files archived in {folder} on the FTP server");
+    }
+    if let Some(queue) = cfg.amqp.as_ref().and_then(|a| a.graph_queue.as_ref()) {
+        log::info!("the viewer's message goes to queue {queue}");
     }
 
     let journal = Journal::open(&cfg.temp_dir).with_context(|| {

@@ -356,9 +356,23 @@ impl Delivery {
             .spawn(move || {
                 // Dropped when the loop ends, however it ends.
                 let _finished = finished_tx;
+                let archive = cfg.ftp.as_ref().and_then(|f| {
+                    let folder = f.archive_folder.clone()?;
+                    Some(FtpSink::new(FtpConfig {
+                        folder,
+                        upload_png: false,
+                        ..f.clone()
+                    }))
+                });
+                let graph = cfg.amqp.as_ref().and_then(|a| {
+                    let queue = a.graph_queue.clone()?;
+                    Some(AmqpSink::new(AmqpConfig { queue, ..a.clone() }))
+                });
                 Driver {
                     ftp: cfg.ftp.clone().map(FtpSink::new),
                     amqp: cfg.amqp.clone().map(AmqpSink::new),
+                    archive,
+                    graph,
                     cfg,
                     journal,
                 }
@@ -397,6 +411,10 @@ struct Driver {
     journal: Arc<Mutex<Journal>>,
     ftp: Option<FtpSink>,
     amqp: Option<AmqpSink>,
+    /// The raw archive: the same server, another folder (a connection of its own).
+    archive: Option<FtpSink>,
+    /// The viewer's queue (a connection of its own).
+    graph: Option<AmqpSink>,
 }
 
 impl Driver {
@@ -442,6 +460,17 @@ impl Driver {
                 };
                 self.sink_outcome(SinkKind::Amqp, r)
             }
+            Step::Archive => {
+                let r = self.archive(&order.sources);
+                self.sink_outcome(SinkKind::Ftp, r)
+            }
+            Step::Announce => {
+                let r = match self.graph.as_mut() {
+                    Some(graph) => graph.publish(&graph_message(name, &order.sources)),
+                    None => Err(anyhow::anyhow!("RABBITMQ_GRAPH_QUEUE is not configured")),
+                };
+                self.sink_outcome(SinkKind::Amqp, r)
+            }
             Step::DeleteSources => delete_sources(&order.sources),
             Step::Save | Step::Done => {
                 Err(anyhow::anyhow!("{:?} is not a delivery step", order.step))
@@ -479,6 +508,28 @@ impl Driver {
         ftp.upload(name, bytes)
     }
 
+    /// Copies the raw tap files, unchanged, to the raw archive. A file that is already gone
+    /// cannot be archived: it is skipped with a warning rather than holding every set back.
+    fn archive(&mut self, sources: &[PathBuf]) -> anyhow::Result<()> {
+        let Some(archive) = self.archive.as_mut() else {
+            anyhow::bail!("FTP_FOLDER_DATA_ROW is not configured");
+        };
+        for src in sources {
+            let name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match std::fs::read(src) {
+                Ok(bytes) => archive.upload(&name, &bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log::warn!("{}: gone before it was archived", src.display());
+                }
+                Err(e) => anyhow::bail!("cannot read {}: {e}", src.display()),
+            }
+        }
+        Ok(())
+    }
+
     /// Records a sink's attempt in the metrics (health, retries).
     fn sink_outcome(&self, sink: SinkKind, r: anyhow::Result<()>) -> anyhow::Result<()> {
         let metrics = &self.cfg.metrics;
@@ -498,7 +549,27 @@ impl Driver {
         if let Some(amqp) = self.amqp.as_mut() {
             metrics.sink_status(SinkKind::Amqp, amqp.probe().map_err(|e| format!("{e:#}")));
         }
+        if let Some(graph) = self.graph.as_mut()
+            && let Err(e) = graph.probe()
+        {
+            metrics.sink_status(SinkKind::Amqp, Err(format!("{e:#}")));
+        }
     }
+}
+
+/// The tomogram viewer's message: the result's name without `.json`, and the eight tap
+/// files, tap 1 first.
+pub fn graph_message(result_name: &str, sources: &[PathBuf]) -> String {
+    let data: Vec<String> = sources
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    serde_json::json!({
+        "GUID_SURVEY": result_name.trim_end_matches(".json"),
+        "data": data,
+    })
+    .to_string()
 }
 
 /// Deletes a set's source files (one already gone is fine).
@@ -516,6 +587,18 @@ fn delete_sources(sources: &[PathBuf]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_viewer_message_names_the_result_and_the_taps_in_order() {
+        let sources: Vec<PathBuf> = (1..=8)
+            .map(|k| PathBuf::from(format!("/d/D_u_17_{k}.json")))
+            .collect();
+        let msg: serde_json::Value =
+            serde_json::from_str(&graph_message("result_D_17.json", &sources)).unwrap();
+        assert_eq!(msg["GUID_SURVEY"], "result_D_17");
+        assert_eq!(msg["data"][0], "D_u_17_1.json");
+        assert_eq!(msg["data"].as_array().unwrap().len(), 8);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {

@@ -1146,3 +1146,57 @@ fn metrics_count_a_delivered_set_and_health_follows_the_broker() {
     assert_eq!(site.published_names(), vec![name]);
     terminate(child, &site);
 }
+
+#[test]
+fn the_raw_archive_and_the_viewer_message_follow_each_set() {
+    let mut site = Site::new("archive");
+    let graph_queue = format!("graph-{}", site.queue);
+    site.extra_env = vec![
+        ("FTP_FOLDER_DATA_ROW".into(), "/data_row".into()),
+        ("RABBITMQ_GRAPH_QUEUE".into(), graph_queue.clone()),
+    ];
+    let _ftp = site.ftp();
+    let (files, truth) = site.drop_sets(2, 26);
+    let child = site.start(false);
+    wait_until("both sets to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    terminate(child, &site);
+    // The raw files, byte for byte, in the archive.
+    for f in &files {
+        let archived = std::fs::read(site.ftp_root.join("data_row").join(&f.file_name))
+            .unwrap_or_else(|e| panic!("{} not archived: {e}", f.file_name));
+        assert_eq!(archived, f.json.as_bytes(), "{}", f.file_name);
+    }
+    // One result message and one viewer message per set.
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(site.published_names(), want);
+    let mut graph: Vec<serde_json::Value> = site
+        .vhost
+        .drain(&graph_queue)
+        .into_iter()
+        .map(|(body, mode)| {
+            assert_eq!(mode, Some(2), "persistent");
+            serde_json::from_str(&body).unwrap()
+        })
+        .collect();
+    graph.sort_by_key(|m| m["GUID_SURVEY"].as_str().unwrap().to_string());
+    assert_eq!(graph.len(), 2);
+    for (msg, set) in graph.iter().zip(&truth.sets) {
+        assert_eq!(
+            msg["GUID_SURVEY"].as_str().unwrap(),
+            set.result_file.trim_end_matches(".json")
+        );
+        let data: Vec<&str> = msg["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            data,
+            set.files.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    }
+}
