@@ -97,7 +97,7 @@ struct EngineArgs {
     #[arg(long, env = "DIAMETER", default_value_t = 0.3)]
     diameter: f64,
     /// How ToFs are estimated.
-    #[arg(long, value_enum, default_value_t = Method::Onset)]
+    #[arg(long, value_parser = method_parser(), default_value_t = Method::Onset)]
     method: Method,
     /// Slowest plausible velocity, m/s: bounds the lag search and flags slower rays.
     #[arg(long, default_value_t = 300.0)]
@@ -204,7 +204,7 @@ struct EvaluateArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [40.0, 30.0, 20.0, 10.0])]
     snr_db: Vec<f64>,
     /// Methods to evaluate.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Onset, Method::GccPhat])]
+    #[arg(long, value_parser = method_parser(), value_delimiter = ',', default_values_t = Method::ALL)]
     method: Vec<Method>,
     /// Simulator wave models to evaluate (see `simulate --help`).
     #[arg(long, value_delimiter = ',', default_values_t = [WaveModel::Shared, WaveModel::Field])]
@@ -216,6 +216,13 @@ struct EvaluateArgs {
     /// The engine's trigger lead, in sampling intervals (see `process --help`).
     #[arg(long, default_value_t = DEFAULT_TRIGGER_LEAD)]
     trigger_lead: f64,
+}
+
+/// `--method`: the engine's methods, each with its summary in the help.
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = Method::ALL.map(|m| PossibleValue::new(m.name()).help(m.summary()));
+    PossibleValuesParser::new(names).try_map(|name| name.parse::<Method>())
 }
 
 fn main() -> ExitCode {

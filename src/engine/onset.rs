@@ -22,7 +22,7 @@ use super::gcc::{self, PairBatch};
 use super::{
     EngineConfig, Prepared, RayFlag, SetEstimate, empty_estimate, finish, max_lag_samples,
 };
-use crate::device::N_SENSORS;
+use crate::geometry::N_SENSORS;
 use crate::geometry::chord_m;
 
 /// Threshold of the first-arrival detector, in noise standard deviations.
@@ -165,17 +165,21 @@ pub const IMPACT_COUNTS: f64 = 900.0;
 /// sample, sensors 3 and 5 answering two samples later, and sensor 5 reaching the impact
 /// level only at sample 5: the operator tapped sensor 4. Its rays are flagged instead of
 /// being read as rays from sensor 5.
-pub fn impact_channel(tap: &Prepared, bases: &[Baseline; N_SENSORS]) -> Option<usize> {
+pub fn impact_channel(
+    tap: &Prepared,
+    named: usize,
+    bases: &[Baseline; N_SENSORS],
+) -> Option<usize> {
     let first_big = |c: usize| {
         tap.raw[c]
             .iter()
             .position(|&x| (x as f64 - bases[c].rest).abs() > IMPACT_COUNTS)
     };
-    let named = first_big(tap.tap_idx);
+    let named_first_big = first_big(named);
     (0..N_SENSORS)
-        .filter(|&c| c != tap.tap_idx)
+        .filter(|&c| c != named)
         .filter_map(|c| Some((first_big(c)?, c)))
-        .filter(|&(k, _)| k <= 1 && named.is_none_or(|n| n >= k + 2))
+        .filter(|&(k, _)| k <= 1 && named_first_big.is_none_or(|n| n >= k + 2))
         .min()
         .map(|(_, c)| c)
 }
@@ -198,7 +202,7 @@ pub struct Reassignment {
 pub fn reassign(cfg: &EngineConfig, set: &[Prepared; N_SENSORS]) -> Reassignment {
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
     let impact_elsewhere: [Option<usize>; N_SENSORS] =
-        std::array::from_fn(|i| impact_channel(&set[i], &bases));
+        std::array::from_fn(|i| impact_channel(&set[i], i, &bases));
     let tap_source = std::array::from_fn(|c| {
         let mut claims = (0..N_SENSORS).filter(|&i| impact_elsewhere[i] == Some(c));
         match (impact_elsewhere[c], claims.next(), claims.next()) {
@@ -404,7 +408,7 @@ fn grid_dt(set: &[Prepared; N_SENSORS]) -> f64 {
 pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> OnsetPlan {
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
     let mismatched: [bool; N_SENSORS] =
-        std::array::from_fn(|i| impact_channel(&set[i], &bases).is_some());
+        std::array::from_fn(|i| impact_channel(&set[i], i, &bases).is_some());
     let dt = grid_dt(set);
     let noise_to_peak = noise_to_peak(cfg, set, &bases);
     let mut picks = [[None::<Pick>; N_SENSORS]; N_SENSORS];
@@ -1069,7 +1073,7 @@ mod tests {
         assert!(!p.hidden_arrival, "{p:?}");
     }
 
-    fn tap_with(named: usize, first_big: [Option<usize>; N_SENSORS]) -> Prepared {
+    fn tap_with(first_big: [Option<usize>; N_SENSORS]) -> Prepared {
         let n = 40;
         let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|c| {
             (0..n)
@@ -1081,7 +1085,6 @@ mod tests {
                 .collect()
         });
         Prepared {
-            tap_idx: named,
             channels: raw.clone(),
             t_us: (0..n).map(|k| k as f64 * 27.0).collect(),
             dt_us: 27.0,
@@ -1097,32 +1100,26 @@ mod tests {
         }; N_SENSORS];
         // The real set's pattern: named sensor 5 (index 4) reaches the impact level at sample
         // 5, sensor 4 (index 3) clips from sample 0, its neighbours follow.
-        let mislabelled = tap_with(
-            4,
-            [
-                Some(15),
-                Some(29),
-                Some(4),
-                Some(0),
-                Some(5),
-                Some(9),
-                Some(9),
-                None,
-            ],
-        );
-        assert_eq!(impact_channel(&mislabelled, &bases), Some(3));
+        let mislabelled = tap_with([
+            Some(15),
+            Some(29),
+            Some(4),
+            Some(0),
+            Some(5),
+            Some(9),
+            Some(9),
+            None,
+        ]);
+        assert_eq!(impact_channel(&mislabelled, 4, &bases), Some(3));
         // A regular tap: the named channel clips at once, a close receiver two samples later.
-        let regular = tap_with(
-            4,
-            [None, None, None, Some(2), Some(0), Some(2), Some(7), None],
-        );
-        assert_eq!(impact_channel(&regular, &bases), None);
+        let regular = tap_with([None, None, None, Some(2), Some(0), Some(2), Some(7), None]);
+        assert_eq!(impact_channel(&regular, 4, &bases), None);
         // The named channel one sample late (a trigger on the first touch) is not enough.
-        let late = tap_with(4, [None, None, None, Some(1), Some(2), None, None, None]);
-        assert_eq!(impact_channel(&late, &bases), None);
+        let late = tap_with([None, None, None, Some(1), Some(2), None, None, None]);
+        assert_eq!(impact_channel(&late, 4, &bases), None);
         // A named channel that never reaches the level loses to one that does at once.
-        let silent = tap_with(2, [Some(1), None, None, None, None, None, None, None]);
-        assert_eq!(impact_channel(&silent, &bases), Some(0));
+        let silent = tap_with([Some(1), None, None, None, None, None, None, None]);
+        assert_eq!(impact_channel(&silent, 2, &bases), Some(0));
     }
 
     #[test]
