@@ -581,6 +581,41 @@ mod tests {
     }
 
     #[test]
+    fn a_set_splits_into_its_files_and_the_engines_input_in_tap_order() {
+        let read = |tap: usize| {
+            let name = format!("20-79-18-81-6E-65_7a55cee9_1755752474_{tap}.json");
+            parse_tap(&name, sample_json(64 + tap).as_bytes()).unwrap()
+        };
+        let set = SetRecording::from_taps(std::array::from_fn(|k| read(k + 1))).unwrap();
+        for k in 0..N_SENSORS {
+            assert_eq!(set.files[k], read(k + 1).file);
+            assert_eq!(set.input.recordings()[k], read(k + 1).recording);
+        }
+        let mut swapped: [TapRecording; N_SENSORS] = std::array::from_fn(|k| read(k + 1));
+        swapped.swap(1, 2);
+        let e = SetRecording::from_taps(swapped).unwrap_err();
+        assert_eq!((e.tap, e.place), (3, 2));
+        assert!(
+            e.to_string().contains("_3.json is the tap on sensor 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_number_beyond_the_samples_range_is_rejected() {
+        // 1e39 is a finite JSON number but no f32: the engine's input takes finite samples only.
+        let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
+        doc[1]["value2"][5] = serde_json::json!(1e39);
+        assert_eq!(
+            kind(&doc.to_string()),
+            ReadErrorKind::Samples(InputError::NonFiniteSample {
+                channel: 2,
+                index: 5
+            })
+        );
+    }
+
+    #[test]
     fn unequal_lengths_are_cut_to_the_shortest_with_a_warning() {
         let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
         doc[4]["value5"].as_array_mut().unwrap().truncate(90);

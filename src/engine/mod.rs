@@ -1,5 +1,10 @@
 //! The engine: from the eight taps of a set to times of flight and the 8×8 velocity matrix.
 //!
+//! Input is a [`SetInput`]: eight [`Recording`]s of samples and sample times, validated when
+//! they are built ([`input`]); the engine knows no file format, file name or command line.
+//! [`Engine::estimate`] gives a [`SetEstimate`]; the only error is a correlator's that can fail
+//! (the GPU's, [`CorrelatorError`]).
+//!
 //! Units: times in µs, distances in m, velocities in m/s. Row = tapped sensor, column =
 //! receiving sensor, 0-based inside the code. A ray that cannot be trusted keeps its estimate
 //! (for the report) but is flagged, and is 0 in [`SetEstimate::plain_matrix`].
@@ -211,7 +216,7 @@ impl SetEstimate {
     }
 }
 
-/// Summary metrics of a velocity matrix (see DESIGN.md, "Metrics that decide quality").
+/// Summary metrics of a velocity matrix, the two the quality of real sets is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Metrics {
     /// Share of the 56 rays with a velocity inside 300–3000 m/s.
