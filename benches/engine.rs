@@ -10,21 +10,15 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use terawang::device::{N_SENSORS, TapRecording, parse_tap};
+use terawang::device::{N_SENSORS, parse_tap};
 use terawang::engine::{Engine, EngineConfig, Method};
 use terawang::result::SetOutputs;
-use terawang::simulate::{SimFile, SimParams, simulate_many};
+use terawang::simulate::{SimFile, SimParams, read_set, simulate_many};
 
 fn one_set() -> Vec<SimFile> {
     let (files, _) = simulate_many(&SimParams::default(), 1, 1, false);
     assert_eq!(files.len(), N_SENSORS);
     files
-}
-
-fn parse_set(files: &[SimFile]) -> [TapRecording; N_SENSORS] {
-    std::array::from_fn(|k| {
-        parse_tap(&files[k].file_name, files[k].json.as_bytes()).expect("simulated file parses")
-    })
 }
 
 fn parse(c: &mut Criterion) {
@@ -48,7 +42,7 @@ fn parse(c: &mut Criterion) {
 }
 
 fn engine(c: &mut Criterion) {
-    let taps = parse_set(&one_set());
+    let taps = read_set(&one_set());
     let mut engine = Engine::new(EngineConfig::default());
     let mut plain = Engine::new(EngineConfig {
         method: Method::GccPhat,
@@ -56,21 +50,21 @@ fn engine(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("engine");
     group.bench_function("one_set", |b| {
-        b.iter(|| engine.estimate_set(black_box(&taps)))
+        b.iter(|| engine.estimate(black_box(&taps.input)))
     });
     // The computation the numpy reference script does (plain GCC-PHAT), for the comparison.
     group.bench_function("one_set_gcc_phat", |b| {
-        b.iter(|| plain.estimate_set(black_box(&taps)))
+        b.iter(|| plain.estimate(black_box(&taps.input)))
     });
     group.finish();
 }
 
 /// The files of a set without the tomogram: the plain matrix and the report, in memory.
 fn outputs(c: &mut Criterion) {
-    let taps = parse_set(&one_set());
+    let taps = read_set(&one_set());
     let cfg = EngineConfig::default();
     let est = Engine::new(cfg.clone())
-        .estimate_set(&taps)
+        .estimate(&taps.input)
         .expect("the CPU engine never fails");
     let mut group = c.benchmark_group("outputs");
     group.bench_function("plain_and_report", |b| {
@@ -81,7 +75,7 @@ fn outputs(c: &mut Criterion) {
                 1,
                 black_box(&est),
                 &cfg,
-                &taps,
+                &taps.files,
                 false,
             )
         })
@@ -95,8 +89,8 @@ fn end_to_end(c: &mut Criterion) {
     let mut group = c.benchmark_group("end_to_end");
     group.bench_function("parse_8_files_and_estimate", |b| {
         b.iter(|| {
-            let taps = parse_set(black_box(&files));
-            engine.estimate_set(&taps)
+            let taps = read_set(black_box(&files));
+            engine.estimate(&taps.input)
         })
     });
     group.finish();
@@ -105,11 +99,11 @@ fn end_to_end(c: &mut Criterion) {
 /// The cross-section of one set: SIRT reconstruction, and drawing plus PNG encoding.
 fn tomogram(c: &mut Criterion) {
     use terawang::tomogram::{TomogramConfig, reconstruct, render_png};
-    let taps = parse_set(&one_set());
+    let taps = read_set(&one_set());
     let cfg = EngineConfig::default();
     let mut engine = Engine::new(cfg.clone());
     let matrix = engine
-        .estimate_set(&taps)
+        .estimate(&taps.input)
         .expect("the CPU engine never fails")
         .plain_matrix();
     let tomo_cfg = TomogramConfig::default();

@@ -2,7 +2,7 @@
 //! else the CPU, with a log line saying why). A software adapter counts as no GPU for `auto`;
 //! `gpu` takes one only when `allow_software` (or `TERAWANG_GPU_ALLOW_SOFTWARE=1`) says so.
 
-use crate::engine::{Correlator, CpuGcc, Kernel};
+use crate::engine::{Correlator, CorrelatorKind, CpuGcc, Kernel};
 use crate::gpu::{GpuError, GpuGcc, software_allowed_by_env};
 
 /// Which correlator computes the GCC-PHAT batches.
@@ -70,10 +70,9 @@ pub fn make_correlator(
 
 /// The concrete backend a correlator runs on, so that `auto` is decided only once.
 pub fn settled(correlator: &dyn Correlator) -> BackendChoice {
-    if correlator.name() == "gpu" {
-        BackendChoice::Gpu
-    } else {
-        BackendChoice::Cpu
+    match correlator.kind() {
+        CorrelatorKind::Gpu => BackendChoice::Gpu,
+        CorrelatorKind::Cpu => BackendChoice::Cpu,
     }
 }
 
@@ -83,15 +82,13 @@ mod tests {
 
     #[test]
     fn cpu_always_builds_and_auto_never_fails() {
-        assert_eq!(
-            make_correlator(BackendChoice::Cpu, 64, false)
-                .unwrap()
-                .name(),
-            "cpu"
-        );
+        let cpu = make_correlator(BackendChoice::Cpu, 64, false).unwrap();
+        assert_eq!((cpu.kind(), cpu.name()), (CorrelatorKind::Cpu, "cpu"));
+        assert_eq!(settled(cpu.as_ref()), BackendChoice::Cpu);
         let auto = make_correlator(BackendChoice::Auto, 512, false).unwrap();
         assert!(["cpu", "gpu"].contains(&auto.name()));
         assert_eq!(auto.n_fft(), 512);
+        assert_ne!(settled(auto.as_ref()), BackendChoice::Auto);
     }
 
     #[cfg(not(feature = "gpu"))]

@@ -9,8 +9,8 @@
 
 use std::path::PathBuf;
 
-use crate::device::{N_SENSORS, ReadError, TapName, TapRecording};
-use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method};
+use crate::device::{N_SENSORS, ReadError, TapName};
+use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput};
 use crate::evaluate::quantile;
 use crate::geometry::chord_m;
 use crate::group::Grouper;
@@ -20,7 +20,7 @@ use crate::process::{collect_inputs, read_set};
 #[derive(Debug, Default)]
 pub struct SetsRead {
     /// Each set's result name (`result_<device>_<unix>`) and its eight taps.
-    pub sets: Vec<(String, [TapRecording; N_SENSORS])>,
+    pub sets: Vec<(String, SetInput)>,
     pub rejected: Vec<ReadError>,
 }
 
@@ -43,7 +43,7 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
         }
         for set in complete {
             match read_set(&set) {
-                Ok(taps) => out.sets.push((set.result_stem(), *taps)),
+                Ok(taps) => out.sets.push((set.result_stem(), taps.input)),
                 Err(bad) => {
                     out.rejected.extend(bad.rejected);
                     for (name, path) in bad.good {
@@ -59,7 +59,7 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
 #[derive(Clone, Debug)]
 pub struct SpecimenSet {
     pub name: String,
-    pub taps: [TapRecording; N_SENSORS],
+    pub taps: SetInput,
     pub diameter_m: f64,
     /// The same along every chord: sound, uniform wood.
     pub velocity_m_s: f64,
@@ -105,7 +105,7 @@ fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), 
         ..base.clone()
     };
     let velocity_m_s = set.velocity_m_s;
-    let est = Engine::new(cfg.clone()).estimate_set(&set.taps)?;
+    let est = Engine::new(cfg.clone()).estimate(&set.taps)?;
     let mut leads = Vec::new();
     for i in 0..N_SENSORS {
         for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
@@ -179,8 +179,7 @@ pub fn calibrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::parse_tap;
-    use crate::simulate::{SimParams, simulate_many};
+    use crate::simulate::{SimParams, read_set, simulate_many};
 
     /// A set on each of four uniform specimens (diameters 0.25–0.8 m, 1100–1700 m/s, 40 dB)
     /// whose files start `lead` samples after the tap.
@@ -198,9 +197,7 @@ mod tests {
                 let (files, truth) = simulate_many(&p, 1, seed + n as u64, false);
                 SpecimenSet {
                     name: truth.sets[0].result_file.clone(),
-                    taps: std::array::from_fn(|k| {
-                        parse_tap(&files[k].file_name, files[k].json.as_bytes()).unwrap()
-                    }),
+                    taps: read_set(&files).input,
                     diameter_m,
                     velocity_m_s,
                 }

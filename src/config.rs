@@ -353,7 +353,9 @@ impl Config {
             .trim()
             .parse::<f64>()
             .map_err(|_| format!("got {lead:?}"))
-            .and_then(crate::engine::EngineConfig::check_trigger_lead)
+            .and_then(|l| {
+                crate::engine::EngineConfig::check_trigger_lead(l).map_err(|e| e.to_string())
+            })
             .map_err(|e| anyhow::anyhow!("TRIGGER_LEAD: {e}"))?;
         let window = raw.get("GROUP_WINDOW_SECONDS");
         let group_window_s = match window.trim().parse::<i64>() {

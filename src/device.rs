@@ -6,7 +6,10 @@
 //! `guidteensy`. Objects may come in any order; unknown keys are ignored.
 //!
 //! [`read_tap_file`] and [`parse_tap`] turn a file into a [`TapRecording`] or a [`ReadError`]
-//! that names the file and what is wrong. They never panic, whatever the bytes.
+//! that names the file and what is wrong. They never panic, whatever the bytes. A
+//! [`TapRecording`] is the file's own data ([`TapFile`]: name, guids, warnings) and its samples
+//! as the engine takes them ([`Recording`]); [`SetRecording`] splits a set's eight into the
+//! engine's [`SetInput`] and the files the reports name.
 //!
 //! Two parsers share the work: the fast scanner in `scan` reads the device's own layout
 //! (integer arrays, plain strings) straight into the sample vectors; anything else falls back
@@ -22,12 +25,13 @@ use simd_json::prelude::ValueAsScalar;
 
 mod scan;
 
-/// Number of sensors (and channels) around the trunk.
-pub const N_SENSORS: usize = 8;
+use crate::engine::{InputError, Recording, SetInput};
+
+pub use crate::engine::MIN_SAMPLES;
+pub use crate::geometry::N_SENSORS;
+
 /// Files larger than this are rejected before they are read.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
-/// Fewer samples than this cannot hold a first arrival and its context.
-pub const MIN_SAMPLES: usize = 64;
 
 /// What the file name says.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,16 +173,12 @@ fn safe_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// One tap: all eight channels as recorded after the tapped sensor was hit.
+/// What a tap file says besides its samples: its name, the guids, and what was odd in it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TapRecording {
+pub struct TapFile {
     /// The file name it came from (no directories).
     pub file_name: String,
     pub name: TapName,
-    /// `channels[k]` is sensor k+1, raw ADC counts; all channels have the same length.
-    pub channels: [Vec<f32>; N_SENSORS],
-    /// Sample times in nanoseconds, strictly increasing, same length as the channels.
-    pub timestamps_ns: Vec<i64>,
     /// The guid given with each channel, if any.
     pub guids: [Option<String>; N_SENSORS],
     pub guid_teensy: Option<String>,
@@ -186,20 +186,72 @@ pub struct TapRecording {
     pub warnings: Vec<String>,
 }
 
-impl TapRecording {
-    pub fn n_samples(&self) -> usize {
-        self.timestamps_ns.len()
-    }
-
+impl TapFile {
     /// Index (0-based) of the tapped channel.
     pub fn tap_idx(&self) -> usize {
         self.name.tap as usize - 1
     }
+}
 
-    /// Mean sampling interval from the timestamps, in microseconds.
-    pub fn mean_dt_us(&self) -> f64 {
-        let n = self.timestamps_ns.len();
-        (self.timestamps_ns[n - 1] - self.timestamps_ns[0]) as f64 / (n - 1) as f64 / 1000.0
+/// One tap file, read: the file's own data, and its samples as the engine takes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TapRecording {
+    pub file: TapFile,
+    /// All eight channels and the sample times, validated ([`Recording::new`]).
+    pub recording: Recording,
+}
+
+impl TapRecording {
+    /// Index (0-based) of the tapped channel.
+    pub fn tap_idx(&self) -> usize {
+        self.file.tap_idx()
+    }
+}
+
+/// The eight files of a set, read: what the reports say about each file, and the engine's
+/// input. `files[k]` and the input's recording k are the tap on sensor k.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetRecording {
+    pub files: [TapFile; N_SENSORS],
+    pub input: SetInput,
+}
+
+/// Eight taps that are not in tap order.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{file_name} is the tap on sensor {tap}, in the place of the tap on sensor {place}")]
+pub struct TapOutOfPlace {
+    pub file_name: String,
+    pub tap: usize,
+    pub place: usize,
+}
+
+impl SetRecording {
+    /// Splits eight taps, the tap on sensor 1 first, into their files and the engine's input.
+    pub fn from_taps(taps: [TapRecording; N_SENSORS]) -> Result<SetRecording, TapOutOfPlace> {
+        if let Some((k, tap)) = taps.iter().enumerate().find(|(k, t)| t.tap_idx() != *k) {
+            return Err(TapOutOfPlace {
+                file_name: tap.file.file_name.clone(),
+                tap: tap.tap_idx() + 1,
+                place: k + 1,
+            });
+        }
+        // Moved out field by field: no sample is copied.
+        let [t0, t1, t2, t3, t4, t5, t6, t7] = taps;
+        Ok(SetRecording {
+            files: [
+                t0.file, t1.file, t2.file, t3.file, t4.file, t5.file, t6.file, t7.file,
+            ],
+            input: SetInput::new([
+                t0.recording,
+                t1.recording,
+                t2.recording,
+                t3.recording,
+                t4.recording,
+                t5.recording,
+                t6.recording,
+                t7.recording,
+            ]),
+        })
     }
 }
 
@@ -236,6 +288,21 @@ pub enum ReadErrorKind {
     TimestampOutOfRange { index: usize, value: f64 },
     #[error("timestamps do not increase at sample {index} ({prev} then {next} ns)")]
     TimestampsNotIncreasing { index: usize, prev: i64, next: i64 },
+    /// The samples break another rule of the engine's input ([`Recording::new`]).
+    #[error("{0}")]
+    Samples(InputError),
+}
+
+impl From<InputError> for ReadErrorKind {
+    fn from(e: InputError) -> ReadErrorKind {
+        match e {
+            InputError::TooFewSamples { found, min } => ReadErrorKind::TooFewSamples { found, min },
+            InputError::TimestampsNotIncreasing { index, prev, next } => {
+                ReadErrorKind::TimestampsNotIncreasing { index, prev, next }
+            }
+            other => ReadErrorKind::Samples(other),
+        }
+    }
 }
 
 /// A file that could not be read, with its path.
@@ -417,33 +484,22 @@ impl RawTap {
             }
             timestamps_ns.truncate(shortest);
         }
-        if shortest < MIN_SAMPLES {
-            return Err(ReadErrorKind::TooFewSamples {
-                found: shortest,
-                min: MIN_SAMPLES,
-            });
-        }
         if let Some(index) = timestamps_ns.iter().position(|&t| t < 0) {
             return Err(ReadErrorKind::TimestampOutOfRange {
                 index,
                 value: timestamps_ns[index] as f64,
             });
         }
-        if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
-            return Err(ReadErrorKind::TimestampsNotIncreasing {
-                index: i + 1,
-                prev: timestamps_ns[i],
-                next: timestamps_ns[i + 1],
-            });
-        }
+        let recording = Recording::new(taken, timestamps_ns)?;
         Ok(TapRecording {
-            file_name: file_name.to_string(),
-            name,
-            channels: taken,
-            timestamps_ns,
-            guids,
-            guid_teensy,
-            warnings,
+            file: TapFile {
+                file_name: file_name.to_string(),
+                name,
+                guids,
+                guid_teensy,
+                warnings,
+            },
+            recording,
         })
     }
 }
@@ -536,17 +592,20 @@ mod tests {
     #[test]
     fn reads_a_well_formed_file() {
         let tap = parse_tap(NAME, sample_json(100).as_bytes()).unwrap();
-        assert_eq!(tap.name.device.as_deref(), Some("20-79-18-81-6E-65"));
-        assert_eq!(tap.name.upload_id, "7a55cee9-5a00-468c-a081-2bbcb16bf4a2");
-        assert_eq!(tap.name.unix_s, 1_755_752_474);
-        assert_eq!(tap.name.tap, 3);
+        assert_eq!(tap.file.name.device.as_deref(), Some("20-79-18-81-6E-65"));
+        assert_eq!(
+            tap.file.name.upload_id,
+            "7a55cee9-5a00-468c-a081-2bbcb16bf4a2"
+        );
+        assert_eq!(tap.file.name.unix_s, 1_755_752_474);
+        assert_eq!(tap.file.name.tap, 3);
         assert_eq!(tap.tap_idx(), 2);
-        assert_eq!(tap.n_samples(), 100);
-        assert_eq!(tap.channels[1][0], 2013.0);
-        assert_eq!(tap.guids[7].as_deref(), Some("g7"));
-        assert_eq!(tap.guid_teensy.as_deref(), Some("teensy"));
-        assert!((tap.mean_dt_us() - 27.0).abs() < 1e-9);
-        assert!(tap.warnings.is_empty());
+        assert_eq!(tap.recording.n_samples(), 100);
+        assert_eq!(tap.recording.channels()[1][0], 2013.0);
+        assert_eq!(tap.file.guids[7].as_deref(), Some("g7"));
+        assert_eq!(tap.file.guid_teensy.as_deref(), Some("teensy"));
+        assert!((tap.recording.mean_dt_us() - 27.0).abs() < 1e-9);
+        assert!(tap.file.warnings.is_empty());
     }
 
     #[test]
@@ -558,9 +617,43 @@ mod tests {
         let text = serde_json::to_string(&objects).unwrap();
         let a = parse_tap(NAME, text.as_bytes()).unwrap();
         let b = parse_tap(NAME, sample_json(80).as_bytes()).unwrap();
-        assert_eq!(a.channels, b.channels);
-        assert_eq!(a.timestamps_ns, b.timestamps_ns);
-        assert_eq!(a.guids, b.guids);
+        assert_eq!(a.recording, b.recording);
+        assert_eq!(a.file.guids, b.file.guids);
+    }
+
+    #[test]
+    fn a_set_splits_into_its_files_and_the_engines_input_in_tap_order() {
+        let read = |tap: usize| {
+            let name = format!("20-79-18-81-6E-65_7a55cee9_1755752474_{tap}.json");
+            parse_tap(&name, sample_json(64 + tap).as_bytes()).unwrap()
+        };
+        let set = SetRecording::from_taps(std::array::from_fn(|k| read(k + 1))).unwrap();
+        for k in 0..N_SENSORS {
+            assert_eq!(set.files[k], read(k + 1).file);
+            assert_eq!(set.input.recordings()[k], read(k + 1).recording);
+        }
+        let mut swapped: [TapRecording; N_SENSORS] = std::array::from_fn(|k| read(k + 1));
+        swapped.swap(1, 2);
+        let e = SetRecording::from_taps(swapped).unwrap_err();
+        assert_eq!((e.tap, e.place), (3, 2));
+        assert!(
+            e.to_string().contains("_3.json is the tap on sensor 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_number_beyond_the_samples_range_is_rejected() {
+        // 1e39 is a finite JSON number but no f32: the engine's input takes finite samples only.
+        let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
+        doc[1]["value2"][5] = serde_json::json!(1e39);
+        assert_eq!(
+            kind(&doc.to_string()),
+            ReadErrorKind::Samples(InputError::NonFiniteSample {
+                channel: 2,
+                index: 5
+            })
+        );
     }
 
     #[test]
@@ -568,10 +661,14 @@ mod tests {
         let mut doc: serde_json::Value = serde_json::from_str(&sample_json(100)).unwrap();
         doc[4]["value5"].as_array_mut().unwrap().truncate(90);
         let tap = parse_tap(NAME, doc.to_string().as_bytes()).unwrap();
-        assert_eq!(tap.n_samples(), 90);
-        assert!(tap.channels.iter().all(|c| c.len() == 90));
-        assert_eq!(tap.warnings.len(), 1);
-        assert!(tap.warnings[0].contains("cut to 90"), "{:?}", tap.warnings);
+        assert_eq!(tap.recording.n_samples(), 90);
+        assert!(tap.recording.channels().iter().all(|c| c.len() == 90));
+        assert_eq!(tap.file.warnings.len(), 1);
+        assert!(
+            tap.file.warnings[0].contains("cut to 90"),
+            "{:?}",
+            tap.file.warnings
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 
 use serde::Serialize;
 
-use crate::device::{N_SENSORS, TapRecording, parse_tap};
+use crate::device::N_SENSORS;
 use crate::engine::{Engine, EngineConfig, SetEstimate, metrics};
-use crate::simulate::{SetTruth, SimParams, simulate_many};
+use crate::simulate::{SetTruth, SimParams, read_set, simulate_many};
 
 /// Error statistics over many rays.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -68,14 +68,11 @@ pub fn evaluate(
     let (mut tof, mut vel, mut recip) = (Vec::new(), Vec::new(), Vec::new());
     let mut n_rays = 0;
     for (s, set_truth) in truth.sets.iter().enumerate() {
-        let taps: [TapRecording; N_SENSORS] = std::array::from_fn(|k| {
-            let f = &files[s * N_SENSORS + k];
-            parse_tap(&f.file_name, f.json.as_bytes()).expect("simulated files always parse")
-        });
+        let set = read_set(&files[s * N_SENSORS..(s + 1) * N_SENSORS]);
         let mut set_cfg = cfg.clone();
         set_cfg.diameter_m = set_truth.params.diameter_m;
         let est = Engine::new(set_cfg)
-            .estimate_set(&taps)
+            .estimate(&set.input)
             .expect("the CPU engine never fails");
         let (t, v, n) = ray_errors(&est, set_truth);
         tof.extend(t);

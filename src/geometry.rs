@@ -3,7 +3,8 @@
 //! Sensor k (1-based) sits at angle (k−1)·45°, counter-clockwise from +x. The chord between
 //! sensors i and j is D·sin(π·m/8) with m = min(|i−j|, 8−|i−j|). Indices here are 0-based.
 
-use crate::device::N_SENSORS;
+/// Number of sensors (and channels) around the trunk.
+pub const N_SENSORS: usize = 8;
 
 /// Straight-line distance between sensors `i` and `j` (0-based) on a trunk of `diameter_m`.
 pub fn chord_m(i: usize, j: usize, diameter_m: f64) -> f64 {

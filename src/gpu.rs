@@ -12,7 +12,7 @@
 //! (`allow_software`, or [`ALLOW_SOFTWARE_ENV`]`=1`). A build without the `gpu` feature has a
 //! stub [`GpuGcc::new`] with the same API that returns [`GpuError::NotCompiled`].
 
-use crate::engine::gcc::{Correlator, CorrelatorError, PairBatch};
+use crate::engine::gcc::{Correlator, CorrelatorError, CorrelatorKind, PairBatch};
 
 /// Setting this to `1` lets a software adapter count as a GPU (for tests and CI).
 pub const ALLOW_SOFTWARE_ENV: &str = "TERAWANG_GPU_ALLOW_SOFTWARE";
@@ -87,6 +87,10 @@ mod disabled {
 
         fn name(&self) -> &'static str {
             "gpu"
+        }
+
+        fn kind(&self) -> CorrelatorKind {
+            CorrelatorKind::Gpu
         }
     }
 }
@@ -207,8 +211,11 @@ mod enabled {
         (count.min(ROW), count.div_ceil(ROW))
     }
 
-    fn gpu_err(what: &str, e: impl std::fmt::Display) -> CorrelatorError {
-        CorrelatorError(format!("GPU {what}: {e}"))
+    fn gpu_err(what: &'static str, e: impl std::fmt::Display) -> CorrelatorError {
+        CorrelatorError::Gpu {
+            what,
+            detail: e.to_string(),
+        }
     }
 
     impl GpuGcc {
@@ -558,17 +565,16 @@ mod enabled {
 
         fn correlate(&mut self, batch: &PairBatch, out: &mut [f32]) -> Result<(), CorrelatorError> {
             if batch.n_fft != self.n_fft {
-                return Err(CorrelatorError(format!(
-                    "batch built for n_fft {}, GPU correlator for {}",
-                    batch.n_fft, self.n_fft
-                )));
+                return Err(CorrelatorError::FftLength {
+                    batch: batch.n_fft,
+                    correlator: self.n_fft,
+                });
             }
             if out.len() != batch.out_len() {
-                return Err(CorrelatorError(format!(
-                    "output buffer holds {} values, the batch needs {}",
-                    out.len(),
-                    batch.out_len()
-                )));
+                return Err(CorrelatorError::OutputLength {
+                    found: out.len(),
+                    needed: batch.out_len(),
+                });
             }
             let n_windows = batch.n_windows() as u32;
             if let Some(p) = batch
@@ -576,9 +582,10 @@ mod enabled {
                 .iter()
                 .position(|&[r, s]| r >= n_windows || s >= n_windows)
             {
-                return Err(CorrelatorError(format!(
-                    "pair {p} refers to a window past the {n_windows} in the batch"
-                )));
+                return Err(CorrelatorError::PairOutOfRange {
+                    pair: p,
+                    n_windows: n_windows as usize,
+                });
             }
             if batch.n_pairs() == 0 {
                 return Ok(());
@@ -593,16 +600,20 @@ mod enabled {
         fn name(&self) -> &'static str {
             "gpu"
         }
+
+        fn kind(&self) -> CorrelatorKind {
+            CorrelatorKind::Gpu
+        }
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::device::{N_SENSORS, TapRecording, parse_tap};
+        use crate::device::N_SENSORS;
         use crate::engine::gcc::find_peak;
-        use crate::engine::{CpuGcc, Engine, EngineConfig, Kernel, Method, n_fft_for};
+        use crate::engine::{CpuGcc, Engine, EngineConfig, Kernel, Method, SetInput, n_fft_for};
         use crate::rng::Rng;
-        use crate::simulate::{SimParams, simulate_many};
+        use crate::simulate::{SimParams, read_set, simulate_many};
 
         /// The GPU correlator, software adapters allowed; `None` (and a skip message) when
         /// the machine has no adapter at all.
@@ -741,15 +752,11 @@ mod enabled {
             assert!(gpu.correlate(&batch, &mut [0.0; 3]).is_err());
         }
 
-        fn simulated_sets(n_sets: usize, seed: u64) -> Vec<[TapRecording; N_SENSORS]> {
+        fn simulated_sets(n_sets: usize, seed: u64) -> Vec<SetInput> {
             let (files, _) = simulate_many(&SimParams::default(), n_sets, seed, false);
             files
                 .chunks_exact(N_SENSORS)
-                .map(|set| {
-                    std::array::from_fn(|k| {
-                        parse_tap(&set[k].file_name, set[k].json.as_bytes()).unwrap()
-                    })
-                })
+                .map(|set| read_set(set).input)
                 .collect()
         }
 

@@ -98,7 +98,7 @@ struct EngineArgs {
     #[arg(long, env = "DIAMETER", default_value_t = 0.3)]
     diameter: f64,
     /// How ToFs are estimated.
-    #[arg(long, value_enum, default_value_t = Method::Onset)]
+    #[arg(long, value_parser = method_parser(), default_value_t = Method::Onset)]
     method: Method,
     /// Slowest plausible velocity, m/s: bounds the lag search and flags slower rays.
     #[arg(long, default_value_t = 300.0)]
@@ -205,7 +205,7 @@ struct EvaluateArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [40.0, 30.0, 20.0, 10.0])]
     snr_db: Vec<f64>,
     /// Methods to evaluate.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Onset, Method::GccPhat])]
+    #[arg(long, value_parser = method_parser(), value_delimiter = ',', default_values_t = Method::ALL)]
     method: Vec<Method>,
     /// Simulator wave models to evaluate (see `simulate --help`).
     #[arg(long, value_delimiter = ',', default_values_t = [WaveModel::Shared, WaveModel::Field])]
@@ -226,6 +226,13 @@ const EXIT_CODES: &str = "Exit codes: 0 success; 1 fatal error (bad settings, I/
     in the journal for the next run).";
 const EXIT_INPUT_REJECTED: u8 = 3;
 const EXIT_UNDELIVERED: u8 = 4;
+
+/// `--method`: the engine's methods, each with its summary in the help.
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = Method::ALL.map(|m| PossibleValue::new(m.name()).help(m.summary()));
+    PossibleValuesParser::new(names).try_map(|name| name.parse::<Method>())
+}
 
 fn main() -> ExitCode {
     quiet_wayland_probe();

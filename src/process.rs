@@ -12,7 +12,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded};
 
 use crate::backend::{BackendChoice, make_correlators};
-use crate::device::{N_SENSORS, ReadError, ReadErrorKind, TapName, TapRecording, read_tap_file};
+use crate::device::{
+    N_SENSORS, ReadError, ReadErrorKind, SetRecording, TapName, TapRecording, read_tap_file,
+};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::result::{Durability, SetOutputs};
@@ -263,7 +265,7 @@ pub struct BadMembers {
 }
 
 /// Reads the eight files of a set, tap 1 first.
-pub fn read_set(set: &TapSet<PathBuf>) -> Result<Box<[TapRecording; N_SENSORS]>, BadMembers> {
+pub fn read_set(set: &TapSet<PathBuf>) -> Result<SetRecording, BadMembers> {
     let mut rejected = Vec::new();
     let mut good = Vec::new();
     let mut taps = Vec::with_capacity(N_SENSORS);
@@ -282,18 +284,21 @@ pub fn read_set(set: &TapSet<PathBuf>) -> Result<Box<[TapRecording; N_SENSORS]>,
     let Ok(taps) = <[TapRecording; N_SENSORS]>::try_from(taps) else {
         unreachable!("eight members, none rejected");
     };
-    Ok(Box::new(taps))
+    let Ok(set) = SetRecording::from_taps(taps) else {
+        unreachable!("the grouper orders a set's members by tap");
+    };
+    Ok(set)
 }
 
 /// Computes a set and builds its files; the error names the result and the backend.
 pub fn compute_outputs(
     engine: &mut Engine,
     set: &TapSet<PathBuf>,
-    taps: &[TapRecording; N_SENSORS],
+    taps: &SetRecording,
     tomogram: bool,
 ) -> Result<SetOutputs, String> {
     let stem = set.result_stem();
-    let est = engine.estimate_set(taps).map_err(|e| {
+    let est = engine.estimate(&taps.input).map_err(|e| {
         format!(
             "{stem}.json: the {} backend failed: {e}",
             engine.backend_name()
@@ -305,7 +310,7 @@ pub fn compute_outputs(
         set.unix_s,
         &est,
         engine.config(),
-        taps,
+        &taps.files,
         tomogram,
     ))
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::device::{N_SENSORS, TapRecording};
+use crate::device::{N_SENSORS, TapFile};
 use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, metrics};
 use crate::tomogram::{Tomogram, TomogramConfig, reconstruct, render_png, title};
 
@@ -103,7 +103,7 @@ impl From<&Tomogram> for TomogramReport {
 
 /// What the engine found about the taps themselves: a file whose hammer impact is on another
 /// sensor than its name says, and where its recording was used.
-fn tap_warnings(est: &SetEstimate, taps: &[TapRecording; N_SENSORS]) -> Vec<String> {
+fn tap_warnings(est: &SetEstimate, files: &[TapFile; N_SENSORS]) -> Vec<String> {
     let mut out = Vec::new();
     for (i, hit) in est.impact_elsewhere.iter().enumerate() {
         let Some(hit) = *hit else { continue };
@@ -119,7 +119,7 @@ fn tap_warnings(est: &SetEstimate, taps: &[TapRecording; N_SENSORS]) -> Vec<Stri
         };
         out.push(format!(
             "{}: the hammer's impact is on sensor {}, not {}: {used}{row}",
-            taps[i].file_name,
+            files[i].file_name,
             hit + 1,
             i + 1
         ));
@@ -132,7 +132,7 @@ pub fn report_json(
     result_file: &str,
     est: &SetEstimate,
     cfg: &EngineConfig,
-    taps: &[TapRecording; N_SENSORS],
+    files: &[TapFile; N_SENSORS],
     tomogram: Option<&Tomogram>,
 ) -> Vec<u8> {
     let opt = |m: &[[f64; N_SENSORS]; N_SENSORS]| -> Vec<Vec<Option<f64>>> {
@@ -167,25 +167,25 @@ pub fn report_json(
         tap_lead_us: est.tap_lead_us,
         method: cfg.method.to_string(),
         parameters: cfg,
-        sources: taps.iter().map(|t| t.file_name.as_str()).collect(),
+        sources: files.iter().map(|t| t.file_name.as_str()).collect(),
         row_sources: est
             .tap_source
             .iter()
-            .map(|&k| taps[k].file_name.as_str())
+            .map(|&k| files[k].file_name.as_str())
             .collect(),
-        guids: taps
+        guids: files
             .iter()
             .map(|t| t.guids.iter().map(|g| g.as_deref()).collect())
             .collect(),
-        guid_teensy: taps.iter().map(|t| t.guid_teensy.as_deref()).collect(),
-        warnings: taps
+        guid_teensy: files.iter().map(|t| t.guid_teensy.as_deref()).collect(),
+        warnings: files
             .iter()
             .flat_map(|t| {
                 t.warnings
                     .iter()
                     .map(move |w| format!("{}: {w}", t.file_name))
             })
-            .chain(tap_warnings(est, taps))
+            .chain(tap_warnings(est, files))
             .collect(),
         metrics: metrics(&est.velocity_m_s),
         tomogram: tomogram.map(TomogramReport::from),
@@ -215,12 +215,12 @@ impl SetOutputs {
         unix_s: i64,
         est: &SetEstimate,
         cfg: &EngineConfig,
-        taps: &[TapRecording; N_SENSORS],
+        files: &[TapFile; N_SENSORS],
         with_tomogram: bool,
     ) -> SetOutputs {
         let name = format!("{stem}.json");
         // A mis-tapped file changes what the set means: say so where the operator looks.
-        for w in tap_warnings(est, taps) {
+        for w in tap_warnings(est, files) {
             log::warn!("{name}: {w}");
         }
         let tomogram = with_tomogram
@@ -235,7 +235,7 @@ impl SetOutputs {
         SetOutputs {
             stem: stem.to_string(),
             plain: plain_json(est),
-            report: report_json(&name, est, cfg, taps, tomogram.as_ref()),
+            report: report_json(&name, est, cfg, files, tomogram.as_ref()),
             png: tomogram
                 .as_ref()
                 .map(|t| render_png(t, &title(device, unix_s))),

@@ -19,7 +19,7 @@ use std::f64::consts::{PI, TAU};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{N_SENSORS, write_tap_json};
+use crate::device::{N_SENSORS, SetRecording, parse_tap, write_tap_json};
 use crate::geometry::{chord_m, sensor_xy};
 use crate::rng::Rng;
 
@@ -137,6 +137,19 @@ impl Default for SimParams {
 pub struct SimFile {
     pub file_name: String,
     pub json: String,
+}
+
+/// Reads the eight files of one simulated set (tap 1 first) with the device reader, as the
+/// service would read them from disk.
+///
+/// # Panics
+/// When `files` are not eight simulated files in tap order: the simulator writes only those.
+pub fn read_set(files: &[SimFile]) -> SetRecording {
+    assert_eq!(files.len(), N_SENSORS, "a set is eight files");
+    let taps = std::array::from_fn(|k| {
+        parse_tap(&files[k].file_name, files[k].json.as_bytes()).expect("simulated files parse")
+    });
+    SetRecording::from_taps(taps).expect("simulated sets are in tap order")
 }
 
 /// Ground truth of one set.

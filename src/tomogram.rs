@@ -25,7 +25,7 @@ mod font;
 
 use serde::Serialize;
 
-use crate::device::N_SENSORS;
+use crate::geometry::N_SENSORS;
 use crate::geometry::{chord_m, sensor_xy};
 
 pub use draw::{render_png, title};
@@ -608,10 +608,9 @@ mod tests {
 
     #[test]
     fn engine_on_simulated_files_locates_decay() {
-        use crate::device::parse_tap;
         use crate::engine::{Engine, EngineConfig};
         use crate::rng::Rng;
-        use crate::simulate::simulate_set;
+        use crate::simulate::{read_set, simulate_set};
         let mut rng = Rng::new(7);
         for (k, d) in decays().into_iter().enumerate() {
             let p = SimParams {
@@ -620,15 +619,13 @@ mod tests {
                 ..SimParams::default()
             };
             let (files, _) = simulate_set(&p, "20-79-18-81-6E-65", 1_755_752_474, &mut rng);
-            let taps = std::array::from_fn(|k| {
-                parse_tap(&files[k].file_name, files[k].json.as_bytes()).unwrap()
-            });
+            let set = read_set(&files);
             let mut engine = Engine::new(EngineConfig {
                 diameter_m: p.diameter_m,
                 ..EngineConfig::default()
             });
             let est = engine
-                .estimate_set(&taps)
+                .estimate(&set.input)
                 .expect("the CPU engine never fails");
             let t = reconstruct(
                 &est.plain_matrix(),

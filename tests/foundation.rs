@@ -328,18 +328,19 @@ fn mis_tapped_set(
     recording: impl Fn(usize) -> usize,
 ) -> (
     terawang::simulate::SetTruth,
-    [terawang::device::TapRecording; terawang::device::N_SENSORS],
+    terawang::device::SetRecording,
     terawang::engine::SetEstimate,
 ) {
-    use terawang::device::parse_tap;
+    use terawang::device::{SetRecording, parse_tap};
     use terawang::engine::{Engine, EngineConfig};
     use terawang::simulate::{SimParams, simulate_many};
     let (files, truth) = simulate_many(&SimParams::default(), 1, 5, false);
     let taps = std::array::from_fn(|k| {
         parse_tap(&files[k].file_name, files[recording(k)].json.as_bytes()).unwrap()
     });
+    let taps = SetRecording::from_taps(taps).unwrap();
     let est = Engine::new(EngineConfig::default())
-        .estimate_set(&taps)
+        .estimate(&taps.input)
         .unwrap();
     (truth.sets[0].clone(), taps, est)
 }
@@ -444,26 +445,26 @@ fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
         1,
         &est,
         &EngineConfig::default(),
-        &taps,
+        &taps.files,
         false,
     );
     let report: serde_json::Value = serde_json::from_slice(&out.report).unwrap();
     assert_eq!(
         report["row_sources"][3].as_str(),
-        Some(taps[4].file_name.as_str())
+        Some(taps.files[4].file_name.as_str())
     );
     assert_eq!(
         report["row_sources"][2].as_str(),
-        Some(taps[2].file_name.as_str())
+        Some(taps.files[2].file_name.as_str())
     );
     let warnings = report["warnings"].to_string();
     for (file, text) in [
         (
-            &taps[3].file_name,
+            &taps.files[3].file_name,
             "is on sensor 3, not 4: sensor 3 has a tap of its own",
         ),
         (
-            &taps[4].file_name,
+            &taps.files[4].file_name,
             "is on sensor 4, not 5: its recording is used as the tap on sensor 4",
         ),
     ] {

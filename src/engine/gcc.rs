@@ -75,8 +75,24 @@ impl PairBatch {
 
 /// Error of a correlator that can fail (the GPU); the CPU never does.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CorrelatorError(pub String);
+pub enum CorrelatorError {
+    #[error("batch built for n_fft {batch}, GPU correlator for {correlator}")]
+    FftLength { batch: usize, correlator: usize },
+    #[error("output buffer holds {found} values, the batch needs {needed}")]
+    OutputLength { found: usize, needed: usize },
+    #[error("pair {pair} refers to a window past the {n_windows} in the batch")]
+    PairOutOfRange { pair: usize, n_windows: usize },
+    /// The device failed: `what` went wrong, `detail` is the driver's own message.
+    #[error("GPU {what}: {detail}")]
+    Gpu { what: &'static str, detail: String },
+}
+
+/// Where a correlator computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CorrelatorKind {
+    Cpu,
+    Gpu,
+}
 
 /// Something that correlates a [`PairBatch`]: the CPU here, the GPU elsewhere.
 pub trait Correlator: Send {
@@ -86,6 +102,8 @@ pub trait Correlator: Send {
     fn correlate(&mut self, batch: &PairBatch, out: &mut [f32]) -> Result<(), CorrelatorError>;
     /// Short name for logs and reports.
     fn name(&self) -> &'static str;
+    /// Where it computes.
+    fn kind(&self) -> CorrelatorKind;
 }
 
 /// Which PHAT kernel the CPU path uses.
@@ -179,6 +197,10 @@ impl Correlator for CpuGcc {
             Kernel::Scalar => "cpu-scalar",
             Kernel::Simd => "cpu",
         }
+    }
+
+    fn kind(&self) -> CorrelatorKind {
+        CorrelatorKind::Cpu
     }
 }
 

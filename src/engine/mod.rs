@@ -1,5 +1,10 @@
 //! The engine: from the eight taps of a set to times of flight and the 8×8 velocity matrix.
 //!
+//! Input is a [`SetInput`]: eight [`Recording`]s of samples and sample times, validated when
+//! they are built ([`input`]); the engine knows no file format, file name or command line.
+//! [`Engine::estimate`] gives a [`SetEstimate`]; the only error is a correlator's that can fail
+//! (the GPU's, [`CorrelatorError`]).
+//!
 //! Units: times in µs, distances in m, velocities in m/s. Row = tapped sensor, column =
 //! receiving sensor, 0-based inside the code. A ray that cannot be trusted keeps its estimate
 //! (for the report) but is flagged, and is 0 in [`SetEstimate::plain_matrix`].
@@ -13,17 +18,19 @@
 //!   same waveform), and the ToF of each ray is the pick minus its tap instant.
 
 pub mod gcc;
+pub mod input;
 pub mod onset;
 pub mod phat;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{N_SENSORS, TapRecording};
+pub use crate::geometry::N_SENSORS;
 use crate::geometry::{chord_m, longest_chord_m};
-pub use gcc::{Correlator, CorrelatorError, CpuGcc, Kernel, PairBatch};
+pub use gcc::{Correlator, CorrelatorError, CorrelatorKind, CpuGcc, Kernel, PairBatch};
+pub use input::{InputError, MIN_SAMPLES, Recording, SetInput};
 
 /// How ToFs are estimated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Sub-sample onset picks plus reciprocal GCC-PHAT for the tap instants.
@@ -32,12 +39,49 @@ pub enum Method {
     GccPhat,
 }
 
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Method {
+    /// Every method, the default first.
+    pub const ALL: [Method; 2] = [Method::Onset, Method::GccPhat];
+
+    /// The method's name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
             Method::Onset => "onset",
             Method::GccPhat => "gcc-phat",
-        })
+        }
+    }
+
+    /// What the method does, in one line (the command line's help).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Method::Onset => "Sub-sample onset picks plus reciprocal GCC-PHAT for the tap instants",
+            Method::GccPhat => {
+                "Plain windowed GCC-PHAT of each receiver against the tapped channel"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no [`Method`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown method {0:?}: expected onset or gcc-phat")]
+pub struct UnknownMethod(pub String);
+
+impl std::str::FromStr for Method {
+    type Err = UnknownMethod;
+
+    /// Parses a method by its [`Method::name`].
+    fn from_str(s: &str) -> Result<Method, UnknownMethod> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownMethod(s.to_string()))
     }
 }
 
@@ -78,15 +122,23 @@ fn default_trigger_lead() -> f64 {
     DEFAULT_TRIGGER_LEAD
 }
 
+/// An engine setting out of its range.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the trigger lead must be a number of samples in [0, {max}], got {lead}")]
+    TriggerLead { lead: f64, max: f64 },
+}
+
 impl EngineConfig {
     /// Checks the trigger lead: a number of samples in [0, [`MAX_TRIGGER_LEAD`]].
-    pub fn check_trigger_lead(lead: f64) -> Result<f64, String> {
+    pub fn check_trigger_lead(lead: f64) -> Result<f64, ConfigError> {
         if lead.is_finite() && (0.0..=MAX_TRIGGER_LEAD).contains(&lead) {
             Ok(lead)
         } else {
-            Err(format!(
-                "the trigger lead must be a number of samples in [0, {MAX_TRIGGER_LEAD}], got {lead}"
-            ))
+            Err(ConfigError::TriggerLead {
+                lead,
+                max: MAX_TRIGGER_LEAD,
+            })
         }
     }
 }
@@ -164,7 +216,7 @@ impl SetEstimate {
     }
 }
 
-/// Summary metrics of a velocity matrix (see DESIGN.md, "Metrics that decide quality").
+/// Summary metrics of a velocity matrix, the two the quality of real sets is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Metrics {
     /// Share of the 56 rays with a velocity inside 300–3000 m/s.
@@ -262,22 +314,23 @@ impl Engine {
         self.correlator.name()
     }
 
-    /// Estimates one set; `taps[k]` must be the recording of tap k+1.
-    pub fn estimate_set(
-        &mut self,
-        taps: &[TapRecording; N_SENSORS],
-    ) -> Result<SetEstimate, CorrelatorError> {
-        Ok(self.estimate_batch(std::slice::from_ref(taps))?.remove(0))
+    /// Estimates one set.
+    pub fn estimate(&mut self, set: &SetInput) -> Result<SetEstimate, CorrelatorError> {
+        let mut estimates = self.estimate_batch(std::slice::from_ref(set))?;
+        Ok(estimates.remove(0))
     }
 
-    /// Estimates many sets with one batched correlation.
+    /// Estimates many sets with one batched correlation, one estimate per set in order.
     pub fn estimate_batch(
         &mut self,
-        sets: &[[TapRecording; N_SENSORS]],
+        sets: &[SetInput],
     ) -> Result<Vec<SetEstimate>, CorrelatorError> {
         let prepared: Vec<[Prepared; N_SENSORS]> = sets
             .iter()
-            .map(|taps| std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment)))
+            .map(|set| {
+                let taps = set.recordings();
+                std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment))
+            })
             .collect();
         // The onset method reads each file's impact channel and uses a mis-tapped file as the
         // tap of the sensor it really hit, where that sensor has no other.
@@ -292,11 +345,7 @@ impl Engine {
                 // Only a set with a re-assigned file is rebuilt (copying a set costs more
                 // than reading the impact channels).
                 Some(r) if r.tap_source.iter().enumerate().any(|(k, &s)| s != k) => {
-                    std::array::from_fn(|k| {
-                        let mut tap = set[r.tap_source[k]].clone();
-                        tap.tap_idx = k;
-                        tap
-                    })
+                    std::array::from_fn(|k| set[r.tap_source[k]].clone())
                 }
                 _ => set,
             })
@@ -341,10 +390,10 @@ enum Plan {
     GccPhat([[u32; N_SENSORS]; N_SENSORS]),
 }
 
-/// One tap, centred and cut to the segment the engine looks at.
+/// One tap, centred and cut to the segment the engine looks at. Which sensor it is the tap
+/// on is its place in the set.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    pub tap_idx: usize,
     /// Rest level removed, first `segment` samples.
     pub channels: [Vec<f32>; N_SENSORS],
     /// Sample times relative to the first sample, µs (same length as the channels).
@@ -354,22 +403,22 @@ pub struct Prepared {
     pub raw: [Vec<f32>; N_SENSORS],
 }
 
-pub fn prepare(tap: &TapRecording, segment: usize) -> Prepared {
+pub fn prepare(tap: &Recording, segment: usize) -> Prepared {
     let n = tap.n_samples().min(segment);
-    let t0 = tap.timestamps_ns[0];
-    let t_us = tap.timestamps_ns[..n]
+    let timestamps_ns = tap.timestamps_ns();
+    let t0 = timestamps_ns[0];
+    let t_us = timestamps_ns[..n]
         .iter()
         .map(|&t| (t - t0) as f64 / 1000.0)
         .collect();
-    let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|k| tap.channels[k][..n].to_vec());
+    let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|k| tap.channels()[k][..n].to_vec());
     let channels = std::array::from_fn(|k| {
-        let mut whole = tap.channels[k].clone();
+        let mut whole = tap.channels()[k].clone();
         let mid = whole.len() / 2;
         let rest = *whole.select_nth_unstable_by(mid, f32::total_cmp).1;
         raw[k].iter().map(|&x| x - rest).collect()
     });
     Prepared {
-        tap_idx: tap.tap_idx(),
         channels,
         t_us,
         dt_us: tap.mean_dt_us(),

@@ -1,0 +1,329 @@
+//! Class stacking: the rays of one chord class aligned against each other.
+//!
+//! Rays of the same chord length through sound wood carry the same waveform, shifted by their
+//! tap instants and sub-sample phases. GCC-PHAT between neighbouring rays of a class measures
+//! their relative arrivals; a least-squares fit ([`solve_differences`]) gives them all, and
+//! the onset of the class's stacked waveform gives their common level. A class whose
+//! waveforms do not agree ([`waveforms_differ`]) keeps its picks.
+
+use super::baseline::Baseline;
+use super::lsq::solve_differences;
+use super::{Picks, grid_dt, resample, waveforms_differ};
+use crate::engine::gcc::{self, PairBatch};
+use crate::engine::{Prepared, median};
+use crate::geometry::N_SENSORS;
+
+/// Rays of one chord class and their pairs in the batch.
+#[derive(Clone, Debug)]
+pub(super) struct ClassPlan {
+    rays: Vec<(usize, usize)>,
+    /// Start of each ray's window, µs in its file's time axis (common grid `dt`).
+    starts: Vec<f64>,
+    /// `(a, b, pair index)`: ray b's window correlated against ray a's.
+    pairs: Vec<(usize, usize, u32)>,
+}
+
+/// Each ray of a class is correlated with this many of the next rays in the class.
+const CLASS_NEIGHBOURS: usize = 6;
+/// A class with fewer picked, unclipped rays is left to its picks.
+const MIN_CLASS_RAYS: usize = 3;
+/// How far (in samples) a ray-to-ray lag is searched beyond the difference of the two picks.
+const CLASS_LAG_SLACK: f64 = 1.5;
+/// The least GCC-PHAT peak value of a ray-to-ray correlation that makes an equation.
+const MIN_CLASS_VALUE: f64 = 0.2;
+
+/// For each chord class (sensors 1 to 4 apart) with enough picked, unclipped rays from files
+/// that are not mis-tapped, cuts each ray's window and pairs it with its next
+/// [`CLASS_NEIGHBOURS`] in the class, appending both to `batch`.
+pub(super) fn plan_classes(
+    set: &[Prepared; N_SENSORS],
+    picks: &Picks,
+    mismatched: &[bool; N_SENSORS],
+    dt: f64,
+    batch: &mut PairBatch,
+) -> Vec<ClassPlan> {
+    let mut classes = Vec::new();
+    for m in 1..=N_SENSORS / 2 {
+        let rays: Vec<(usize, usize)> = (0..N_SENSORS)
+            .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
+            .filter(|&(i, j)| {
+                let d = i.abs_diff(j);
+                i != j
+                    && d.min(N_SENSORS - d) == m
+                    && !mismatched[i]
+                    && picks[i][j].is_some_and(|p| !p.clipped)
+            })
+            .collect();
+        if rays.len() < MIN_CLASS_RAYS {
+            continue;
+        }
+        let mut starts = Vec::with_capacity(rays.len());
+        let mut windows = Vec::with_capacity(rays.len());
+        for &(i, j) in &rays {
+            let (start, w) = ray_window(&set[i], j, picks[i][j].map_or(0.0, |p| p.t_us), dt);
+            starts.push(start);
+            windows.push(batch.push_window(&w));
+        }
+        let mut pairs = Vec::new();
+        for a in 0..rays.len() {
+            for b in (a + 1)..rays.len().min(a + 1 + CLASS_NEIGHBOURS) {
+                pairs.push((a, b, batch.push_pair(windows[a], windows[b])));
+            }
+        }
+        classes.push(ClassPlan {
+            rays,
+            starts,
+            pairs,
+        });
+    }
+    classes
+}
+
+/// Samples in the window that the ray-to-ray correlations look at.
+const RAY_WINDOW: usize = 16;
+/// Quiet samples kept before the pick in that window.
+const RAY_PRE: usize = 3;
+
+/// The early part of ray i→j on the set's common grid `dt`, from `RAY_PRE` intervals before
+/// its pick; the tail is tapered. Returns the window's start (µs in the file's time axis).
+fn ray_window(tap: &Prepared, j: usize, pick_us: f64, dt: f64) -> (f64, Vec<f32>) {
+    let start = (pick_us - RAY_PRE as f64 * dt).max(0.0);
+    let mut window = resample(&tap.channels[j], &tap.t_us, start, dt, RAY_WINDOW);
+    for (k, v) in window.iter_mut().enumerate().skip(RAY_WINDOW / 2) {
+        let x = (k - RAY_WINDOW / 2) as f64 / (RAY_WINDOW / 2) as f64;
+        *v *= (0.5 + 0.5 * (std::f64::consts::PI * x).cos()) as f32;
+    }
+    (start, window)
+}
+
+/// Rays of the same chord length through sound wood carry the same waveform, shifted by
+/// their different tap instants and sub-sample phases. GCC-PHAT between them measures their
+/// relative arrival far better than a pick can (a pick with one rising sample is only known
+/// within one sample). The class's absolute level comes from the onset of the stacked
+/// waveform ([`stacked_onset`]), or the median of the picks where that fails.
+pub(super) fn refine_class(
+    set: &[Prepared; N_SENSORS],
+    bases: &[Baseline; N_SENSORS],
+    picks: &mut Picks,
+    class: &ClassPlan,
+    batch: &PairBatch,
+    corr: &[f32],
+) {
+    let rays = &class.rays;
+    let dt = grid_dt(set);
+    let pick_of = |(i, j): (usize, usize)| picks[i][j].map_or(0.0, |p| p.t_us);
+    let mut equations = Vec::new();
+    for &(a, b, pair) in &class.pairs {
+        let (pa, pb) = (pick_of(rays[a]), pick_of(rays[b]));
+        let (ta, tb) = (class.starts[a], class.starts[b]);
+        let expect = ((pb - tb) - (pa - ta)) / dt;
+        let lo = (expect - CLASS_LAG_SLACK).floor() as isize;
+        let hi = (expect + CLASS_LAG_SLACK).ceil() as isize;
+        if let Some(p) = gcc::find_peak(batch.correlation(corr, pair), lo, hi)
+            .filter(|p| !p.on_edge && p.value > MIN_CLASS_VALUE)
+        {
+            equations.push((a, b, tb - ta + p.lag * dt, p.value));
+        }
+    }
+    let x = solve_differences(rays.len(), &equations);
+    // Pairs that gave no equation count as incoherent.
+    let mut values: Vec<f64> = equations.iter().map(|e| e.3).collect();
+    values.resize(class.pairs.len(), 0.0);
+    let coherence = median(&mut values).unwrap_or(0.0);
+    let mut snrs: Vec<f64> = rays
+        .iter()
+        .filter_map(|&(i, j)| picks[i][j].map(|p| p.snr))
+        .collect();
+    if waveforms_differ(coherence, median(&mut snrs).unwrap_or(0.0)) {
+        return;
+    }
+    let mut offsets: Vec<f64> = rays.iter().zip(&x).map(|(&r, &x)| pick_of(r) - x).collect();
+    let median_level = median(&mut offsets).unwrap_or(0.0);
+    let clipped: Vec<bool> = rays
+        .iter()
+        .map(|&(i, j)| picks[i][j].is_some_and(|p| p.clipped))
+        .collect();
+    let level =
+        stacked_onset(set, bases, rays, &clipped, &x, median_level, dt).unwrap_or(median_level);
+    // Beyond half a sample from the median of the class's picks, the stacked curve crossed
+    // its level on noise, not on the arrival (whole classes came out a sample early).
+    let level = if (level - median_level).abs() > LEVEL_GUARD_SAMPLES * dt {
+        median_level
+    } else {
+        level
+    };
+    for (&(i, j), &x) in rays.iter().zip(&x) {
+        if let Some(p) = picks[i][j].as_mut() {
+            let refined = x + level;
+            // A ray the correlations disagree with by over a sample keeps its pick.
+            if (refined - p.t_us).abs() < set[i].dt_us {
+                p.t_us = refined;
+            }
+        }
+    }
+}
+
+/// Onset of the class's stacked waveform. Each ray's samples are shifted by its relative
+/// arrival `x` and scaled by its first-lobe amplitude; since the rays' sub-sample phases differ,
+/// together they draw the common early waveform about `rays.len()` times more densely than
+/// one ray does. The onset is where that dense curve crosses `STACK_LEVEL` of its first
+/// peak, moved back along the local slope to zero. Returns the onset on the `x` axis
+/// (so ray r's arrival is `x[r] + onset`).
+fn stacked_onset(
+    set: &[Prepared; N_SENSORS],
+    bases: &[Baseline; N_SENSORS],
+    rays: &[(usize, usize)],
+    clipped: &[bool],
+    x: &[f64],
+    guess: f64,
+    dt: f64,
+) -> Option<f64> {
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for ((&(i, j), &xr), &clipped) in rays.iter().zip(x).zip(clipped) {
+        // A clipped ray's shape is cut off: it is aligned, but not stacked.
+        if clipped {
+            continue;
+        }
+        let tap = &set[i];
+        let rest = bases[j].rest;
+        let arrival = xr + guess;
+        let k0 = tap
+            .t_us
+            .partition_point(|&t| t < arrival - LOBE_BEFORE * dt);
+        let k1 = tap
+            .t_us
+            .partition_point(|&t| t < arrival + LOBE_AFTER * dt)
+            .min(tap.raw[j].len());
+        if k1 <= k0 {
+            continue;
+        }
+        let dev = |k: usize| tap.raw[j][k] as f64 - rest;
+        // Polarity and amplitude of the first lobe.
+        let (kmax, amp) = (k0..k1)
+            .map(|k| (k, dev(k)))
+            .fold((k0, 0.0f64), |acc, (k, v)| {
+                if v.abs() > acc.1.abs() { (k, v) } else { acc }
+            });
+        if amp.abs() < 1e-9 || kmax == k0 {
+            continue;
+        }
+        for k in k0..=kmax {
+            points.push((tap.t_us[k] - xr, dev(k) / amp));
+        }
+    }
+    if points.len() < MIN_STACK_POINTS {
+        return None;
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Smoothed curve by local linear regression over ±dt/8.
+    let half = dt / STACK_SMOOTHING;
+    let local = |tau: f64| -> Option<(f64, f64)> {
+        let lo = points.partition_point(|p| p.0 < tau - half);
+        let hi = points.partition_point(|p| p.0 <= tau + half);
+        let pts = &points[lo..hi];
+        if pts.len() < 3 {
+            return None;
+        }
+        let n = pts.len() as f64;
+        let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
+        let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
+        let stt: f64 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
+        let stv: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
+        let slope = if stt > 0.0 { stv / stt } else { 0.0 };
+        Some((mv + slope * (tau - mt), slope))
+    };
+    let start = guess - SCAN_BEFORE * dt;
+    // Kept as first written: the float quotient rounds down to 299 steps for about one
+    // interval in eleven, and the estimates depend on it.
+    let steps = (SCAN_SAMPLES * dt / (dt / SCAN_STEPS_PER_SAMPLE)) as usize;
+    (0..steps).find_map(|s| {
+        let tau = start + s as f64 * dt / SCAN_STEPS_PER_SAMPLE;
+        local(tau)
+            .filter(|&(v, slope)| v > STACK_LEVEL && slope > 0.0)
+            .map(|(v, slope)| tau - v / slope)
+    })
+}
+
+/// How far (in samples) the stacked onset may lie from the median of the class's picks.
+const LEVEL_GUARD_SAMPLES: f64 = 0.5;
+/// Crossing level of the stacked curve, as a fraction of the first peak.
+const STACK_LEVEL: f64 = 0.15;
+/// Each ray's first lobe is looked for from this many sampling intervals before its aligned
+/// arrival...
+const LOBE_BEFORE: f64 = 2.0;
+/// ...to this many after.
+const LOBE_AFTER: f64 = 1.5;
+/// Fewer stacked points than this draw no curve.
+const MIN_STACK_POINTS: usize = 8;
+/// The curve is smoothed over ±dt / this.
+const STACK_SMOOTHING: f64 = 8.0;
+/// The crossing is searched from this many sampling intervals before the median pick...
+const SCAN_BEFORE: f64 = 1.5;
+/// ...over this many intervals...
+const SCAN_SAMPLES: f64 = 3.0;
+/// ...in steps of one interval over this.
+const SCAN_STEPS_PER_SAMPLE: f64 = 100.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::onset::testing::prepared;
+
+    const DT: f64 = 27.0;
+
+    #[test]
+    fn a_ray_window_starts_before_the_pick_and_fades_out() {
+        let tap = prepared(std::array::from_fn(|_| vec![100.0; 64]));
+        let (start, w) = ray_window(&tap, 2, 10.0 * DT, DT);
+        assert_eq!(start, (10 - RAY_PRE) as f64 * DT);
+        assert_eq!(w.len(), RAY_WINDOW);
+        assert!(
+            w[..=RAY_WINDOW / 2]
+                .iter()
+                .all(|&v| (v - 100.0).abs() < 1e-3)
+        );
+        assert!(w[RAY_WINDOW - 1] < 5.0, "{w:?}");
+        // A pick at the very start cannot reach before the record.
+        assert_eq!(ray_window(&tap, 2, DT, DT).0, 0.0);
+    }
+
+    #[test]
+    fn the_stacked_onset_of_rays_at_many_phases_is_where_their_rise_begins() {
+        // Twelve rays rise linearly over one interval, from 270 µs plus a phase of r/12 of an
+        // interval, to a flat top of 300 counts over a rest of 2000. Aligned by their phases
+        // they draw one ramp twelve times more densely than a ray does.
+        let rays: Vec<(usize, usize)> = (0..N_SENSORS)
+            .flat_map(|i| (0..N_SENSORS).map(move |j| (i, j)))
+            .filter(|&(i, j)| i != j)
+            .take(12)
+            .collect();
+        let phase = |r: usize| r as f64 * DT / 12.0;
+        let set: [Prepared; N_SENSORS] = std::array::from_fn(|i| {
+            prepared(std::array::from_fn(|j| {
+                let t0 = rays
+                    .iter()
+                    .position(|&ray| ray == (i, j))
+                    .map_or(f64::INFINITY, |r| 270.0 + phase(r));
+                (0..64)
+                    .map(|k| {
+                        let rise = ((k as f64 * DT - t0) / DT).clamp(0.0, 1.0);
+                        (2000.0 + 300.0 * rise) as f32
+                    })
+                    .collect()
+            }))
+        });
+        let bases = [Baseline {
+            rest: 2000.0,
+            sigma: 2.0,
+        }; N_SENSORS];
+        let x: Vec<f64> = (0..rays.len()).map(phase).collect();
+        let clipped = vec![false; rays.len()];
+        let onset = stacked_onset(&set, &bases, &rays, &clipped, &x, 275.0, DT).unwrap();
+        assert!((onset - 270.0).abs() < 0.5, "{onset}");
+        // Too few rays draw no curve.
+        assert_eq!(
+            stacked_onset(&set, &bases, &rays[..1], &clipped[..1], &x[..1], 275.0, DT),
+            None
+        );
+    }
+}
