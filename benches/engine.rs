@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use terawang::device::{N_SENSORS, parse_tap};
 use terawang::engine::{Engine, EngineConfig, Method};
-use terawang::result::SetOutputs;
+use terawang::result::{ResultName, SetOutputs};
 use terawang::simulate::{SimFile, SimParams, read_set, simulate_many};
 
 fn one_set() -> Vec<SimFile> {
@@ -70,9 +70,7 @@ fn outputs(c: &mut Criterion) {
     group.bench_function("plain_and_report", |b| {
         b.iter(|| {
             SetOutputs::build(
-                "result_x_1",
-                Some("x"),
-                1,
+                &ResultName::new(Some("x"), 1),
                 black_box(&est),
                 &cfg,
                 &taps.files,

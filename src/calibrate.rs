@@ -43,7 +43,7 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
         }
         for set in complete {
             match read_set(&set) {
-                Ok(taps) => out.sets.push((set.result_stem(), taps.input)),
+                Ok(taps) => out.sets.push((set.result_name().stem(), taps.input)),
                 Err(bad) => {
                     out.rejected.extend(bad.rejected);
                     for (name, path) in bad.good {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
 use crate::device::{N_SENSORS, TapName};
+use crate::result::ResultName;
 
 /// One pending file: its parsed name and an opaque key chosen by the caller (a path, an index).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,16 +36,9 @@ pub struct TapSet<K> {
 }
 
 impl<K> TapSet<K> {
-    /// `result_<device>_<unix>` (or `result_<unix>` for legacy names), without extension.
-    pub fn result_stem(&self) -> String {
-        result_stem(self.device.as_deref(), self.unix_s)
-    }
-}
-
-fn result_stem(device: Option<&str>, unix_s: i64) -> String {
-    match device {
-        Some(device) => format!("result_{device}_{unix_s}"),
-        None => format!("result_{unix_s}"),
+    /// The name of the set's results.
+    pub fn result_name(&self) -> ResultName {
+        ResultName::new(self.device.as_deref(), self.unix_s)
     }
 }
 
@@ -133,7 +127,7 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                 let Ok(members) = <[Pending<K>; N_SENSORS]>::try_from(members) else {
                     unreachable!("a complete window has exactly one file per tap");
                 };
-                let stem = result_stem(device.as_deref(), unix_s);
+                let stem = ResultName::new(device.as_deref(), unix_s).stem();
                 let mark = self
                     .formed
                     .entry(device.clone())
@@ -254,7 +248,7 @@ mod tests {
         let sets = g.take_complete();
         assert_eq!(sets.len(), 1);
         assert_eq!(sets[0].unix_s, 1000);
-        assert_eq!(sets[0].result_stem(), "result_A_1000");
+        assert_eq!(sets[0].result_name().json(), "result_A_1000.json");
         for (k, m) in sets[0].members.iter().enumerate() {
             assert_eq!(m.name.tap as usize, k + 1);
         }
@@ -463,7 +457,7 @@ mod tests {
         }
         let sets = g.take_complete();
         assert_eq!(sets.len(), 1);
-        assert_eq!(sets[0].result_stem(), "result_78");
+        assert_eq!(sets[0].result_name().stem(), "result_78");
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
 
     /// A complete set from the grouper: queued for a worker, its sources claimed.
     pub fn grouped(&mut self, set: TapSet<K>) {
-        let name = set.result_stem() + ".json";
+        let name = set.result_name().json();
         let sources: Vec<K> = set.members.iter().map(|m| m.key.clone()).collect();
         self.claim(&name, &sources);
         self.sets.insert(
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(b.counts().queued, 1);
         assert_eq!(b.next_order(t0), None, "nothing saved yet");
         let job = b.take_job().unwrap();
-        let name = format!("{}.json", job.result_stem());
+        let name = job.result_name().json();
         assert_eq!(b.phase(&name), Some(Phase::Computing));
         b.saved(&name, SetTimings::default());
         let mut steps = Vec::new();
@@ -488,7 +488,7 @@ mod tests {
         let mut b = book(false);
         // One set waits for its upload, one (resumed) only for its publish.
         b.grouped(one_set("A", 100));
-        let a = format!("{}.json", b.take_job().unwrap().result_stem());
+        let a = b.take_job().unwrap().result_name().json();
         b.saved(&a, SetTimings::default());
         b.resumed(
             "result_B_1.json".into(),
@@ -545,7 +545,7 @@ mod tests {
         );
         assert!(!b.is_claimed(&"a".to_string()));
         b.grouped(one_set("C", 5));
-        let name = format!("{}.json", b.take_job().unwrap().result_stem());
+        let name = b.take_job().unwrap().result_name().json();
         assert_eq!(b.not_saved(&name).len(), 8);
         assert!(b.is_idle());
     }

@@ -296,18 +296,13 @@ pub fn compute_outputs(
     set: &TapSet<PathBuf>,
     taps: &SetRecording,
     tomogram: bool,
-) -> Result<SetOutputs, String> {
-    let stem = set.result_stem();
+) -> anyhow::Result<SetOutputs> {
+    let name = set.result_name();
     let est = engine.estimate(&taps.input).map_err(|e| {
-        format!(
-            "{stem}.json: the {} backend failed: {e}",
-            engine.backend_name()
-        )
+        anyhow::anyhow!("{name}: the {} backend failed: {e}", engine.backend_name())
     })?;
     Ok(SetOutputs::build(
-        &stem,
-        set.device.as_deref(),
-        set.unix_s,
+        &name,
         &est,
         engine.config(),
         &taps.files,
@@ -328,7 +323,7 @@ fn process_set(
     };
     let outputs = match compute_outputs(engine, set, &taps, tomogram) {
         Ok(outputs) => outputs,
-        Err(why) => return Outcome::Failed(why),
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
     };
     let write = || outputs.write(out_dir, out_dir, Durability::Fast);
     match write() {

@@ -195,11 +195,76 @@ pub fn report_json(
     bytes
 }
 
+/// The name of a set's results, `result_<device>_<unix>` (`result_<unix>` for legacy
+/// device-less taps), `<unix>` being the smallest unix seconds of the set's files: the one
+/// place these names are made ([`ResultName::json`] and its siblings) and read back
+/// ([`ResultName::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResultName {
+    pub device: Option<String>,
+    pub unix_s: i64,
+}
+
+impl ResultName {
+    pub fn new(device: Option<&str>, unix_s: i64) -> ResultName {
+        ResultName {
+            device: device.map(str::to_string),
+            unix_s,
+        }
+    }
+
+    /// `result_<device>_<unix>`, without extension.
+    pub fn stem(&self) -> String {
+        match &self.device {
+            Some(device) => format!("result_{device}_{}", self.unix_s),
+            None => format!("result_{}", self.unix_s),
+        }
+    }
+
+    /// `….json`: the plain result, the name consumers are told.
+    pub fn json(&self) -> String {
+        format!("{}.json", self.stem())
+    }
+
+    /// `….report.json`.
+    pub fn report(&self) -> String {
+        format!("{}.report.json", self.stem())
+    }
+
+    /// `….png`: the tomogram's picture.
+    pub fn png(&self) -> String {
+        format!("{}.png", self.stem())
+    }
+
+    /// Reads any of the names back (or the bare stem); `None` for other names.
+    pub fn parse(name: &str) -> Option<ResultName> {
+        let stem = [".report.json", ".json", ".png"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext))
+            .unwrap_or(name);
+        let rest = stem.strip_prefix("result_")?;
+        let (device, unix) = match rest.rsplit_once('_') {
+            Some((device, unix)) if !device.is_empty() => (Some(device), unix),
+            Some(_) => return None,
+            None => (None, rest),
+        };
+        if unix.is_empty() || !unix.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ResultName::new(device, unix.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for ResultName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.json())
+    }
+}
+
 /// Everything written for one set: the plain result, the report and the picture.
 #[derive(Clone, Debug)]
 pub struct SetOutputs {
-    /// `result_<device>_<unix>`.
-    pub stem: String,
+    pub name: ResultName,
     pub plain: Vec<u8>,
     pub report: Vec<u8>,
     /// `None` when too few rays are usable to reconstruct a cross-section.
@@ -210,15 +275,13 @@ impl SetOutputs {
     /// Builds the files of a set from its estimate; `with_tomogram` reconstructs and draws the
     /// cross-section too.
     pub fn build(
-        stem: &str,
-        device: Option<&str>,
-        unix_s: i64,
+        result: &ResultName,
         est: &SetEstimate,
         cfg: &EngineConfig,
         files: &[TapFile; N_SENSORS],
         with_tomogram: bool,
     ) -> SetOutputs {
-        let name = format!("{stem}.json");
+        let name = result.json();
         // A mis-tapped file changes what the set means: say so where the operator looks.
         for w in tap_warnings(est, files) {
             log::warn!("{name}: {w}");
@@ -233,23 +296,18 @@ impl SetOutputs {
             })
             .and_then(|t| t.map_err(|e| log::warn!("{name}: no tomogram: {e}")).ok());
         SetOutputs {
-            stem: stem.to_string(),
+            name: result.clone(),
             plain: plain_json(est),
             report: report_json(&name, est, cfg, files, tomogram.as_ref()),
             png: tomogram
                 .as_ref()
-                .map(|t| render_png(t, &title(device, unix_s))),
+                .map(|t| render_png(t, &title(result.device.as_deref(), result.unix_s))),
         }
     }
 
     /// `result_<device>_<unix>.json`, the name consumers are told.
     pub fn result_name(&self) -> String {
-        format!("{}.json", self.stem)
-    }
-
-    /// `result_<device>_<unix>.png`.
-    pub fn png_name(&self) -> String {
-        format!("{}.png", self.stem)
+        self.name.json()
     }
 
     /// Writes the report and the picture, then the plain result last, each atomically through
@@ -262,15 +320,9 @@ impl SetOutputs {
         sync: Durability,
     ) -> std::io::Result<Vec<PathBuf>> {
         let mut paths = Vec::with_capacity(3);
-        let report = write_atomic(
-            tmp_dir,
-            dir,
-            &format!("{}.report.json", self.stem),
-            &self.report,
-            sync,
-        )?;
+        let report = write_atomic(tmp_dir, dir, &self.name.report(), &self.report, sync)?;
         if let Some(png) = &self.png {
-            paths.push(write_atomic(tmp_dir, dir, &self.png_name(), png, sync)?);
+            paths.push(write_atomic(tmp_dir, dir, &self.name.png(), png, sync)?);
         }
         paths.push(report);
         paths.insert(
@@ -323,16 +375,6 @@ pub fn read_plain(path: &Path) -> anyhow::Result<[[f64; N_SENSORS]; N_SENSORS]> 
     Ok(std::array::from_fn(|i| std::array::from_fn(|j| rows[i][j])))
 }
 
-/// Device and unix seconds from a result file name: `result_<device>_<unix>[.json]` or
-/// `result_<unix>`; the device is `None` for the second form, the time `None` if unreadable.
-pub fn parse_result_stem(stem: &str) -> (Option<String>, Option<i64>) {
-    let stem = stem.strip_prefix("result_").unwrap_or(stem);
-    match stem.rsplit_once('_') {
-        Some((device, unix)) => (Some(device.to_string()), unix.parse().ok()),
-        None => (None, stem.parse().ok()),
-    }
-}
-
 /// The PNG of a result file's tomogram: reconstructs from the plain matrix at `path` on a trunk
 /// of `diameter_m`, titled with the device and time read from the file name.
 pub fn render_plain(path: &Path, diameter_m: f64) -> anyhow::Result<Vec<u8>> {
@@ -343,9 +385,9 @@ pub fn render_plain(path: &Path, diameter_m: f64) -> anyhow::Result<Vec<u8>> {
         .unwrap_or_default();
     let tomogram = reconstruct(&matrix, diameter_m, &TomogramConfig::default())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let heading = match parse_result_stem(&stem) {
-        (device, Some(unix_s)) => title(device.as_deref(), unix_s),
-        (_, None) => stem,
+    let heading = match ResultName::parse(&stem) {
+        Some(name) => title(name.device.as_deref(), name.unix_s),
+        None => stem,
     };
     Ok(render_png(&tomogram, &heading))
 }
@@ -365,16 +407,29 @@ mod tests {
     use crate::simulate::{Decay, SimParams, true_tof_us};
 
     #[test]
-    fn result_stems_give_device_and_time() {
+    fn result_names_are_made_and_read_back_in_one_place() {
+        let name = ResultName::new(Some("20-79-18-81-6E-65"), 1_755_752_474);
+        assert_eq!(name.json(), "result_20-79-18-81-6E-65_1755752474.json");
         assert_eq!(
-            parse_result_stem("result_20-79-18-81-6E-65_1755752474"),
-            (Some("20-79-18-81-6E-65".into()), Some(1_755_752_474))
+            name.report(),
+            "result_20-79-18-81-6E-65_1755752474.report.json"
         );
-        assert_eq!(
-            parse_result_stem("result_1755752474"),
-            (None, Some(1_755_752_474))
-        );
-        assert_eq!(parse_result_stem("something"), (None, None));
+        assert_eq!(name.png(), "result_20-79-18-81-6E-65_1755752474.png");
+        for form in [name.stem(), name.json(), name.report(), name.png()] {
+            assert_eq!(ResultName::parse(&form), Some(name.clone()), "{form}");
+        }
+        let legacy = ResultName::new(None, 1_755_752_474);
+        assert_eq!(legacy.json(), "result_1755752474.json");
+        assert_eq!(ResultName::parse("result_1755752474"), Some(legacy));
+        for other in [
+            "something",
+            "result_",
+            "result_dev_",
+            "result__12",
+            "result_dev_1x",
+        ] {
+            assert_eq!(ResultName::parse(other), None, "{other}");
+        }
     }
 
     #[test]

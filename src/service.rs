@@ -39,7 +39,7 @@ use crate::journal::{Entry, Journal, Sinks, Stage};
 use crate::lifecycle::{Event, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
 use crate::process::{BadMembers, compute_outputs, read_set};
-use crate::result::{Durability, parse_result_stem};
+use crate::result::{Durability, ResultName};
 use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
 use crate::watch::{
     FileSig, Kind, REJECTED_DIR, Settle, WatchEvent, Watcher, classify, not_a_regular_file, reject,
@@ -528,9 +528,12 @@ impl Coordinator {
         if self.cfg.amqp.is_some() {
             self.metrics.observe(StageTimer::Publish, t.publish);
         }
-        let (device, unix_s) = parse_result_stem(name.trim_end_matches(".json"));
-        let device = device.unwrap_or_else(|| "-".into());
-        let unix_s = unix_s.unwrap_or_default();
+        let parsed = ResultName::parse(name);
+        let device = parsed
+            .as_ref()
+            .and_then(|n| n.device.clone())
+            .unwrap_or_else(|| "-".into());
+        let unix_s = parsed.map_or(0, |n| n.unix_s);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let upload = match self.cfg.ftp {
             Some(_) => format!("upload {:.1} ms", ms(t.upload)),
@@ -705,7 +708,7 @@ fn remove_temporary_files(temp_dir: &Path) {
 
 /// Reads, computes, saves and journals one set.
 fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome {
-    let name = format!("{}.json", set.result_stem());
+    let name = set.result_name().json();
     let t0 = Instant::now();
     let taps = match read_set(set) {
         Ok(taps) => taps,
@@ -721,7 +724,10 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
     let t1 = Instant::now();
     let outputs = match compute_outputs(engine, set, &taps, true) {
         Ok(outputs) => outputs,
-        Err(why) => return Outcome::Failed { name, why },
+        Err(e) => {
+            let why = format!("{e:#}");
+            return Outcome::Failed { name, why };
+        }
     };
     let compute = t1.elapsed();
     let sources: Vec<String> = set

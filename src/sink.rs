@@ -21,6 +21,7 @@ use crate::config::{AmqpConfig, FtpConfig};
 use crate::journal::{Entry, Journal, Step, stage_after};
 use crate::lifecycle::{Order, StepResult};
 use crate::metrics::{Metrics, SinkKind};
+use crate::result::ResultName;
 
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -499,11 +500,11 @@ impl Driver {
         let Some(ftp) = self.ftp.as_mut() else {
             anyhow::bail!("FTP is not configured");
         };
-        if ftp.upload_png() {
-            let png_name = name.replace(".json", ".png");
-            if let Ok(png) = std::fs::read(self.cfg.result_dir.join(&png_name)) {
-                ftp.upload(&png_name, &png)?;
-            }
+        if ftp.upload_png()
+            && let Some(png_name) = ResultName::parse(name).map(|n| n.png())
+            && let Ok(png) = std::fs::read(self.cfg.result_dir.join(&png_name))
+        {
+            ftp.upload(&png_name, &png)?;
         }
         ftp.upload(name, bytes)
     }
@@ -566,7 +567,8 @@ pub fn graph_message(result_name: &str, sources: &[PathBuf]) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .collect();
     serde_json::json!({
-        "GUID_SURVEY": result_name.trim_end_matches(".json"),
+        "GUID_SURVEY": ResultName::parse(result_name)
+            .map_or_else(|| result_name.to_string(), |n| n.stem()),
         "data": data,
     })
     .to_string()

@@ -415,7 +415,7 @@ fn a_file_whose_impact_is_on_another_sensor_flags_its_row_only() {
 #[test]
 fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
     use terawang::engine::EngineConfig;
-    use terawang::result::SetOutputs;
+    use terawang::result::{ResultName, SetOutputs};
     let (truth, taps, est) = mis_tapped_set(|k| match k {
         3 => 2,
         4 => 3,
@@ -440,9 +440,7 @@ fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
         median(&all)
     );
     let out = SetOutputs::build(
-        "result_x_1",
-        None,
-        1,
+        &ResultName::new(Some("x"), 1),
         &est,
         &EngineConfig::default(),
         &taps.files,
