@@ -4,7 +4,8 @@
 //! [`engine`] computes times of flight and velocities, [`process`] runs the batch command,
 //! [`simulate`] makes realistic files with ground truth, [`tomogram`] reconstructs and draws
 //! the cross-section. The service `run` is [`service`]:
-//! [`config`] → [`watch`] → [`group`] → [`engine`] → [`sink`], with [`journal`] keeping state.
+//! [`config`] → [`watch`] → [`group`] → [`engine`] → [`sink`], with [`journal`] keeping state
+//! and [`tls`] securing the sinks' connections.
 //! [`backend`] picks the correlator: the CPU, or the GPU in [`gpu`]. [`calibrate`] measures a
 //! device's trigger lead on a specimen of known velocity.
 //!
@@ -79,5 +80,6 @@ pub mod rng;
 pub mod service;
 pub mod simulate;
 pub mod sink;
+pub mod tls;
 pub mod tomogram;
 pub mod watch;

@@ -22,6 +22,7 @@ use crate::journal::{Entry, Journal, Step, stage_after};
 use crate::lifecycle::{Order, StepResult};
 use crate::metrics::{Metrics, SinkKind};
 use crate::result::ResultName;
+use crate::tls;
 
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,7 +78,7 @@ impl Backoff {
 /// Uploads to one FTP server, keeping the connection between sets.
 pub struct FtpSink {
     cfg: FtpConfig,
-    conn: Option<suppaftp::NativeTlsFtpStream>,
+    conn: Option<suppaftp::RustlsFtpStream>,
 }
 
 impl FtpSink {
@@ -85,7 +86,7 @@ impl FtpSink {
         FtpSink { cfg, conn: None }
     }
 
-    fn connect(&self) -> anyhow::Result<suppaftp::NativeTlsFtpStream> {
+    fn connect(&self) -> anyhow::Result<suppaftp::RustlsFtpStream> {
         let addr = (self.cfg.host.as_str(), self.cfg.port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {}", self.cfg.host))?
@@ -95,15 +96,11 @@ impl FtpSink {
             .with_context(|| format!("cannot connect to {addr}"))?;
         tcp.set_read_timeout(Some(NET_TIMEOUT))?;
         tcp.set_write_timeout(Some(NET_TIMEOUT))?;
-        let mut ftp = suppaftp::NativeTlsFtpStream::connect_with_stream(tcp)?;
+        let mut ftp = suppaftp::RustlsFtpStream::connect_with_stream(tcp)?;
         if self.cfg.tls {
             // Explicit FTPS: AUTH TLS on the control connection, data connections protected.
-            let connector = native_tls::TlsConnector::new().context("cannot set up TLS")?;
             ftp = ftp
-                .into_secure(
-                    suppaftp::NativeTlsConnector::from(connector),
-                    &self.cfg.host,
-                )
+                .into_secure(tls::ftps_connector()?, &self.cfg.host)
                 .with_context(|| format!("TLS with {} failed", self.cfg.host))?;
         }
         ftp.login(self.cfg.user.as_str(), self.cfg.password.as_str())
@@ -129,7 +126,7 @@ impl FtpSink {
     }
 
     fn try_upload(
-        ftp: &mut suppaftp::NativeTlsFtpStream,
+        ftp: &mut suppaftp::RustlsFtpStream,
         name: &str,
         bytes: &[u8],
     ) -> anyhow::Result<()> {
@@ -194,11 +191,10 @@ impl AmqpSink {
     }
 
     fn connect(&self) -> anyhow::Result<AmqpLink> {
-        let url = self.cfg.url();
         let opened = if self.cfg.tls {
-            amiquip::Connection::open(&url)
+            tls::open_amqps(&self.cfg, NET_TIMEOUT)
         } else {
-            amiquip::Connection::insecure_open(&url)
+            amiquip::Connection::insecure_open(&self.cfg.url()).map_err(anyhow::Error::from)
         };
         let mut conn = opened.with_context(|| {
             format!(

@@ -1,17 +1,24 @@
 //! The service end to end: the real binary against a real RabbitMQ broker (127.0.0.1:5672,
-//! guest/guest) and a real FTP server (pyftpdlib on loopback), with real folders and file
-//! events. Each test has its own temp dirs, vhost, queue and FTP server.
+//! guest/guest) and a real FTP server (libunftp, in this process, on loopback), with real
+//! folders and file events. Each test has its own temp dirs, vhost, queue and FTP server; the
+//! TLS test makes its certificate with rcgen and puts a rustls front before the broker.
 //!
-//! Needs `rabbitmqctl` and `python3 -m pyftpdlib`: `.ci/service-setup.sh` installs and
-//! starts them.
+//! Needs RabbitMQ and nothing else: a broker listening on 127.0.0.1:5672 is used as it is;
+//! without one, an installed `rabbitmq-server` is started once. `.ci/service-setup.sh` installs
+//! and starts it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use terawang::simulate::{SimFile, SimParams, Truth, simulate_many};
 
@@ -34,16 +41,83 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+const BROKER: &str = "127.0.0.1:5672";
+const GET_RABBITMQ: &str =
+    "install it with `apt-get install rabbitmq-server`, or run `.ci/service-setup.sh`";
+
+/// Where `tool` is installed: on `PATH`, or in the sbin folders where Debian puts RabbitMQ's
+/// tools and which a user's `PATH` may lack.
+fn installed(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn broker_listening() -> bool {
+    let addr = BROKER.parse().unwrap();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// A broker on 127.0.0.1:5672 and `rabbitmqctl` for its vhosts: the one running, or an
+/// installed `rabbitmq-server` started once for all tests. Panics at once, saying what is
+/// missing, when neither can be had.
+fn rabbitmqctl_path() -> &'static Path {
+    static READY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match READY.get_or_init(provide_broker) {
+        Ok(ctl) => ctl,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn provide_broker() -> Result<PathBuf, String> {
+    let ctl = installed("rabbitmqctl").ok_or_else(|| {
+        format!("the service tests need RabbitMQ's `rabbitmqctl`, not installed: {GET_RABBITMQ}")
+    })?;
+    if broker_listening() {
+        return Ok(ctl);
+    }
+    let server = installed("rabbitmq-server").ok_or_else(|| {
+        format!(
+            "no RabbitMQ broker on {BROKER} and `rabbitmq-server` is not installed: {GET_RABBITMQ}"
+        )
+    })?;
+    let started = Command::new(&server)
+        .arg("-detached")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", server.display()))?;
+    if !started.success() {
+        return Err(format!(
+            "`{} -detached` failed ({started}): start RabbitMQ by hand or run `.ci/service-setup.sh`",
+            server.display()
+        ));
+    }
+    let awaited = Command::new(&ctl)
+        .args(["-q", "--timeout", "120", "await_startup"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", ctl.display()))?;
+    if !awaited.status.success() || !broker_listening() {
+        return Err(format!(
+            "RabbitMQ was started but does not answer on {BROKER}: {}",
+            String::from_utf8_lossy(&awaited.stderr)
+        ));
+    }
+    Ok(ctl)
+}
+
 /// A vhost of its own on the local broker, deleted on drop.
 struct Vhost {
     name: String,
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
+    let out = Command::new(rabbitmqctl_path())
         .args(args)
         .output()
-        .expect("rabbitmqctl must be installed (.ci/service-setup.sh)");
+        .expect("rabbitmqctl runs");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?}: {}",
@@ -95,125 +169,258 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = Command::new(rabbitmqctl_path())
             .args(["delete_vhost", &self.name])
             .output();
     }
 }
 
-/// pyftpdlib serving a temp root on loopback; killed on drop.
+/// A libunftp server serving a temp root on loopback (one user, passive mode), on a tokio
+/// runtime of its own thread; stopped on drop, its connections closed.
 struct FtpServer {
-    child: Child,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
+
+/// The one account of the test FTP servers.
+#[derive(Debug)]
+struct FtpAccount;
+
+#[async_trait::async_trait]
+impl unftp_core::auth::Authenticator for FtpAccount {
+    async fn authenticate(
+        &self,
+        username: &str,
+        creds: &unftp_core::auth::Credentials,
+    ) -> Result<unftp_core::auth::Principal, unftp_core::auth::AuthenticationError> {
+        if username != FTP_USER {
+            return Err(unftp_core::auth::AuthenticationError::BadUser);
+        }
+        if creds.password.as_deref() != Some(FTP_PASS) {
+            return Err(unftp_core::auth::AuthenticationError::BadPassword);
+        }
+        Ok(unftp_core::auth::Principal {
+            username: username.to_string(),
+        })
+    }
+}
+
+/// Data ports of the test FTP servers: above the kernel's ephemeral range, so that they do
+/// not meet the ports `free_port` hands out.
+const FTP_PASSIVE_PORTS: std::ops::RangeInclusive<u16> = 61000..=65000;
 
 impl FtpServer {
     fn start(port: u16, root: &Path) -> FtpServer {
-        std::fs::create_dir_all(root).unwrap();
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-w"])
-            .args(["-p", &port.to_string(), "-u", FTP_USER, "-P", FTP_PASS])
-            .arg("-d")
-            .arg(root);
-        FtpServer::spawn(cmd, port, "the FTP server", "python3 -m pyftpdlib")
+        FtpServer::serve(port, root, None)
     }
 
-    /// Starts `cmd` and waits until it listens on `port`.
-    fn spawn(mut cmd: Command, port: u16, what: &str, needs: &str) -> FtpServer {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{needs} (.ci/service-setup.sh): {e}"));
-        wait_until(what, Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        FtpServer { child }
-    }
-}
-
-impl FtpServer {
-    /// An explicit-FTPS server (TLS required) with the given certificate and key.
+    /// An explicit-FTPS server (TLS required on control and data connections) with the given
+    /// certificate and key.
     fn start_tls(port: u16, root: &Path, cert: &Path, key: &Path) -> FtpServer {
+        FtpServer::serve(port, root, Some((cert, key)))
+    }
+
+    /// Starts the server and waits until it listens on `port`.
+    fn serve(port: u16, root: &Path, tls: Option<(&Path, &Path)>) -> FtpServer {
         std::fs::create_dir_all(root).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ftps_server.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .arg(port.to_string())
-            .arg(root)
-            .arg(cert)
-            .arg(key)
-            .args([FTP_USER, FTP_PASS]);
-        FtpServer::spawn(
-            cmd,
-            port,
-            "the FTPS server",
-            "python3 with pyftpdlib and pyOpenSSL",
+        let home = root.to_path_buf();
+        let mut builder = libunftp::ServerBuilder::with_authenticator(
+            Box::new(move || unftp_sbe_fs::Filesystem::new(home.clone()).unwrap()),
+            Arc::new(FtpAccount),
         )
-    }
-}
-
-/// A self-signed certificate for 127.0.0.1 and its key, made with the openssl tool.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("the openssl tool (.ci/service-setup.sh)");
-    assert!(ok.success());
-    (cert, key)
-}
-
-/// A TLS front for the broker (socat), as an AMQPS listener would be.
-struct TlsFront {
-    child: Child,
-}
-
-impl TlsFront {
-    fn start(port: u16, target: u16, cert: &Path, key: &Path) -> TlsFront {
-        let listen = format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-            cert.display(),
-            key.display()
-        );
-        let child = Command::new("socat")
-            .arg(listen)
-            .arg(format!("TCP:127.0.0.1:{target}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (.ci/service-setup.sh)");
-        wait_until("the TLS front", Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        .greeting("terawang test FTP server")
+        .passive_ports(FTP_PASSIVE_PORTS);
+        if let Some((cert, key)) = tls {
+            builder = builder.ftps(cert, key).ftps_required(true, true);
+        }
+        let server = builder.build().expect("FTP server settings");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("ftp-{port}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let result = rt.block_on(async move {
+                    tokio::select! {
+                        r = server.listen(format!("127.0.0.1:{port}")) => r,
+                        _ = stopped => Ok(()),
+                    }
+                });
+                // Ends the sessions and closes their sockets.
+                rt.shutdown_timeout(Duration::from_secs(1));
+                if let Err(e) = result {
+                    panic!("the FTP server on port {port} failed: {e:?}");
+                }
+            })
+            .unwrap();
+        wait_until("the FTP server", Duration::from_secs(15), || {
+            thread.is_finished() || TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        TlsFront { child }
+        let mut ftp = FtpServer {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        if ftp.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            ftp.stop_and_join();
+            panic!("the FTP server on port {port} stopped at once");
+        }
+        ftp
     }
-}
 
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
 impl Drop for FtpServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop_and_join();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 (an IP subject alternative name) and its key, as
+/// PEM files in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// A TLS front for the broker, as an AMQPS listener would be: each connection's TLS (rustls,
+/// with the given certificate) ends here and its bytes go on to 127.0.0.1:`target`. Stopped
+/// on drop, its connections closed.
+struct TlsFront {
+    stop: Arc<AtomicBool>,
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsFront {
+    fn start(port: u16, target: u16, cert: &Path, key: &Path) -> TlsFront {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let (flag, open) = (stop.clone(), sockets.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(broker) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        let mut open = open.lock().unwrap();
+                        open.push(client.try_clone().unwrap());
+                        open.push(broker.try_clone().unwrap());
+                        let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+                        TlsFront::relay(tls, client, broker);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        TlsFront {
+            stop,
+            sockets,
+            thread: Some(thread),
+        }
+    }
+
+    /// Two threads per connection: client records to broker bytes, broker bytes to client
+    /// records, sharing the TLS session. Either side closing closes both.
+    fn relay(tls: rustls::ServerConnection, client: TcpStream, broker: TcpStream) {
+        let tls = Arc::new(Mutex::new(tls));
+        let close = |a: &TcpStream, b: &TcpStream| {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            let _ = b.shutdown(std::net::Shutdown::Both);
+        };
+        let (tls_in, mut client_in, mut broker_out) = (
+            tls.clone(),
+            client.try_clone().unwrap(),
+            broker.try_clone().unwrap(),
+        );
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut plain = Vec::new();
+            let mut client_out = client_in.try_clone().unwrap();
+            while let Ok(n @ 1..) = client_in.read(&mut buf) {
+                let ok = {
+                    let mut tls = tls_in.lock().unwrap();
+                    let mut records = &buf[..n];
+                    let mut ok = true;
+                    while ok && !records.is_empty() {
+                        ok =
+                            tls.read_tls(&mut records).is_ok() && tls.process_new_packets().is_ok();
+                    }
+                    plain.clear();
+                    let _ = tls.reader().read_to_end(&mut plain);
+                    // Handshake replies (and alerts) go back to the client.
+                    while tls.wants_write() && tls.write_tls(&mut client_out).is_ok() {}
+                    ok
+                };
+                if !ok || broker_out.write_all(&plain).is_err() {
+                    break;
+                }
+            }
+            close(&client_in, &broker_out);
+        });
+        let (mut broker_in, mut client_out) = (broker, client);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = broker_in.read(&mut buf) {
+                let mut tls = tls.lock().unwrap();
+                if tls.writer().write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                let mut ok = true;
+                while ok && tls.wants_write() {
+                    ok = tls.write_tls(&mut client_out).is_ok();
+                }
+                if !ok {
+                    break;
+                }
+            }
+            close(&broker_in, &client_out);
+        });
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for s in self.sockets.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -313,7 +520,7 @@ impl Site {
         FtpServer::start(self.ftp_port, &self.ftp_root)
     }
 
-    fn start(&self, once: bool) -> Child {
+    fn start(&self, once: bool) -> Service {
         std::fs::create_dir_all(&self.data).unwrap();
         let env_file = self.root.join("test.env");
         // The .env sets what the real environment does not: checks that the file is read.
@@ -357,7 +564,9 @@ impl Site {
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
-        cmd.spawn().unwrap()
+        Service {
+            child: cmd.spawn().unwrap(),
+        }
     }
 
     fn log(&self) -> String {
@@ -420,12 +629,40 @@ impl Site {
     }
 }
 
-fn terminate(child: Child, site: &Site) {
+/// A `terawang run` child that never outlives its test: killed and waited for on drop, also
+/// when the test panics. Derefs to the `Child` for the tests' own waits and signals.
+struct Service {
+    child: Child,
+}
+
+impl Deref for Service {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // Nothing to do for a child already waited for: std does not signal a reaped pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn terminate(child: Service, site: &Site) {
     signal(child, site, "-TERM");
 }
 
 /// Sends `sig` (as `kill` spells it) and expects exit code 0 within 10 s.
-fn signal(mut child: Child, site: &Site, sig: &str) {
+fn signal(mut child: Service, site: &Site, sig: &str) {
     let pid = child.id().to_string();
     let t0 = Instant::now();
     assert!(
