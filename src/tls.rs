@@ -92,6 +92,7 @@ pub fn open_amqps(cfg: &AmqpConfig, timeout: Duration) -> anyhow::Result<amiquip
             .virtual_host(cfg.vhost.as_str())
             .connection_timeout(Some(timeout))
             .heartbeat(AMQP_HEARTBEAT_S);
+        // "Insecure" in amiquip's sense: it adds no TLS of its own; the stream brings it.
         return Ok(amiquip::Connection::insecure_open_stream(
             stream,
             options,
