@@ -9,10 +9,10 @@
 
 use std::path::PathBuf;
 
-use crate::device::{N_SENSORS, ReadError, TapName};
+use crate::device::{N_SENSORS, ReadError, ReadErrorKind, TapName};
 use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput};
 use crate::evaluate::quantile;
-use crate::geometry::chord_m;
+use crate::geometry::{check_diameter, chord_m};
 use crate::group::Grouper;
 use crate::process::{collect_inputs, read_set};
 
@@ -22,6 +22,8 @@ pub struct SetsRead {
     /// Each set's result name (`result_<device>_<unix>`) and its eight taps.
     pub sets: Vec<(String, SetInput)>,
     pub rejected: Vec<ReadError>,
+    /// Files that are not tap files by their name (e.g. `truth.json`), with the reason.
+    pub ignored: Vec<(PathBuf, String)>,
 }
 
 /// Groups the files among `inputs` (folders one level deep) as `process` does and reads every
@@ -33,6 +35,7 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
     for path in collect_inputs(inputs)? {
         match TapName::from_path(&path) {
             Ok(name) => grouper.add(name, path),
+            Err(kind @ ReadErrorKind::BadName(_)) => out.ignored.push((path, kind.to_string())),
             Err(kind) => out.rejected.push(ReadError { path, kind }),
         }
     }
@@ -174,6 +177,94 @@ pub fn calibrate(
         cfg.trigger_lead = lead.clamp(0.0, MAX_TRIGGER_LEAD);
     }
     Ok(result.expect("at least one pass ran"))
+}
+
+/// What `terawang calibrate` was asked.
+#[derive(Clone, Debug)]
+pub struct CalibrateRequest {
+    /// One input (files or a folder) per specimen.
+    pub inputs: Vec<PathBuf>,
+    /// One velocity for all inputs, or one per input, m/s.
+    pub velocities: Vec<f64>,
+    /// One diameter for all inputs, or one per input, m.
+    pub diameters: Vec<f64>,
+    pub window_s: i64,
+}
+
+/// `terawang calibrate`: prints each set's lead and the device's, as a `TRIGGER_LEAD=` line.
+/// `Ok(false)` when a file was rejected or the lead is outside what the engine accepts.
+pub fn calibrate_command(a: &CalibrateRequest) -> anyhow::Result<bool> {
+    // One value for every input, or one per input.
+    let per_input = |name: &str, values: &[f64]| -> anyhow::Result<Vec<f64>> {
+        match values.len() {
+            1 => Ok(vec![values[0]; a.inputs.len()]),
+            n if n == a.inputs.len() => Ok(values.to_vec()),
+            n => anyhow::bail!(
+                "--{name}: give one value, or one per input ({} inputs, {n} values)",
+                a.inputs.len()
+            ),
+        }
+    };
+    let diameters = per_input("diameter", &a.diameters)?;
+    let velocities = per_input("velocity", &a.velocities)?;
+    for &d in &diameters {
+        check_diameter("--diameter/DIAMETER", d)?;
+    }
+    let mut sets = Vec::new();
+    let mut rejected = 0;
+    for ((input, &diameter_m), &velocity_m_s) in a.inputs.iter().zip(&diameters).zip(&velocities) {
+        let read = read_sets(std::slice::from_ref(input), a.window_s)?;
+        for e in &read.rejected {
+            eprintln!("rejected: {e}");
+        }
+        for (path, why) in &read.ignored {
+            eprintln!(
+                "ignored (not a tap file by its name): {}: {why}",
+                path.display()
+            );
+        }
+        rejected += read.rejected.len();
+        sets.extend(read.sets.into_iter().map(|(name, taps)| SpecimenSet {
+            name: if a.inputs.len() > 1 {
+                format!("{}: {name}", input.display())
+            } else {
+                name
+            },
+            taps,
+            diameter_m,
+            velocity_m_s,
+        }));
+    }
+    if sets.is_empty() {
+        anyhow::bail!("no complete set of eight taps among the inputs");
+    }
+    let c = calibrate(&sets, &EngineConfig::default())?;
+    for s in &c.sets {
+        match s.lead {
+            Some(lead) => println!("{}: lead {lead:.2} samples ({} rays)", s.name, s.rays),
+            None => println!("{}: no usable ray", s.name),
+        }
+    }
+    println!(
+        "TRIGGER_LEAD={:.2}\n(median over {} rays of {} sets; quartiles {:.2}-{:.2} samples; \
+         {:.1} µs at {:.1} µs per sample)",
+        c.lead,
+        c.rays,
+        c.sets.len(),
+        c.quartiles.0,
+        c.quartiles.1,
+        c.lead * c.dt_us,
+        c.dt_us
+    );
+    if EngineConfig::check_trigger_lead(c.lead).is_err() {
+        eprintln!(
+            "error: a lead of {:.2} samples is outside what the engine accepts (0-{}): check \
+             --velocity and --diameter, and that the specimen is sound and uniform",
+            c.lead, MAX_TRIGGER_LEAD
+        );
+        return Ok(false);
+    }
+    Ok(rejected == 0)
 }
 
 #[cfg(test)]

@@ -24,6 +24,15 @@ pub fn longest_chord_m(diameter_m: f64) -> f64 {
     chord_m(0, N_SENSORS / 2, diameter_m)
 }
 
+/// A trunk diameter: metres in (0, 10]; the error names the option.
+pub fn check_diameter(option: &str, diameter: f64) -> anyhow::Result<f64> {
+    if diameter.is_finite() && diameter > 0.0 && diameter <= 10.0 {
+        Ok(diameter)
+    } else {
+        anyhow::bail!("{option} must be a number of metres in (0, 10], got {diameter}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

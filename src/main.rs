@@ -8,13 +8,14 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use terawang::backend::BackendChoice;
-use terawang::calibrate::{SpecimenSet, calibrate, read_sets};
+use terawang::calibrate::{CalibrateRequest, calibrate_command};
 use terawang::engine::{DEFAULT_TRIGGER_LEAD, EngineConfig, Method};
-use terawang::evaluate::evaluate;
+use terawang::evaluate::{EvaluationGrid, print_table};
+use terawang::geometry::check_diameter;
 use terawang::logging;
 use terawang::process::{ProcessOptions, run};
 use terawang::result::{render_plain, report_diameter};
-use terawang::simulate::{Decay, SimParams, Truth, WaveModel, simulate_many};
+use terawang::simulate::{Decay, SimParams, WaveModel, write_simulated};
 
 #[derive(Parser)]
 #[command(
@@ -327,18 +328,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 tap_lead: check_sim_lead(a.lead)?,
                 ..SimParams::default()
             };
-            std::fs::create_dir_all(&a.out)
-                .with_context(|| format!("cannot create {}", a.out.display()))?;
-            let (files, truth): (_, Truth) = simulate_many(&base, a.sets, a.seed, a.vary);
-            for f in &files {
-                std::fs::write(a.out.join(&f.file_name), &f.json)
-                    .with_context(|| format!("cannot write {}", f.file_name))?;
-            }
-            std::fs::write(a.out.join("truth.json"), serde_json::to_vec_pretty(&truth)?)?;
+            let n_files = write_simulated(&a.out, &base, a.sets, a.seed, a.vary)?;
             println!(
-                "{} sets, {} files written to {}",
+                "{} sets, {n_files} files written to {}",
                 a.sets,
-                files.len(),
                 a.out.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -389,59 +382,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Calibrate(a) => calibrate_command(&a),
+        Command::Calibrate(a) => {
+            let all_good = calibrate_command(&CalibrateRequest {
+                inputs: a.inputs,
+                velocities: a.velocity,
+                diameters: a.diameter,
+                window_s: a.window,
+            })?;
+            Ok(if all_good {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INPUT_REJECTED)
+            })
+        }
         Command::Evaluate(a) => {
             let trigger_lead = EngineConfig::check_trigger_lead(a.trigger_lead)
                 .map_err(|e| anyhow::anyhow!("--trigger-lead: {e}"))?;
             let tap_lead = check_sim_lead(a.sim_lead)?;
-            println!(
-                "{:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
-                "model",
-                "method",
-                "snr_dB",
-                "sets",
-                "usable",
-                "tof_med",
-                "tof_bias",
-                "tof_max",
-                "v_med",
-                "v_p90",
-                "v_max",
-                "recip"
-            );
-            for &model in &a.model {
-                for &snr in &a.snr_db {
-                    for &method in &a.method {
-                        let cfg = EngineConfig {
-                            method,
-                            trigger_lead,
-                            ..EngineConfig::default()
-                        };
-                        let base = SimParams {
-                            snr_db: snr,
-                            model,
-                            tap_lead,
-                            ..SimParams::default()
-                        };
-                        let s = evaluate(&base, a.sets, a.seed, true, &cfg);
-                        println!(
-                            "{:<7} {:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>+7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
-                            model.to_string(),
-                            method.to_string(),
-                            snr,
-                            s.n_sets,
-                            100.0 * s.usable_share,
-                            s.median_tof_err_us,
-                            s.median_tof_bias_us,
-                            s.worst_tof_err_us,
-                            100.0 * s.median_velocity_err,
-                            100.0 * s.p90_velocity_err,
-                            100.0 * s.worst_velocity_err,
-                            100.0 * s.median_reciprocity_diff
-                        );
-                    }
-                }
-            }
+            let grid = EvaluationGrid {
+                models: a.model.clone(),
+                snrs_db: a.snr_db.clone(),
+                methods: a.method.clone(),
+                sets: a.sets,
+                seed: a.seed,
+                sim_lead: tap_lead,
+                trigger_lead,
+            };
+            print_table(&grid, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -454,87 +421,4 @@ fn check_sim_lead(lead: Option<f64>) -> anyhow::Result<Option<f64>> {
             .map_err(|e| anyhow::anyhow!("the simulator's lead: {e}"))
     })
     .transpose()
-}
-
-/// `terawang calibrate`: prints each set's lead and the device's, as a `TRIGGER_LEAD=` line.
-fn calibrate_command(a: &CalibrateArgs) -> anyhow::Result<ExitCode> {
-    // One value for every input, or one per input.
-    let per_input = |name: &str, values: &[f64]| -> anyhow::Result<Vec<f64>> {
-        match values.len() {
-            1 => Ok(vec![values[0]; a.inputs.len()]),
-            n if n == a.inputs.len() => Ok(values.to_vec()),
-            n => anyhow::bail!(
-                "--{name}: give one value, or one per input ({} inputs, {n} values)",
-                a.inputs.len()
-            ),
-        }
-    };
-    let diameters = per_input("diameter", &a.diameter)?;
-    let velocities = per_input("velocity", &a.velocity)?;
-    for &d in &diameters {
-        check_diameter("--diameter/DIAMETER", d)?;
-    }
-    let mut sets = Vec::new();
-    let mut rejected = 0;
-    for ((input, &diameter_m), &velocity_m_s) in a.inputs.iter().zip(&diameters).zip(&velocities) {
-        let read = read_sets(std::slice::from_ref(input), a.window)?;
-        for e in &read.rejected {
-            eprintln!("rejected: {e}");
-        }
-        rejected += read.rejected.len();
-        sets.extend(read.sets.into_iter().map(|(name, taps)| SpecimenSet {
-            name: if a.inputs.len() > 1 {
-                format!("{}: {name}", input.display())
-            } else {
-                name
-            },
-            taps,
-            diameter_m,
-            velocity_m_s,
-        }));
-    }
-    if sets.is_empty() {
-        anyhow::bail!("no complete set of eight taps among the inputs");
-    }
-    let c = calibrate(&sets, &EngineConfig::default())?;
-    for s in &c.sets {
-        match s.lead {
-            Some(lead) => println!("{}: lead {lead:.2} samples ({} rays)", s.name, s.rays),
-            None => println!("{}: no usable ray", s.name),
-        }
-    }
-    println!(
-        "TRIGGER_LEAD={:.2}\n(median over {} rays of {} sets; quartiles {:.2}-{:.2} samples; \
-         {:.1} µs at {:.1} µs per sample)",
-        c.lead,
-        c.rays,
-        c.sets.len(),
-        c.quartiles.0,
-        c.quartiles.1,
-        c.lead * c.dt_us,
-        c.dt_us
-    );
-    if EngineConfig::check_trigger_lead(c.lead).is_err() {
-        eprintln!(
-            "error: a lead of {:.2} samples is outside what the engine accepts (0-{}): check \
-             --velocity and --diameter, and that the specimen is sound and uniform",
-            c.lead,
-            terawang::engine::MAX_TRIGGER_LEAD
-        );
-        return Ok(ExitCode::from(EXIT_INPUT_REJECTED));
-    }
-    Ok(if rejected == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_INPUT_REJECTED)
-    })
-}
-
-/// A trunk diameter: metres in (0, 10]; the error names the option.
-fn check_diameter(option: &str, diameter: f64) -> anyhow::Result<f64> {
-    if diameter.is_finite() && diameter > 0.0 && diameter <= 10.0 {
-        Ok(diameter)
-    } else {
-        anyhow::bail!("{option} must be a number of metres in (0, 10], got {diameter}")
-    }
 }

@@ -424,3 +424,25 @@ pub fn simulate_many(
     }
     (all, truth)
 }
+
+/// Simulates `n_sets` sets (see [`simulate_many`]) and writes their tap files and
+/// `truth.json` into `out` (created if missing). Returns the number of tap files.
+pub fn write_simulated(
+    out: &std::path::Path,
+    base: &SimParams,
+    n_sets: usize,
+    seed: u64,
+    vary: bool,
+) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (files, truth) = simulate_many(base, n_sets, seed, vary);
+    for f in &files {
+        std::fs::write(out.join(&f.file_name), &f.json)
+            .with_context(|| format!("cannot write {}", f.file_name))?;
+    }
+    let truth_path = out.join("truth.json");
+    std::fs::write(&truth_path, serde_json::to_vec_pretty(&truth)?)
+        .with_context(|| format!("cannot write {}", truth_path.display()))?;
+    Ok(files.len())
+}
