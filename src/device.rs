@@ -154,11 +154,6 @@ impl TapName {
             tap: tap as u8,
         })
     }
-
-    /// The device id as used in result names: the id, or `legacy` for device-less names.
-    pub fn device_label(&self) -> &str {
-        self.device.as_deref().unwrap_or("legacy")
-    }
 }
 
 /// Whether `s` is safe as one component of a file name: ASCII letters, digits, `-` and `.`,
@@ -809,7 +804,6 @@ mod tests {
         let legacy = TapName::parse("1755752474_8.json").unwrap();
         assert_eq!(legacy.device, None);
         assert_eq!((legacy.unix_s, legacy.tap), (1_755_752_474, 8));
-        assert_eq!(legacy.device_label(), "legacy");
         // The name is checked before the content.
         assert!(matches!(
             parse_tap("x.json", b"[]"),

@@ -75,7 +75,7 @@ pub struct Grouper<K> {
 }
 
 impl<K: Clone + Eq + Hash> Grouper<K> {
-    /// `window_s`: the largest allowed span of unix seconds inside one set (DESIGN: 15 min).
+    /// `window_s`: the largest allowed span of unix seconds inside one set (15 minutes by default).
     pub fn new(window_s: i64) -> Self {
         Grouper {
             window_s,

@@ -130,7 +130,8 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-enum Outcome {
+/// What a worker of `process` did with one set.
+enum Processed {
     Written {
         paths: Vec<PathBuf>,
     },
@@ -163,7 +164,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     let correlators = make_correlators(opts.backend, n_fft_for(&opts.engine), threads)
         .map_err(|e| anyhow::anyhow!("--backend {}: {e}", opts.backend))?;
     let (job_tx, job_rx) = bounded::<TapSet<PathBuf>>(threads * 2);
-    let (done_tx, done_rx) = unbounded::<Outcome>();
+    let (done_tx, done_rx) = unbounded::<Processed>();
     let started = Instant::now();
     let show_progress = opts.progress && std::io::stderr().is_terminal();
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -204,9 +205,9 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
             in_flight -= 1;
             finished += 1;
             match outcome {
-                Outcome::Written { paths } => summary.written.extend(paths.into_iter().take(1)),
-                Outcome::Failed(why) => summary.failed.push(why),
-                Outcome::BadMembers { rejected, good } => {
+                Processed::Written { paths } => summary.written.extend(paths.into_iter().take(1)),
+                Processed::Failed(why) => summary.failed.push(why),
+                Processed::BadMembers { rejected, good } => {
                     summary.rejected.extend(rejected);
                     summary.sets_found -= 1;
                     for (name, path) in good {
@@ -316,18 +317,18 @@ fn process_set(
     set: &TapSet<PathBuf>,
     out_dir: &Path,
     tomogram: bool,
-) -> Outcome {
+) -> Processed {
     let taps = match read_set(set) {
         Ok(taps) => taps,
-        Err(BadMembers { rejected, good }) => return Outcome::BadMembers { rejected, good },
+        Err(BadMembers { rejected, good }) => return Processed::BadMembers { rejected, good },
     };
     let outputs = match compute_outputs(engine, set, &taps, tomogram) {
         Ok(outputs) => outputs,
-        Err(e) => return Outcome::Failed(format!("{e:#}")),
+        Err(e) => return Processed::Failed(format!("{e:#}")),
     };
     let write = || outputs.write(out_dir, out_dir, Durability::Fast);
     match write() {
-        Ok(paths) => Outcome::Written { paths },
-        Err(e) => Outcome::Failed(format!("{}: cannot write: {e}", outputs.result_name())),
+        Ok(paths) => Processed::Written { paths },
+        Err(e) => Processed::Failed(format!("{}: cannot write: {e}", outputs.result_name())),
     }
 }

@@ -69,12 +69,12 @@ const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 enum Inbox {
     Watch(WatchEvent),
-    Outcome(Outcome),
+    WorkerReport(WorkerReport),
     Report(DeliveryReport),
 }
 
 /// What a worker did with a set, by its result name.
-enum Outcome {
+enum WorkerReport {
     /// Saved and journaled.
     Saved { name: String, timings: SetTimings },
     /// Could not compute or save it.
@@ -236,7 +236,7 @@ pub fn run(
                     let mut engine = Engine::with_correlator(engine_cfg, correlator);
                     for set in job_rx {
                         let outcome = work(&mut engine, &set, &ctx);
-                        if inbox_tx.send(Inbox::Outcome(outcome)).is_err() {
+                        if inbox_tx.send(Inbox::WorkerReport(outcome)).is_err() {
                             break;
                         }
                     }
@@ -623,15 +623,17 @@ impl Coordinator {
             Inbox::Watch(WatchEvent::Error(e)) => {
                 log::warn!("file events: {e}; the rescan finds what they missed");
             }
-            Inbox::Outcome(Outcome::Saved { name, timings }) => self.book.saved(&name, timings),
-            Inbox::Outcome(Outcome::Failed { name, why }) => {
+            Inbox::WorkerReport(WorkerReport::Saved { name, timings }) => {
+                self.book.saved(&name, timings)
+            }
+            Inbox::WorkerReport(WorkerReport::Failed { name, why }) => {
                 log::error!("{why}");
                 Metrics::add(&self.metrics.sets_failed, 1);
                 for s in self.book.not_saved(&name) {
                     self.files.remove(&s);
                 }
             }
-            Inbox::Outcome(Outcome::BadMembers {
+            Inbox::WorkerReport(WorkerReport::BadMembers {
                 name,
                 rejected,
                 good,
@@ -707,13 +709,13 @@ fn remove_temporary_files(temp_dir: &Path) {
 }
 
 /// Reads, computes, saves and journals one set.
-fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome {
+fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> WorkerReport {
     let name = set.result_name().json();
     let t0 = Instant::now();
     let taps = match read_set(set) {
         Ok(taps) => taps,
         Err(BadMembers { rejected, good }) => {
-            return Outcome::BadMembers {
+            return WorkerReport::BadMembers {
                 name,
                 rejected,
                 good,
@@ -726,7 +728,7 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
         Ok(outputs) => outputs,
         Err(e) => {
             let why = format!("{e:#}");
-            return Outcome::Failed { name, why };
+            return WorkerReport::Failed { name, why };
         }
     };
     let compute = t1.elapsed();
@@ -759,7 +761,7 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
     };
     if let Err(e) = save() {
         let why = format!("{name}: {e:#}");
-        return Outcome::Failed { name, why };
+        return WorkerReport::Failed { name, why };
     }
     let timings = SetTimings {
         read,
@@ -770,5 +772,5 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> Outcome 
     ctx.metrics.observe(StageTimer::Read, timings.read);
     ctx.metrics.observe(StageTimer::Compute, timings.compute);
     ctx.metrics.observe(StageTimer::Save, timings.save);
-    Outcome::Saved { name, timings }
+    WorkerReport::Saved { name, timings }
 }
