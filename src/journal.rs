@@ -95,6 +95,14 @@ const DELIVERY: [(Step, Stage); 5] = [
 ];
 
 impl Sinks {
+    /// The upload and the result's message, as deployed (no raw archive, no viewer queue).
+    pub const FTP_AND_AMQP: Sinks = Sinks {
+        ftp: true,
+        amqp: true,
+        archive: false,
+        graph: false,
+    };
+
     fn wants(self, step: Step) -> bool {
         match step {
             Step::Upload => self.ftp,
@@ -318,12 +326,7 @@ fn rewrite(path: &Path, state: &JournalState) -> std::io::Result<std::fs::File> 
 mod tests {
     use super::*;
 
-    const BOTH: Sinks = Sinks {
-        ftp: true,
-        amqp: true,
-        archive: false,
-        graph: false,
-    };
+    const BOTH: Sinks = Sinks::FTP_AND_AMQP;
 
     fn computed(name: &str) -> Entry {
         Entry {

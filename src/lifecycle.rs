@@ -410,12 +410,7 @@ mod tests {
     use crate::device::TapName;
     use crate::group::Grouper;
 
-    const BOTH: Sinks = Sinks {
-        ftp: true,
-        amqp: true,
-        archive: false,
-        graph: false,
-    };
+    const BOTH: Sinks = Sinks::FTP_AND_AMQP;
 
     fn one_set(device: &str, t0: i64) -> TapSet<String> {
         let mut g = Grouper::new(900);

@@ -67,26 +67,12 @@ impl Summary {
                 writeln!(out, "  {e}")?;
             }
         }
-        if !self.ignored.is_empty() {
-            writeln!(
-                out,
-                "{} files ignored (not tap files by their name):",
-                self.ignored.len()
-            )?;
-            for (p, why) in &self.ignored {
-                writeln!(out, "  {}: {why}", p.display())?;
-            }
-        }
-        if !self.stale.is_empty() {
-            writeln!(
-                out,
-                "{} files are leftovers of a formed set:",
-                self.stale.len()
-            )?;
-            for (p, why) in &self.stale {
-                writeln!(out, "  {}: {why}", p.display())?;
-            }
-        }
+        list_with_reasons(
+            out,
+            "files ignored (not tap files by their name)",
+            &self.ignored,
+        )?;
+        list_with_reasons(out, "files are leftovers of a formed set", &self.stale)?;
         if !self.leftovers.is_empty() {
             writeln!(
                 out,
@@ -102,6 +88,21 @@ impl Summary {
         }
         Ok(())
     }
+}
+
+/// Prints `<n> <what>:` and one `  <path>: <why>` line per file, if there are any.
+fn list_with_reasons(
+    out: &mut impl std::io::Write,
+    what: &str,
+    files: &[(PathBuf, String)],
+) -> std::io::Result<()> {
+    if !files.is_empty() {
+        writeln!(out, "{} {what}:", files.len())?;
+        for (p, why) in files {
+            writeln!(out, "  {}: {why}", p.display())?;
+        }
+    }
+    Ok(())
 }
 
 /// Lists the `.json` files among `inputs` (folders are read one level deep, sorted).
