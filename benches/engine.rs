@@ -75,6 +75,7 @@ fn outputs(c: &mut Criterion) {
                 &cfg,
                 &taps.files,
                 false,
+                None,
             )
         })
     });

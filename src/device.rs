@@ -158,7 +158,7 @@ impl TapName {
 
 /// Whether `s` is safe as one component of a file name: ASCII letters, digits, `-` and `.`,
 /// with no `.` first, last or twice in a row (so never `.`, `..` or a hidden name).
-fn safe_id(s: &str) -> bool {
+pub(crate) fn safe_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')

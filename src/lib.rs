@@ -80,6 +80,7 @@ pub mod rng;
 pub mod service;
 pub mod simulate;
 pub mod sink;
+pub mod survey;
 pub mod tls;
 pub mod tomogram;
 pub mod watch;

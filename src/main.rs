@@ -307,11 +307,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 window_s: a.window,
                 progress: true,
                 tomogram: !a.no_tomogram,
+                // Only a --diameter on the command line overrides survey files (DIAMETER is
+                // the default for sets without one).
+                diameter_fixed: std::env::args_os().any(|arg| {
+                    arg == "--diameter" || arg.to_string_lossy().starts_with("--diameter=")
+                }),
             };
             let summary = run(&opts)?;
             summary.print(&mut std::io::stdout())?;
             Ok(
-                if summary.rejected.is_empty() && summary.failed.is_empty() {
+                if summary.rejected.is_empty()
+                    && summary.failed.is_empty()
+                    && summary.rejected_surveys.is_empty()
+                {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::from(EXIT_INPUT_REJECTED)

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::device::{N_SENSORS, TapFile};
 use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, metrics};
+use crate::survey::Survey;
 use crate::tomogram::{Tomogram, TomogramConfig, reconstruct, render_png, title};
 
 /// The plain result as bytes, exactly what is saved and uploaded.
@@ -57,6 +58,13 @@ struct Report<'a> {
     rays: Vec<RayReport>,
     sampling_interval_us: f64,
     diameter_m: f64,
+    /// `"survey"` when the set's survey file gave the diameter, else `"default"`.
+    diameter_source: &'static str,
+    /// The survey file's fields, when the set has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survey_file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survey: Option<&'a Survey>,
     tap_lead_us: [f64; N_SENSORS],
     method: String,
     parameters: &'a EngineConfig,
@@ -134,6 +142,7 @@ pub fn report_json(
     cfg: &EngineConfig,
     files: &[TapFile; N_SENSORS],
     tomogram: Option<&Tomogram>,
+    survey: Option<&Survey>,
 ) -> Vec<u8> {
     let opt = |m: &[[f64; N_SENSORS]; N_SENSORS]| -> Vec<Vec<Option<f64>>> {
         m.iter()
@@ -164,6 +173,13 @@ pub fn report_json(
         rays,
         sampling_interval_us: est.dt_us,
         diameter_m: cfg.diameter_m,
+        diameter_source: if survey.is_some() {
+            "survey"
+        } else {
+            "default"
+        },
+        survey_file: survey.map(|s| s.file_name.as_str()),
+        survey,
         tap_lead_us: est.tap_lead_us,
         method: cfg.method.to_string(),
         parameters: cfg,
@@ -280,6 +296,7 @@ impl SetOutputs {
         cfg: &EngineConfig,
         files: &[TapFile; N_SENSORS],
         with_tomogram: bool,
+        survey: Option<&Survey>,
     ) -> SetOutputs {
         let name = result.json();
         // A mis-tapped file changes what the set means: say so where the operator looks.
@@ -298,7 +315,7 @@ impl SetOutputs {
         SetOutputs {
             name: result.clone(),
             plain: plain_json(est),
-            report: report_json(&name, est, cfg, files, tomogram.as_ref()),
+            report: report_json(&name, est, cfg, files, tomogram.as_ref(), survey),
             png: tomogram
                 .as_ref()
                 .map(|t| render_png(t, &title(result.device.as_deref(), result.unix_s))),

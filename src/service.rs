@@ -724,7 +724,7 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> WorkerRe
     };
     let read = t0.elapsed();
     let t1 = Instant::now();
-    let outputs = match compute_outputs(engine, set, &taps, true) {
+    let outputs = match compute_outputs(engine, set, &taps, true, None) {
         Ok(outputs) => outputs,
         Err(e) => {
             let why = format!("{e:#}");

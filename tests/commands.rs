@@ -445,6 +445,7 @@ fn a_mis_tapped_file_serves_the_sensor_it_hit_when_that_sensor_has_none() {
         &EngineConfig::default(),
         &taps.files,
         false,
+        None,
     );
     let report: serde_json::Value = serde_json::from_slice(&out.report).unwrap();
     assert_eq!(

@@ -309,6 +309,12 @@ impl Engine {
         &self.cfg
     }
 
+    /// Sets the trunk diameter of the sets estimated next (a set's survey file gives its
+    /// own); the FFT length does not depend on it, so the correlator stays.
+    pub fn set_diameter_m(&mut self, diameter_m: f64) {
+        self.cfg.diameter_m = diameter_m;
+    }
+
     /// Name of the correlator (`cpu`, `cpu-scalar`, `gpu`).
     pub fn backend_name(&self) -> &'static str {
         self.correlator.name()
