@@ -209,7 +209,12 @@ impl AmqpConfig {
             if self.tls { "amqps" } else { "amqp" },
             url_encode(&self.user),
             url_encode(&self.password),
-            self.host,
+            // An IPv6 address goes in brackets in a URL.
+            if self.host.contains(':') {
+                format!("[{}]", self.host)
+            } else {
+                self.host.clone()
+            },
             self.port,
             url_encode(&self.vhost)
         )
@@ -489,6 +494,8 @@ mod tests {
             let c = Config::from_raw(&raw(&[("RABBITMQ_HOST", good)])).unwrap();
             assert_eq!(c.amqp.unwrap().host, good.trim());
         }
+        let c = Config::from_raw(&raw(&[("RABBITMQ_HOST", "::1")])).unwrap();
+        assert!(c.amqp.unwrap().url().contains("@[::1]:5672/"));
         let e = Config::from_raw(&raw(&[("METRICS_ADDR", "9184")])).unwrap_err();
         assert!(e.to_string().contains("METRICS_ADDR"), "{e}");
         let c = Config::from_raw(&raw(&[("METRICS_ADDR", "127.0.0.1:0")])).unwrap();
