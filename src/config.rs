@@ -49,6 +49,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "folder on the FTP server for the results (created if missing)",
     ),
     (
+        "FTP_SOURCE_FOLDER",
+        "",
+        "folder on the FTP server the devices upload their taps (and survey files) to; the service takes them from there as well as from DATA_DIR; empty turns it off",
+    ),
+    (
+        "FTP_POLL_SECONDS",
+        "10",
+        "how often FTP_SOURCE_FOLDER is listed; a file is taken once two listings in a row show the same size",
+    ),
+    (
         "FTP_FOLDER_DATA_ROW",
         "",
         "raw archive on the FTP server: each set's eight tap files are copied there, unchanged, before they are deleted; empty turns it off",
@@ -183,6 +193,8 @@ pub struct FtpConfig {
     pub tls: bool,
     /// The raw archive folder (`FTP_FOLDER_DATA_ROW`), if on.
     pub archive_folder: Option<String>,
+    /// The folder the devices upload to (`FTP_SOURCE_FOLDER`), if on.
+    pub source_folder: Option<String>,
 }
 
 /// Where to publish result names.
@@ -259,6 +271,8 @@ pub struct Config {
     pub rescan: Duration,
     /// How long after the group window a file without a set is reported as incomplete.
     pub incomplete_grace: Duration,
+    /// How often `FTP_SOURCE_FOLDER` is listed.
+    pub ftp_poll: Duration,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -318,8 +332,14 @@ impl Config {
                 upload_png: flag(raw, "TOMOGRAM_UPLOAD")?,
                 tls: flag(raw, "FTP_TLS")?,
                 archive_folder: optional(raw, "FTP_FOLDER_DATA_ROW"),
+                source_folder: optional(raw, "FTP_SOURCE_FOLDER"),
             })
         };
+        if ftp.is_none() && !raw.get("FTP_SOURCE_FOLDER").trim().is_empty() {
+            anyhow::bail!(
+                "FTP_SOURCE_FOLDER is set but FTP_HOST is empty: the source folder is read from the FTP server"
+            );
+        }
         let amqp_host = host(raw, "RABBITMQ_HOST")?;
         let amqp = if amqp_host.is_empty() {
             None
@@ -391,6 +411,7 @@ impl Config {
             retry_max: seconds("RETRY_MAX_SECONDS", 0.1)?,
             rescan: seconds("RESCAN_SECONDS", 0.1)?,
             incomplete_grace: seconds("INCOMPLETE_GRACE_SECONDS", 0.0)?,
+            ftp_poll: seconds("FTP_POLL_SECONDS", 0.1)?,
             metrics_addr,
             log_format: log_format(raw)?,
         })

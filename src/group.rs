@@ -33,9 +33,16 @@ pub struct TapSet<K> {
     /// Smallest unix seconds among the eight files: the set's time.
     pub unix_s: i64,
     pub members: [Pending<K>; N_SENSORS],
+    /// The set's survey file, if the caller attached one (the grouper never does).
+    pub survey: Option<K>,
 }
 
 impl<K> TapSet<K> {
+    /// Whether `unix_s` lies in the set's window: its time .. + `window_s`.
+    pub fn window_holds(&self, unix_s: i64, window_s: i64) -> bool {
+        (self.unix_s..=self.unix_s.saturating_add(window_s)).contains(&unix_s)
+    }
+
     /// The name of the set's results.
     pub fn result_name(&self) -> ResultName {
         ResultName::new(self.device.as_deref(), self.unix_s)
@@ -139,6 +146,7 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                     device: device.clone(),
                     unix_s,
                     members,
+                    survey: None,
                 });
             }
         }

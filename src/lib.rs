@@ -75,6 +75,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod remote;
 pub mod result;
 pub mod rng;
 pub mod service;

@@ -178,7 +178,12 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
     /// A complete set from the grouper: queued for a worker, its sources claimed.
     pub fn grouped(&mut self, set: TapSet<K>) {
         let name = set.result_name().json();
-        let sources: Vec<K> = set.members.iter().map(|m| m.key.clone()).collect();
+        let sources: Vec<K> = set
+            .members
+            .iter()
+            .map(|m| m.key.clone())
+            .chain(set.survey.clone())
+            .collect();
         self.claim(&name, &sources);
         self.sets.insert(
             name.clone(),

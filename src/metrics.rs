@@ -73,6 +73,8 @@ impl Histogram {
 pub enum SinkKind {
     Ftp,
     Amqp,
+    /// The FTP source folder (`FTP_SOURCE_FOLDER`), listed every `FTP_POLL_SECONDS`.
+    FtpSource,
 }
 
 impl SinkKind {
@@ -80,6 +82,7 @@ impl SinkKind {
         match self {
             SinkKind::Ftp => "ftp",
             SinkKind::Amqp => "amqp",
+            SinkKind::FtpSource => "ftp_source",
         }
     }
 }

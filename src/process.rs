@@ -365,6 +365,7 @@ pub fn compute_outputs(
     taps: &SetRecording,
     tomogram: bool,
     survey: Option<&Survey>,
+    diameter_warning: Option<&str>,
 ) -> anyhow::Result<SetOutputs> {
     let name = set.result_name();
     let default_diameter = engine.config().diameter_m;
@@ -377,13 +378,14 @@ pub fn compute_outputs(
     let est = est.map_err(|e| {
         anyhow::anyhow!("{name}: the {} backend failed: {e}", engine.backend_name())
     })?;
-    Ok(SetOutputs::build(
+    Ok(SetOutputs::build_with(
         &name,
         &est,
         &cfg,
         &taps.files,
         tomogram,
         survey,
+        diameter_warning,
     ))
 }
 
@@ -399,7 +401,7 @@ fn process_set(
         Ok(taps) => taps,
         Err(BadMembers { rejected, good }) => return Processed::BadMembers { rejected, good },
     };
-    let outputs = match compute_outputs(engine, set, &taps, tomogram, survey) {
+    let outputs = match compute_outputs(engine, set, &taps, tomogram, survey, None) {
         Ok(outputs) => outputs,
         Err(e) => return Processed::Failed(format!("{e:#}")),
     };

@@ -143,6 +143,7 @@ pub fn report_json(
     files: &[TapFile; N_SENSORS],
     tomogram: Option<&Tomogram>,
     survey: Option<&Survey>,
+    diameter_warning: Option<&str>,
 ) -> Vec<u8> {
     let opt = |m: &[[f64; N_SENSORS]; N_SENSORS]| -> Vec<Vec<Option<f64>>> {
         m.iter()
@@ -202,6 +203,7 @@ pub fn report_json(
                     .map(move |w| format!("{}: {w}", t.file_name))
             })
             .chain(tap_warnings(est, files))
+            .chain(diameter_warning.map(str::to_string))
             .collect(),
         metrics: metrics(&est.velocity_m_s),
         tomogram: tomogram.map(TomogramReport::from),
@@ -298,6 +300,20 @@ impl SetOutputs {
         with_tomogram: bool,
         survey: Option<&Survey>,
     ) -> SetOutputs {
+        SetOutputs::build_with(result, est, cfg, files, with_tomogram, survey, None)
+    }
+
+    /// [`SetOutputs::build`], with a warning about the diameter for the report's `warnings`
+    /// (a survey file that was rejected, so the default diameter was used).
+    pub fn build_with(
+        result: &ResultName,
+        est: &SetEstimate,
+        cfg: &EngineConfig,
+        files: &[TapFile; N_SENSORS],
+        with_tomogram: bool,
+        survey: Option<&Survey>,
+        diameter_warning: Option<&str>,
+    ) -> SetOutputs {
         let name = result.json();
         // A mis-tapped file changes what the set means: say so where the operator looks.
         for w in tap_warnings(est, files) {
@@ -315,7 +331,15 @@ impl SetOutputs {
         SetOutputs {
             name: result.clone(),
             plain: plain_json(est),
-            report: report_json(&name, est, cfg, files, tomogram.as_ref(), survey),
+            report: report_json(
+                &name,
+                est,
+                cfg,
+                files,
+                tomogram.as_ref(),
+                survey,
+                diameter_warning,
+            ),
             png: tomogram
                 .as_ref()
                 .map(|t| render_png(t, &title(result.device.as_deref(), result.unix_s))),

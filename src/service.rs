@@ -31,7 +31,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, bounded};
 
 use crate::backend::{BackendChoice, make_correlators};
-use crate::config::Config;
+use crate::config::{Config, FtpConfig};
 use crate::device::{N_SENSORS, ReadError, TapName, read_tap_file};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, Pending, TapSet};
@@ -39,10 +39,13 @@ use crate::journal::{Entry, Journal, Sinks, Stage};
 use crate::lifecycle::{Event, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
 use crate::process::{BadMembers, compute_outputs, read_set};
+use crate::remote::{RemoteConfig, RemoteSource};
 use crate::result::{Durability, ResultName};
 use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
+use crate::survey::{Survey, SurveyName, attach, read_survey};
 use crate::watch::{
-    FileSig, Kind, REJECTED_DIR, Settle, WatchEvent, Watcher, classify, not_a_regular_file, reject,
+    FileSig, Kind, REJECTED_DIR, Roots, STAGING_DIR, Settle, WatchEvent, Watcher, classify,
+    not_a_regular_file, reject,
 };
 
 /// Options from the command line.
@@ -87,9 +90,13 @@ enum WorkerReport {
     },
 }
 
+/// A set for a worker, with a warning about its diameter for the report (a rejected survey).
+type Job = (TapSet<PathBuf>, Option<String>);
+
 /// Shared by the workers.
 struct WorkerCtx {
     cfg: Config,
+    roots: Roots,
     journal: Arc<Mutex<Journal>>,
     metrics: Arc<Metrics>,
 }
@@ -114,6 +121,12 @@ pub fn run(
         .data_dir
         .canonicalize()
         .with_context(|| format!("DATA_DIR: {}", cfg.data_dir.display()))?;
+    let source_folder = cfg.ftp.as_ref().and_then(|f| f.source_folder.clone());
+    let roots = Roots {
+        data: cfg.data_dir.clone(),
+        staging: cfg.temp_dir.join(STAGING_DIR),
+        remote: source_folder.is_some(),
+    };
     let sinks = Sinks {
         ftp: cfg.ftp.is_some(),
         amqp: cfg.amqp.is_some(),
@@ -124,6 +137,7 @@ pub fn run(
         &[
             sinks.ftp.then_some(SinkKind::Ftp),
             sinks.amqp.then_some(SinkKind::Amqp),
+            source_folder.is_some().then_some(SinkKind::FtpSource),
         ]
         .into_iter()
         .flatten()
@@ -169,7 +183,7 @@ pub fn run(
     );
     for (name, rec) in &journal.state().sets {
         log::info!("resuming {name} at stage {:?}", rec.stage);
-        let sources = rec.sources.iter().map(|s| cfg.data_dir.join(s)).collect();
+        let sources = rec.sources.iter().map(|s| roots.resolve(s)).collect();
         book.resumed(name.clone(), sources, rec.stage);
     }
     let journal = Arc::new(Mutex::new(journal));
@@ -196,10 +210,45 @@ pub fn run(
             ftp: cfg.ftp.clone(),
             amqp: cfg.amqp.clone(),
             metrics: metrics.clone(),
+            roots: roots.clone(),
         },
         journal.clone(),
         report_tx,
     )?;
+
+    let remote = match (&cfg.ftp, &source_folder) {
+        (Some(ftp), Some(folder)) => {
+            log::info!(
+                "taking tap and survey files from {folder} on the FTP server too (listed every {:.1} s, staged in {})",
+                cfg.ftp_poll.as_secs_f64(),
+                roots.staging.display()
+            );
+            let tx = inbox_tx.clone();
+            let ftp = FtpConfig {
+                folder: folder.clone(),
+                upload_png: false,
+                archive_folder: None,
+                source_folder: None,
+                ..ftp.clone()
+            };
+            let remote_cfg = RemoteConfig {
+                ftp,
+                staging: roots.staging.clone(),
+                poll: cfg.ftp_poll,
+                retry_max: cfg.retry_max,
+            };
+            Some(RemoteSource::spawn(
+                remote_cfg,
+                metrics.clone(),
+                move |p| {
+                    // Never lost: a path the inbox cannot take in time is found by the rescan.
+                    let _ =
+                        tx.send_timeout(Inbox::Watch(WatchEvent::Path(p)), Duration::from_secs(1));
+                },
+            )?)
+        }
+        _ => None,
+    };
 
     let watcher = {
         let tx = inbox_tx.clone();
@@ -210,9 +259,10 @@ pub fn run(
     };
 
     let threads = opts.threads.max(1);
-    let (job_tx, job_rx) = bounded::<TapSet<PathBuf>>(threads * 2);
+    let (job_tx, job_rx) = bounded::<Job>(threads * 2);
     let ctx = Arc::new(WorkerCtx {
         cfg: cfg.clone(),
+        roots: roots.clone(),
         journal: journal.clone(),
         metrics: metrics.clone(),
     });
@@ -226,7 +276,7 @@ pub fn run(
     let mut workers = Vec::new();
     for (w, correlator) in correlators.into_iter().enumerate() {
         let engine_cfg = engine_cfg.clone();
-        let job_rx: Receiver<TapSet<PathBuf>> = job_rx.clone();
+        let job_rx: Receiver<Job> = job_rx.clone();
         let inbox_tx = inbox_tx.clone();
         let ctx = ctx.clone();
         workers.push(
@@ -234,8 +284,8 @@ pub fn run(
                 .name(format!("engine-{w}"))
                 .spawn(move || {
                     let mut engine = Engine::with_correlator(engine_cfg, correlator);
-                    for set in job_rx {
-                        let outcome = work(&mut engine, &set, &ctx);
+                    for (set, warning) in job_rx {
+                        let outcome = work(&mut engine, &set, warning.as_deref(), &ctx);
                         if inbox_tx.send(Inbox::WorkerReport(outcome)).is_err() {
                             break;
                         }
@@ -250,6 +300,11 @@ pub fn run(
         settle: Settle::new(cfg.settle),
         grouper: Grouper::new(cfg.group_window_s),
         files: HashMap::new(),
+        surveys: BTreeMap::new(),
+        bad_surveys: Vec::new(),
+        held: Vec::new(),
+        diameter_warnings: HashMap::new(),
+        roots: roots.clone(),
         book,
         ignored: HashSet::new(),
         summary: RunSummary::default(),
@@ -267,6 +322,8 @@ pub fn run(
         cfg.rescan.as_secs_f64()
     );
     while !stop.load(Ordering::Relaxed) {
+        // Read before the inbox is drained: what those listings found is in it by now.
+        let listings = remote.as_ref().map_or(u64::MAX, RemoteSource::listings);
         let wait = co.book.next_wake().map_or(tick, |t| {
             t.saturating_duration_since(Instant::now()).min(tick)
         });
@@ -283,12 +340,17 @@ pub fn run(
             let Some(set) = co.book.take_job() else {
                 break;
             };
-            job_tx.send(set).context("the engine workers stopped")?;
+            let warning = co.diameter_warnings.remove(&set.result_name().json());
+            job_tx
+                .send((set, warning))
+                .context("the engine workers stopped")?;
         }
         co.deliver(&delivery);
         co.update_gauges();
         metrics.heartbeat();
-        if opts.once && co.idle() {
+        // With `--once`, the FTP source folder is listed twice (a file is taken when two
+        // listings agree) before the run may end.
+        if opts.once && co.idle() && listings >= 2 {
             break;
         }
     }
@@ -296,6 +358,7 @@ pub fn run(
     // Stop: no new sets; let the ones being computed finish and reach the journal.
     drop(job_tx);
     drop(watcher);
+    drop(remote);
     let deadline = Instant::now() + Duration::from_secs(4);
     while co.book.counts().computing > 0 && Instant::now() < deadline {
         if let Ok(msg) = inbox_rx.recv_timeout(Duration::from_millis(50)) {
@@ -334,11 +397,31 @@ struct Seen {
     reported: bool,
 }
 
+/// A survey file that was rejected: its set waits `FILE_SETTLE_SECONDS` for a good one, then
+/// goes on with the default diameter and says why in its report.
+struct BadSurvey {
+    name: SurveyName,
+    file: String,
+    why: String,
+    at: Instant,
+}
+
 struct Coordinator {
     cfg: Config,
+    roots: Roots,
     settle: Settle,
     grouper: Grouper<PathBuf>,
+    /// Tap and survey files read and settled, not yet delivered.
     files: HashMap<PathBuf, Seen>,
+    /// Good survey files waiting for their set.
+    surveys: BTreeMap<PathBuf, (SurveyName, Survey)>,
+    bad_surveys: Vec<BadSurvey>,
+    /// Complete sets waiting for a survey file still settling, or for a good one after a bad
+    /// one, with when they were formed.
+    held: Vec<(TapSet<PathBuf>, Instant)>,
+    /// The report's warning of a set computed with the default diameter after its survey
+    /// was rejected, by result name.
+    diameter_warnings: HashMap<String, String>,
     book: SetBook<PathBuf>,
     ignored: HashSet<PathBuf>,
     summary: RunSummary,
@@ -348,43 +431,57 @@ struct Coordinator {
 
 impl Coordinator {
     fn idle(&self) -> bool {
-        self.settle.is_empty() && self.book.is_idle()
+        self.settle.is_empty() && self.held.is_empty() && self.book.is_idle()
     }
 
-    /// Lists the data folder and looks at every entry.
+    /// Lists the data folder (and the staging folder of the FTP source) and looks at every
+    /// entry.
     fn scan(&mut self) {
-        let entries = match std::fs::read_dir(&self.cfg.data_dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                let why = format!("cannot list {}: {e}", self.cfg.data_dir.display());
-                log::error!("{why}");
-                self.metrics.watcher_status(Err(why));
-                return;
+        let mut paths = Vec::new();
+        let mut failed = None;
+        for root in self.roots.all() {
+            match std::fs::read_dir(root) {
+                Ok(entries) => paths.extend(entries.filter_map(|e| e.ok()).map(|e| e.path())),
+                Err(e) => failed = Some(format!("cannot list {}: {e}", root.display())),
             }
-        };
-        self.metrics.watcher_status(Ok(()));
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        }
+        if let Some(why) = &failed {
+            log::error!("{why}");
+        }
+        self.metrics.watcher_status(failed.map_or(Ok(()), Err));
         paths.sort();
         for p in paths {
             self.look(p);
         }
     }
 
+    /// Whether `path` is a member of a complete set still held for its survey.
+    fn is_held(&self, path: &Path) -> bool {
+        self.held
+            .iter()
+            .any(|(set, _)| set.members.iter().any(|m| m.key == path))
+    }
+
     /// Something happened to `path`.
     fn look(&mut self, path: PathBuf) {
-        if self.book.is_claimed(&path) {
+        if self.book.is_claimed(&path) || self.is_held(&path) {
             return;
         }
         if let Some(seen) = self.files.get(&path) {
-            // Pending in the grouper: taken out if it vanished or changed.
+            // Pending in the grouper (or a survey waiting): taken out if it vanished or changed.
             if FileSig::of(&path) == Some(seen.sig) {
                 return;
             }
             self.grouper.remove(&path);
+            self.surveys.remove(&path);
             self.files.remove(&path);
         }
-        match classify(&self.cfg.data_dir, &path) {
-            Kind::Tap(_) => match not_a_regular_file(&path) {
+        let kind = match self.roots.root_of(&path) {
+            Some(root) => classify(root, &path),
+            None => Kind::Ignored("not directly in a watched folder".into()),
+        };
+        match kind {
+            Kind::Tap(_) | Kind::Survey(_) => match not_a_regular_file(&path) {
                 Some(why) => self.set_aside(&path, &why, None),
                 None => self
                     .settle
@@ -438,17 +535,44 @@ impl Coordinator {
             self.settle.observe(&p, FileSig::of(&p), now);
         }
         for (path, sig) in self.settle.take_settled(now) {
-            if let Kind::Tap(name) = classify(&self.cfg.data_dir, &path) {
+            let Some(root) = self.roots.root_of(&path) else {
+                continue;
+            };
+            match classify(root, &path) {
                 // Read to validate only: the worker reads the set again when it is complete.
-                match read_tap_file(&path) {
+                Kind::Tap(name) => match read_tap_file(&path) {
                     Ok(_) => self.wait_for_set(name, path, sig, now),
                     Err(e) => self.set_aside(&path, &e.kind, Some(sig)),
-                }
+                },
+                Kind::Survey(name) => match read_survey(&path) {
+                    Ok(survey) => {
+                        self.files.insert(
+                            path.clone(),
+                            Seen {
+                                sig,
+                                since: now,
+                                reported: false,
+                            },
+                        );
+                        self.surveys.insert(path, (name, survey));
+                    }
+                    Err(e) => {
+                        self.set_aside(&path, &e.problem, Some(sig));
+                        self.bad_surveys.push(BadSurvey {
+                            name,
+                            file: e.file,
+                            why: e.problem.to_string(),
+                            at: now,
+                        });
+                    }
+                },
+                Kind::Ignored(_) => {}
             }
         }
         for set in self.grouper.take_complete() {
-            self.book.grouped(set);
+            self.held.push((set, now));
         }
+        self.book_held(now);
         for stale in self.grouper.take_stale() {
             let sig = self.files.remove(&stale.file.key).map(|s| s.sig);
             self.set_aside(&stale.file.key, &stale.reason(), sig);
@@ -456,6 +580,82 @@ impl Coordinator {
         if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
             self.last_incomplete_check = now;
             self.report_incomplete(now);
+        }
+    }
+
+    /// Books the complete sets, each with its survey file: the nearest held set whose window
+    /// holds a survey's time takes it. A set without one waits while a survey file for it is
+    /// still settling, and for `FILE_SETTLE_SECONDS` after one was rejected; then it goes on
+    /// with the default diameter, and its report says why.
+    fn book_held(&mut self, now: Instant) {
+        let window_s = self.cfg.group_window_s;
+        let keep = Duration::from_secs(window_s.max(0) as u64) + self.cfg.incomplete_grace;
+        self.bad_surveys
+            .retain(|b| now.duration_since(b.at) < keep + self.cfg.settle);
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let sets: Vec<(Option<&str>, i64)> = held
+            .iter()
+            .map(|(s, _)| (s.device.as_deref(), s.unix_s))
+            .collect();
+        let names: Vec<SurveyName> = self.surveys.values().map(|(n, _)| n.clone()).collect();
+        // Per held set, the newest survey attached to it.
+        let mut chosen: Vec<Option<(PathBuf, i64)>> = vec![None; held.len()];
+        for ((path, (name, _)), to) in self.surveys.iter().zip(attach(&sets, &names, window_s)) {
+            if let Some(i) = to
+                && chosen[i].as_ref().is_none_or(|(_, t)| name.unix_s > *t)
+            {
+                chosen[i] = Some((path.clone(), name.unix_s));
+            }
+        }
+        drop(sets);
+        let settling: Vec<SurveyName> = self
+            .settle
+            .paths()
+            .iter()
+            .filter_map(|p| SurveyName::from_path(p))
+            .collect();
+        // A survey file that keeps changing holds its set no longer than this.
+        let longest_hold = self.cfg.settle * 4 + Duration::from_secs(2);
+        for ((mut set, since), chosen) in held.into_iter().zip(chosen) {
+            let device = set.device.clone();
+            let unix_s = set.unix_s;
+            let in_window = |n: &SurveyName| {
+                Some(n.device.as_str()) == device.as_deref()
+                    && (unix_s..=unix_s.saturating_add(window_s)).contains(&n.unix_s)
+            };
+            let mut warning = None;
+            if chosen.is_none() {
+                let settling =
+                    settling.iter().any(in_window) && now.duration_since(since) < longest_hold;
+                let bad = self
+                    .bad_surveys
+                    .iter()
+                    .filter(|b| in_window(&b.name))
+                    .max_by_key(|b| b.at);
+                if settling || bad.is_some_and(|b| now.duration_since(b.at) < self.cfg.settle) {
+                    self.held.push((set, since));
+                    continue;
+                }
+                warning = bad.map(|b| {
+                    format!(
+                        "survey file {} was rejected ({}); computed with the default diameter {} m",
+                        b.file, b.why, self.cfg.diameter_m
+                    )
+                });
+            }
+            if let Some((path, _)) = chosen {
+                self.surveys.remove(&path);
+                set.survey = Some(path);
+            }
+            if let Some(w) = warning {
+                let name = set.result_name().json();
+                log::warn!("{name}: {w}");
+                self.diameter_warnings.insert(name, w);
+            }
+            self.book.grouped(set);
         }
     }
 
@@ -638,7 +838,13 @@ impl Coordinator {
                 rejected,
                 good,
             }) => {
-                self.book.not_saved(&name);
+                // Its survey file waits for the set to form again.
+                for s in self.book.not_saved(&name) {
+                    if SurveyName::from_path(&s).is_some() {
+                        self.files.remove(&s);
+                        self.look(s);
+                    }
+                }
                 for e in rejected {
                     let settled = self.files.remove(&e.path).map(|s| s.sig);
                     self.set_aside(&e.path, &e.kind, settled);
@@ -670,12 +876,18 @@ impl Coordinator {
             self.settle.observe(path, FileSig::of(path), Instant::now());
             return;
         }
-        match reject(&self.cfg.data_dir, path, why) {
+        let root = self.roots.root_of(path).unwrap_or(&self.roots.data);
+        match reject(root, path, why) {
             Ok(dst) => {
                 self.summary.rejected += 1;
                 Metrics::add(&self.metrics.files_rejected, 1);
+                let on_ftp = if self.roots.is_remote(path) {
+                    " (the FTP source's file goes to its rejected/ folder)"
+                } else {
+                    ""
+                };
                 log::warn!(
-                    "rejected {}: {why}; moved to {}",
+                    "rejected {}: {why}; moved to {}{on_ftp}",
                     path.display(),
                     dst.display()
                 );
@@ -709,7 +921,12 @@ fn remove_temporary_files(temp_dir: &Path) {
 }
 
 /// Reads, computes, saves and journals one set.
-fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> WorkerReport {
+fn work(
+    engine: &mut Engine,
+    set: &TapSet<PathBuf>,
+    warning: Option<&str>,
+    ctx: &WorkerCtx,
+) -> WorkerReport {
     let name = set.result_name().json();
     let t0 = Instant::now();
     let taps = match read_set(set) {
@@ -722,9 +939,28 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> WorkerRe
             };
         }
     };
+    let mut warning = warning.map(str::to_string);
+    let survey = match set.survey.as_deref().map(read_survey) {
+        Some(Ok(survey)) => Some(survey),
+        Some(Err(e)) => {
+            warning = Some(format!(
+                "survey file {e}; computed with the default diameter {} m",
+                ctx.cfg.diameter_m
+            ));
+            None
+        }
+        None => None,
+    };
     let read = t0.elapsed();
     let t1 = Instant::now();
-    let outputs = match compute_outputs(engine, set, &taps, true, None) {
+    let outputs = match compute_outputs(
+        engine,
+        set,
+        &taps,
+        true,
+        survey.as_ref(),
+        warning.as_deref(),
+    ) {
         Ok(outputs) => outputs,
         Err(e) => {
             let why = format!("{e:#}");
@@ -735,7 +971,9 @@ fn work(engine: &mut Engine, set: &TapSet<PathBuf>, ctx: &WorkerCtx) -> WorkerRe
     let sources: Vec<String> = set
         .members
         .iter()
-        .filter_map(|m| m.key.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .map(|m| &m.key)
+        .chain(&set.survey)
+        .map(|p| ctx.roots.label(p))
         .collect();
     let t2 = Instant::now();
     let save = || -> anyhow::Result<()> {

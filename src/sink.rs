@@ -21,8 +21,11 @@ use crate::config::{AmqpConfig, FtpConfig};
 use crate::journal::{Entry, Journal, Step, stage_after};
 use crate::lifecycle::{Order, StepResult};
 use crate::metrics::{Metrics, SinkKind};
+use crate::remote::delete_remote;
 use crate::result::ResultName;
+use crate::survey::{SurveyName, read_survey};
 use crate::tls;
+use crate::watch::Roots;
 
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,6 +97,8 @@ impl FtpSink {
             .with_context(|| format!("{} has no address", self.cfg.host))?;
         let tcp = TcpStream::connect_timeout(&addr, NET_TIMEOUT)
             .with_context(|| format!("cannot connect to {addr}"))?;
+        // Small commands answered at once: no wait for a delayed ACK (Nagle).
+        tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(NET_TIMEOUT))?;
         tcp.set_write_timeout(Some(NET_TIMEOUT))?;
         let mut ftp = suppaftp::RustlsFtpStream::connect_with_stream(tcp)?;
@@ -143,31 +148,37 @@ impl FtpSink {
         self.cfg.upload_png
     }
 
-    /// Uploads `bytes` as `name` in the configured folder. A stale kept connection is
-    /// replaced once before the attempt counts as failed.
+    /// Uploads `bytes` as `name` in the configured folder.
     pub fn upload(&mut self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        if let Some(mut ftp) = self.conn.take()
-            && Self::try_upload(&mut ftp, name, bytes).is_ok()
-        {
-            self.conn = Some(ftp);
-            return Ok(());
-        }
-        let mut ftp = self.connect()?;
-        Self::try_upload(&mut ftp, name, bytes)?;
-        self.conn = Some(ftp);
-        Ok(())
+        self.with_conn(|ftp| Self::try_upload(ftp, name, bytes))
     }
 
-    /// Checks the server answers: a NOOP on the kept connection, else a new connection.
+    /// Checks the server answers: a NOOP.
     pub fn probe(&mut self) -> anyhow::Result<()> {
+        self.with_conn(|ftp| Ok(ftp.noop()?))
+    }
+
+    /// Runs `op` on the kept connection (in the configured folder, binary mode). A stale
+    /// kept connection is replaced once before the attempt counts as failed.
+    pub fn with_conn<T>(
+        &mut self,
+        mut op: impl FnMut(&mut suppaftp::RustlsFtpStream) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         if let Some(mut ftp) = self.conn.take()
-            && ftp.noop().is_ok()
+            && let Ok(v) = op(&mut ftp)
         {
             self.conn = Some(ftp);
-            return Ok(());
+            return Ok(v);
         }
-        self.conn = Some(self.connect()?);
-        Ok(())
+        let mut ftp = self.connect()?;
+        let r = op(&mut ftp);
+        self.conn = Some(ftp);
+        r
+    }
+
+    /// Drops the kept connection (after a failure the server may have left it unusable).
+    pub fn disconnect(&mut self) {
+        self.conn = None;
     }
 }
 
@@ -326,6 +337,8 @@ pub struct DeliveryConfig {
     pub ftp: Option<FtpConfig>,
     pub amqp: Option<AmqpConfig>,
     pub metrics: Arc<Metrics>,
+    /// Which sources are copies staged from the FTP source folder.
+    pub roots: Roots,
 }
 
 /// How long dropping [`Delivery`] waits for a step in progress (a hanging server).
@@ -365,8 +378,17 @@ impl Delivery {
                     let queue = a.graph_queue.clone()?;
                     Some(AmqpSink::new(AmqpConfig { queue, ..a.clone() }))
                 });
+                let source = cfg.ftp.as_ref().and_then(|f| {
+                    let folder = f.source_folder.clone()?;
+                    Some(FtpSink::new(FtpConfig {
+                        folder,
+                        upload_png: false,
+                        ..f.clone()
+                    }))
+                });
                 Driver {
                     ftp: cfg.ftp.clone().map(FtpSink::new),
+                    source,
                     amqp: cfg.amqp.clone().map(AmqpSink::new),
                     archive,
                     graph,
@@ -412,6 +434,8 @@ struct Driver {
     archive: Option<FtpSink>,
     /// The viewer's queue (a connection of its own).
     graph: Option<AmqpSink>,
+    /// The FTP source folder, where delivered remote sources are deleted.
+    source: Option<FtpSink>,
 }
 
 impl Driver {
@@ -468,7 +492,7 @@ impl Driver {
                 };
                 self.sink_outcome(SinkKind::Amqp, r)
             }
-            Step::DeleteSources => delete_sources(&order.sources),
+            Step::DeleteSources => self.delete_sources(&order.sources),
             Step::Save | Step::Done => {
                 Err(anyhow::anyhow!("{:?} is not a delivery step", order.step))
             }
@@ -527,6 +551,34 @@ impl Driver {
         Ok(())
     }
 
+    /// Deletes a set's sources (one already gone is fine). A copy staged from the FTP source
+    /// folder goes on the server first, then here.
+    fn delete_sources(&mut self, sources: &[PathBuf]) -> anyhow::Result<()> {
+        for src in sources {
+            if self.cfg.roots.is_remote(src) {
+                let name = src
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match self.source.as_mut() {
+                    Some(source) => {
+                        let r = delete_remote(source, &name);
+                        self.sink_outcome(SinkKind::FtpSource, r)?;
+                    }
+                    None => log::warn!(
+                        "{name}: FTP_SOURCE_FOLDER is off now, so its file on the FTP server is not deleted"
+                    ),
+                }
+            }
+            match std::fs::remove_file(src) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot delete {}: {e}", src.display()),
+            }
+        }
+        Ok(())
+    }
+
     /// Records a sink's attempt in the metrics (health, retries).
     fn sink_outcome(&self, sink: SinkKind, r: anyhow::Result<()>) -> anyhow::Result<()> {
         let metrics = &self.cfg.metrics;
@@ -555,31 +607,37 @@ impl Driver {
 }
 
 /// The tomogram viewer's message: the result's name without `.json`, and the eight tap
-/// files, tap 1 first.
+/// files, tap 1 first. A set with a survey file (among `sources`, read here) adds its
+/// `species`, `keliling` (circumference, cm), `ketinggian` (height of the sensor ring, m) and
+/// `jumlah_sensor` (8), the deployed viewer's names.
 pub fn graph_message(result_name: &str, sources: &[PathBuf]) -> String {
-    let data: Vec<String> = sources
+    let (surveys, taps): (Vec<&PathBuf>, Vec<&PathBuf>) = sources
+        .iter()
+        .partition(|p| SurveyName::from_path(p).is_some());
+    let data: Vec<String> = taps
         .iter()
         .filter_map(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .collect();
-    serde_json::json!({
+    let mut msg = serde_json::json!({
         "GUID_SURVEY": ResultName::parse(result_name)
             .map_or_else(|| result_name.to_string(), |n| n.stem()),
         "data": data,
-    })
-    .to_string()
-}
-
-/// Deletes a set's source files (one already gone is fine).
-fn delete_sources(sources: &[PathBuf]) -> anyhow::Result<()> {
-    for src in sources {
-        match std::fs::remove_file(src) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => anyhow::bail!("cannot delete {}: {e}", src.display()),
+    });
+    if let Some(path) = surveys.first() {
+        match read_survey(path) {
+            Ok(survey) => {
+                msg["species"] = survey.species.clone().into();
+                msg["keliling"] = survey.circumference_cm().into();
+                msg["ketinggian"] = survey.height_m.into();
+                msg["jumlah_sensor"] = crate::device::N_SENSORS.into();
+            }
+            Err(e) => {
+                log::warn!("{result_name}: the viewer's message goes without the survey: {e}")
+            }
         }
     }
-    Ok(())
+    msg.to_string()
 }
 
 #[cfg(test)]

@@ -15,9 +15,67 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use crate::device::TapName;
+use crate::survey::SurveyName;
 
 /// Subfolder of `DATA_DIR` for files that cannot be read.
 pub const REJECTED_DIR: &str = "rejected";
+
+/// Subfolder of `TEMP_DIR` where the files of the FTP source folder are staged.
+pub const STAGING_DIR: &str = "ftp-source";
+
+/// How the journal labels a source staged from the FTP source folder: `ftp:<name>`.
+pub const REMOTE_PREFIX: &str = "ftp:";
+
+/// The local folders whose files the service takes: `DATA_DIR`, and the staging folder of
+/// the FTP source folder when that is on. A source's journal label is its bare name, or
+/// `ftp:<name>` for a staged one.
+#[derive(Clone, Debug)]
+pub struct Roots {
+    pub data: PathBuf,
+    /// `TEMP_DIR/ftp-source` (labels `ftp:` always resolve there, even with the source off).
+    pub staging: PathBuf,
+    /// Whether `FTP_SOURCE_FOLDER` is on (the staging folder is watched).
+    pub remote: bool,
+}
+
+impl Roots {
+    /// The folders whose files are taken.
+    pub fn all(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.data.as_path()).chain(self.remote.then_some(self.staging.as_path()))
+    }
+
+    /// The folder `path` lies directly in, if it is one of [`Roots::all`].
+    pub fn root_of(&self, path: &Path) -> Option<&Path> {
+        let parent = path.parent()?;
+        self.all().find(|r| *r == parent)
+    }
+
+    /// Whether `path` is a copy staged from the FTP source folder.
+    pub fn is_remote(&self, path: &Path) -> bool {
+        path.parent() == Some(self.staging.as_path())
+    }
+
+    /// The journal's label of a source.
+    pub fn label(&self, path: &Path) -> String {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.is_remote(path) {
+            format!("{REMOTE_PREFIX}{name}")
+        } else {
+            name
+        }
+    }
+
+    /// The path of a journal label.
+    pub fn resolve(&self, label: &str) -> PathBuf {
+        match label.strip_prefix(REMOTE_PREFIX) {
+            Some(name) => self.staging.join(name),
+            None => self.data.join(label),
+        }
+    }
+}
 
 /// What the watcher forwards.
 #[derive(Debug)]
@@ -142,11 +200,13 @@ impl Settle {
 #[derive(Debug, PartialEq)]
 pub enum Kind {
     Tap(TapName),
+    /// A survey file, `<device>_<unix-seconds>_survey.json`.
+    Survey(SurveyName),
     /// Not for us: the reason, logged once.
     Ignored(String),
 }
 
-/// Classifies a path by name alone: only `<…>.json` tap names directly in `data_dir`.
+/// Classifies a path by name alone: only tap and survey names directly in `data_dir`.
 pub fn classify(data_dir: &Path, path: &Path) -> Kind {
     if path.parent() != Some(data_dir) {
         return Kind::Ignored("not directly in the data folder".into());
@@ -159,6 +219,9 @@ pub fn classify(data_dir: &Path, path: &Path) -> Kind {
     }
     if !name.ends_with(".json") {
         return Kind::Ignored("not a .json file".into());
+    }
+    if let Some(survey) = SurveyName::parse(name) {
+        return Kind::Survey(survey);
     }
     match TapName::parse(name) {
         Ok(t) => Kind::Tap(t),
@@ -261,17 +324,46 @@ mod tests {
     }
 
     #[test]
+    fn journal_labels_name_the_folder_of_a_source() {
+        let roots = Roots {
+            data: PathBuf::from("/d"),
+            staging: PathBuf::from("/t/ftp-source"),
+            remote: true,
+        };
+        for path in ["/d/a_u_1_1.json", "/t/ftp-source/a_u_1_1.json"] {
+            let path = Path::new(path);
+            assert_eq!(roots.resolve(&roots.label(path)), path);
+        }
+        assert_eq!(roots.label(Path::new("/t/ftp-source/x.json")), "ftp:x.json");
+        assert_eq!(
+            roots.root_of(Path::new("/t/ftp-source/x.json")),
+            Some(Path::new("/t/ftp-source"))
+        );
+        assert_eq!(roots.root_of(Path::new("/t/x.json")), None);
+        let local_only = Roots {
+            remote: false,
+            ..roots
+        };
+        assert_eq!(local_only.root_of(Path::new("/t/ftp-source/x.json")), None);
+    }
+
+    #[test]
     fn only_tap_names_directly_inside_count() {
         let d = Path::new("/d");
         assert!(matches!(
             classify(d, Path::new("/d/1755752474_3.json")),
             Kind::Tap(_)
         ));
+        assert!(matches!(
+            classify(d, Path::new("/d/dev-1_1755752474_survey.json")),
+            Kind::Survey(_)
+        ));
         for p in [
             "/d/.hidden_1_2.json",
             "/d/notes.txt",
             "/d/rejected/1755752474_3.json",
             "/d/garbage.json",
+            "/d/rejected/dev-1_1755752474_survey.json",
         ] {
             assert!(matches!(classify(d, Path::new(p)), Kind::Ignored(_)), "{p}");
         }

@@ -1437,3 +1437,252 @@ fn the_raw_archive_and_the_viewer_message_follow_each_set() {
         );
     }
 }
+
+/// The FTP source folder of the tests, as the devices' uploads fill it.
+const SOURCE_FOLDER: &str = "terawang";
+
+impl Site {
+    /// Takes taps from `/terawang` on the site's FTP server, listed every `poll_s`.
+    fn with_ftp_source(&mut self, poll_s: f64) -> PathBuf {
+        self.extra_env.extend([
+            ("FTP_SOURCE_FOLDER".into(), format!("/{SOURCE_FOLDER}")),
+            ("FTP_POLL_SECONDS".into(), poll_s.to_string()),
+        ]);
+        let source = self.ftp_root.join(SOURCE_FOLDER);
+        std::fs::create_dir_all(&source).unwrap();
+        source
+    }
+
+    /// The files left in the FTP source folder (not its `rejected/`), sorted.
+    fn remote_sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.ftp_root.join(SOURCE_FOLDER))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The copies staged from the FTP source folder and not yet delivered.
+    fn staged(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.temp.join("ftp-source")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// The median of a report's velocities, m/s.
+fn median_velocity(report: &serde_json::Value) -> f64 {
+    let mut v: Vec<f64> = report["velocity_m_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().filter_map(|x| x.as_f64()))
+        .filter(|v| *v > 0.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn ftp_source_sets_with_a_survey_reach_every_sink_and_leave_the_server() {
+    let mut site = Site::new("ftpsource");
+    let graph_queue = format!("graph-{}", site.queue);
+    let source = site.with_ftp_source(0.3);
+    site.extra_env.extend([
+        ("FTP_FOLDER_DATA_ROW".into(), "/data_row".into()),
+        ("RABBITMQ_GRAPH_QUEUE".into(), graph_queue.clone()),
+    ]);
+    let _ftp = site.ftp();
+    // Two trees 0.5 m across, two devices; the first one's survey says so.
+    let params = SimParams {
+        diameter_m: 0.5,
+        velocity_m_s: 1500.0,
+        ..SimParams::default()
+    };
+    let (files, truth) = simulate_many(&params, 2, 31, false);
+    let surveyed = &truth.sets[0];
+    let survey_name = format!("{}_{}_survey.json", surveyed.device, surveyed.unix_s + 120);
+    let survey = format!(
+        r#"{{"circumference_cm": {}, "species": "Mahoni", "height_m": 1.3}}"#,
+        50.0 * std::f64::consts::PI
+    );
+    std::fs::write(source.join(&survey_name), &survey).unwrap();
+    for f in &files {
+        std::fs::write(source.join(&f.file_name), &f.json).unwrap();
+    }
+    let child = site.start(false);
+    wait_until(
+        "both sets to leave the server",
+        Duration::from_secs(60),
+        || site.remote_sources().is_empty(),
+    );
+    terminate(child, &site);
+    assert!(
+        site.staged().is_empty(),
+        "staged copies left: {:?}",
+        site.staged()
+    );
+    assert!(!source.join("rejected").exists(), "{}", site.log());
+    // Results on FTP, raw files (and the survey) byte for byte in the archive.
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    for name in &want {
+        assert!(site.ftp_file(name).exists(), "{name} not on FTP");
+    }
+    let archived = |name: &str| std::fs::read(site.ftp_root.join("data_row").join(name));
+    for f in &files {
+        assert_eq!(archived(&f.file_name).unwrap(), f.json.as_bytes());
+    }
+    assert_eq!(archived(&survey_name).unwrap(), survey.as_bytes());
+    // One result message and one viewer message per set.
+    assert_eq!(site.published_names(), want);
+    let mut graph: Vec<serde_json::Value> = site
+        .vhost
+        .drain(&graph_queue)
+        .into_iter()
+        .map(|(body, _)| serde_json::from_str(&body).unwrap())
+        .collect();
+    graph.sort_by_key(|m| m["GUID_SURVEY"].as_str().unwrap().to_string());
+    assert_eq!(graph.len(), 2, "{graph:?}");
+    for (msg, set) in graph.iter().zip(&truth.sets) {
+        assert_eq!(
+            msg["GUID_SURVEY"].as_str().unwrap(),
+            set.result_file.trim_end_matches(".json")
+        );
+        assert_eq!(msg["data"], serde_json::json!(set.files));
+    }
+    assert_eq!(graph[0]["species"], "Mahoni");
+    assert!((graph[0]["keliling"].as_f64().unwrap() - 157.08).abs() < 0.01);
+    assert_eq!(graph[0]["ketinggian"], 1.3);
+    assert_eq!(graph[0]["jumlah_sensor"], 8);
+    assert!(graph[1].get("species").is_none(), "{}", graph[1]);
+    // The surveyed set is computed as 0.5 m across and matches the truth; the other one,
+    // computed with the default 0.3 m, comes out 0.6 times too slow.
+    let report = |set: &terawang::simulate::SetTruth| -> serde_json::Value {
+        let path = site
+            .result
+            .join(set.result_file.replace(".json", ".report.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let (with, without) = (report(&truth.sets[0]), report(&truth.sets[1]));
+    assert_eq!(with["diameter_source"], "survey");
+    assert_eq!(with["survey_file"], survey_name.as_str());
+    assert!((with["diameter_m"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    let v = median_velocity(&with);
+    assert!((v / 1500.0 - 1.0).abs() < 0.05, "surveyed set: {v} m/s");
+    assert_eq!(without["diameter_source"], "default");
+    let v = median_velocity(&without);
+    assert!((v / 1500.0 - 0.6).abs() < 0.05, "default diameter: {v} m/s");
+}
+
+#[test]
+fn ftp_source_waits_for_a_growing_file_and_sets_a_corrupt_one_aside_on_the_server() {
+    let mut site = Site::new("ftpgrow");
+    let source = site.with_ftp_source(1.0);
+    let _ftp = site.ftp();
+    let (files, truth) = sets(2, 32);
+    let corrupt = &truth.sets[1].files[2];
+    // Set 0 without its tap 8 (it comes later, slowly); set 1 with a corrupt tap 3.
+    for f in files[..7].iter().chain(&files[8..]) {
+        let json = if &f.file_name == corrupt {
+            "{\"not\": json"
+        } else {
+            f.json.as_str()
+        };
+        std::fs::write(source.join(&f.file_name), json).unwrap();
+    }
+    let child = site.start(false);
+    // Tap 8 of set 0 grows for 4 s, longer than several listings: every listing sees
+    // another size, so it must not be taken (it would be rejected as cut short).
+    let growing = &files[7];
+    let bytes = growing.json.as_bytes();
+    let parts = 40;
+    let mut file = std::fs::File::create(source.join(&growing.file_name)).unwrap();
+    for k in 0..parts {
+        let (a, b) = (k * bytes.len() / parts, (k + 1) * bytes.len() / parts);
+        file.write_all(&bytes[a..b]).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !site.staged().contains(&growing.file_name),
+            "taken while still growing; log:\n{}",
+            site.log()
+        );
+    }
+    drop(file);
+    wait_until("set 0 to be published", Duration::from_secs(30), || {
+        !site.vhost.drain(&site.queue).is_empty()
+    });
+    let rejected = source.join("rejected");
+    wait_until(
+        "the corrupt tap to be moved aside",
+        Duration::from_secs(30),
+        || rejected.join(corrupt).exists(),
+    );
+    terminate(child, &site);
+    assert!(
+        !rejected.join(&growing.file_name).exists(),
+        "{}",
+        site.log()
+    );
+    let reason = std::fs::read_to_string(rejected.join(format!("{corrupt}.reason.txt"))).unwrap();
+    assert!(!reason.trim().is_empty());
+    assert!(site.ftp_file(&truth.sets[0].result_file).exists());
+    // Set 0 left the server; set 1's seven good taps wait there for their missing tap.
+    let left = site.remote_sources();
+    assert_eq!(left.len(), 7, "{left:?}");
+    assert!(left.iter().all(|n| truth.sets[1].files.contains(n)));
+}
+
+#[test]
+fn kill_9_during_ftp_source_delivery_then_restart_delivers_every_set() {
+    let mut site = Site::new("ftpkill9");
+    let source = site.with_ftp_source(0.3);
+    site.extra_env
+        .push(("FTP_FOLDER_DATA_ROW".into(), "/data_row".into()));
+    let _ftp = site.ftp();
+    let (files, truth) = sets(30, 33);
+    for f in &files {
+        std::fs::write(source.join(&f.file_name), &f.json).unwrap();
+    }
+    let mut child = site.start(false);
+    wait_until("the first result on FTP", Duration::from_secs(60), || {
+        std::fs::read_dir(site.ftp_root.join("result")).is_ok_and(|mut d| d.next().is_some())
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !site.remote_sources().is_empty(),
+        "the kill came too late to test anything"
+    );
+    let child = site.start(false);
+    wait_until(
+        "every set to leave the server",
+        Duration::from_secs(90),
+        || site.remote_sources().is_empty(),
+    );
+    terminate(child, &site);
+    let mut got = site.published_names();
+    got.dedup(); // at-least-once: the set in flight at the kill may be published twice
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(got, want, "{}", site.log());
+    for f in &files {
+        let archived = std::fs::read(site.ftp_root.join("data_row").join(&f.file_name))
+            .unwrap_or_else(|e| panic!("{} not archived: {e}", f.file_name));
+        assert_eq!(archived, f.json.as_bytes());
+    }
+    assert!(site.staged().is_empty(), "{:?}", site.staged());
+    assert!(!source.join("rejected").exists(), "{}", site.log());
+    let journal = std::fs::read_to_string(site.temp.join("journal.log")).unwrap();
+    let left = terawang::journal::JournalState::replay(&journal);
+    assert!(left.sets.is_empty(), "{left:?}");
+}
