@@ -774,6 +774,21 @@ impl Coordinator {
             seen.reported = true;
             by_device.entry(p.name.device.clone()).or_default().push(p);
         }
+        for (path, (name, _)) in &self.surveys {
+            if let Some(seen) = self.files.get_mut(path)
+                && now.duration_since(seen.since) >= after
+                && !seen.reported
+            {
+                seen.reported = true;
+                log::warn!(
+                    "survey file {} waits over {:.0} s for a set of device {} whose window holds {} s; it stays where it is",
+                    path.display(),
+                    after.as_secs_f64(),
+                    name.device,
+                    name.unix_s
+                );
+            }
+        }
         let incomplete: usize = by_device.values().map(Vec::len).sum();
         Metrics::set(&self.metrics.files_incomplete, incomplete as u64);
         if !any_new {

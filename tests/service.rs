@@ -1686,3 +1686,56 @@ fn kill_9_during_ftp_source_delivery_then_restart_delivers_every_set() {
     let left = terawang::journal::JournalState::replay(&journal);
     assert!(left.sets.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_rejected_survey_holds_its_set_for_a_good_one_then_the_default_is_used_with_a_warning() {
+    let mut site = Site::new("survey");
+    site.settle_s = 1.0;
+    let _ftp = site.ftp();
+    let (files, truth) = sets(2, 34);
+    let survey_of = |set: usize, after_s: i64| {
+        let s = &truth.sets[set];
+        format!("{}_{}_survey.json", s.device, s.unix_s + after_s)
+    };
+    let bad = r#"{"diameter_m": 5.0}"#;
+    // Set 0: only a bad survey (5 m across). Set 1: a bad one, then a good one soon after.
+    std::fs::create_dir_all(&site.data).unwrap();
+    std::fs::write(site.data.join(survey_of(0, 60)), bad).unwrap();
+    std::fs::write(site.data.join(survey_of(1, 60)), bad).unwrap();
+    for f in &files {
+        site.drop_file(f);
+    }
+    let child = site.start(false);
+    let rejected = site.data.join("rejected");
+    wait_until(
+        "both bad surveys to be rejected",
+        Duration::from_secs(20),
+        || rejected.join(survey_of(0, 60)).exists() && rejected.join(survey_of(1, 60)).exists(),
+    );
+    let good = format!(r#"{{"circumference_cm": {}}}"#, 50.0 * std::f64::consts::PI);
+    std::fs::write(site.data.join(survey_of(1, 90)), &good).unwrap();
+    wait_until("both sets to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    terminate(child, &site);
+    let reason = std::fs::read_to_string(rejected.join(format!("{}.reason.txt", survey_of(0, 60))));
+    assert!(reason.unwrap().contains("outside 0.05–3 m"));
+    let report = |set: usize| -> serde_json::Value {
+        let name = truth.sets[set].result_file.replace(".json", ".report.json");
+        serde_json::from_slice(&std::fs::read(site.result.join(name)).unwrap()).unwrap()
+    };
+    let (r0, r1) = (report(0), report(1));
+    assert_eq!(r0["diameter_source"], "default", "{r0}");
+    assert_eq!(r0["diameter_m"], 0.3);
+    let warnings = r0["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("survey file {} was rejected", survey_of(0, 60))),
+        "{warnings}"
+    );
+    assert_eq!(r1["diameter_source"], "survey", "{}", site.log());
+    assert_eq!(r1["survey_file"], survey_of(1, 90).as_str());
+    assert!((r1["diameter_m"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    assert!(!r1["warnings"].to_string().contains("survey"));
+    // The good survey went with its set; the bad ones stay aside.
+    assert!(!site.data.join(survey_of(1, 90)).exists());
+}
