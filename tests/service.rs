@@ -1739,3 +1739,38 @@ fn a_rejected_survey_holds_its_set_for_a_good_one_then_the_default_is_used_with_
     // The good survey went with its set; the bad ones stay aside.
     assert!(!site.data.join(survey_of(1, 90)).exists());
 }
+
+#[test]
+fn an_ftp_outage_while_polling_loses_nothing_and_takes_nothing_twice() {
+    let mut site = Site::new("ftpsrcdown");
+    let source = site.with_ftp_source(0.3);
+    let (files, truth) = sets(3, 35);
+    for f in &files {
+        std::fs::write(source.join(&f.file_name), &f.json).unwrap();
+    }
+    // The server is down at start: the listing fails, is retried with backoff, logged once.
+    let child = site.start(false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(site.remote_sources().len(), files.len());
+    assert!(site.staged().is_empty());
+    let ftp = site.ftp();
+    wait_until(
+        "the sets to leave the server",
+        Duration::from_secs(30),
+        || site.remote_sources().is_empty(),
+    );
+    // Down again, then up: nothing left to take, nothing taken twice.
+    drop(ftp);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ftp = site.ftp();
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(child, &site);
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(site.published_names(), want);
+    let log = site.log();
+    let outages = log.matches("FTP source folder /terawang: ").count();
+    assert!((1..=2).contains(&outages), "logged once per outage:\n{log}");
+    assert!(log.contains("the FTP source folder answers again"), "{log}");
+    assert!(site.staged().is_empty());
+}
