@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sustained throughput of the whole service pipeline (watch → group → compute → save → FTP →
-# RabbitMQ → delete) with a real FTP server (pyftpdlib) and the local RabbitMQ on loopback.
+# RabbitMQ → delete) with a real FTP server (pyftpdlib) and the local RabbitMQ on loopback:
+# `run --once` on a backlog, then the watching `run` on the same backlog renamed in, then a
+# plain FTP client uploading the same results (the server's own limit).
 # Usage: benches/pipeline.sh [SETS] [THREADS]   (defaults 200, all cores)
 # Needs what .ci/service-setup.sh installs. Prints sets per second; asserts nothing.
 set -euo pipefail
@@ -26,6 +28,7 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
 rabbitmqctl -q add_vhost "$VHOST" >/dev/null
 rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
 mkdir -p "$WORK/ftp" "$WORK/site/data_mentah"
+python3 -c "import pyftpdlib" 2>/dev/null || { echo "needs pyftpdlib: pip install pyftpdlib" >&2; exit 1; }
 python3 -m pyftpdlib -i 127.0.0.1 -p "$FTP_PORT" -w -u bench -P bench -d "$WORK/ftp" \
     >"$WORK/ftp.log" 2>&1 &
 FTP_PID=$!
@@ -36,20 +39,63 @@ rm "$WORK/sim/truth.json"
 mv "$WORK"/sim/*.json "$WORK/site/data_mentah/"
 
 cd "$WORK/site"
-start=$(python3 -c 'import time; print(time.perf_counter())')
-FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
+now() { python3 -c 'import time; print(time.perf_counter())'; }
+export FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
     RABBITMQ_HOST=127.0.0.1 RABBITMQ_VHOST="$VHOST" RABBITMQ_QUEUE=bench_queue \
-    FILE_SETTLE_SECONDS=0 RUST_LOG=warn \
-    "$BIN" run --once --threads "$THREADS"
-end=$(python3 -c 'import time; print(time.perf_counter())')
+    FILE_SETTLE_SECONDS=0 RUST_LOG=warn
 
+# 1. run --once on the backlog.
+start=$(now)
+"$BIN" run --once --threads "$THREADS"
+end=$(now)
 left=$(find data_mentah -maxdepth 1 -name '*.json' | wc -l)
-queued=$(rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="bench_queue"{print $2}')
 uploaded=$(find "$WORK/ftp" -name 'result_*.json' | wc -l)
+once=$(python3 -c "print($SETS / ($end - $start))")
+
+# 2. The watching service: started on an empty folder, the same backlog renamed in at once;
+#    timed until every source is deleted (every set saved, uploaded, published, confirmed).
+rm -rf "$WORK/ftp/result" temp_data hasil_proses_lokal
+"$BIN" simulate --sets "$SETS" --seed 5 --out "$WORK/sim" >/dev/null
+rm "$WORK/sim/truth.json"
+"$BIN" run --threads "$THREADS" &
+RUN_PID=$!
+sleep 2
+start=$(now)
+mv "$WORK"/sim/*.json data_mentah/
+while [ -n "$(find data_mentah -maxdepth 1 -name '*.json' -print -quit)" ]; do sleep 0.01; done
+end=$(now)
+kill "$RUN_PID"; wait "$RUN_PID" || true
+watch=$(python3 -c "print($SETS / ($end - $start))")
+queued=$(rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="bench_queue"{print $2}')
+
+# 3. The FTP server's own limit: a plain client uploading the same results over one
+#    connection, as the service does (STOR to a temporary name, then RNFR/RNTO).
+ftp_rate=$(python3 - "$FTP_PORT" hasil_proses_lokal <<'PY'
+import ftplib, io, os, sys, time
+port, folder = int(sys.argv[1]), sys.argv[2]
+names = sorted(n for n in os.listdir(folder) if n.startswith("result_") and n.endswith(".json")
+               and not n.endswith(".report.json"))
+blobs = [(n, open(os.path.join(folder, n), "rb").read()) for n in names]
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", port)
+ftp.login("bench", "bench")
+ftp.mkd("plain") if "plain" not in ftp.nlst() else None
+ftp.cwd("plain")
+t0 = time.perf_counter()
+for n, b in blobs:
+    ftp.storbinary(f"STOR .{n}.part", io.BytesIO(b))
+    ftp.rename(f".{n}.part", n)
+print(len(blobs) / (time.perf_counter() - t0))
+PY
+)
+
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
-echo "sets: $SETS, engine threads: $THREADS; uploaded $uploaded, messages $queued, sources left $left"
-python3 - "$SETS" "$start" "$end" <<'PY'
+echo "sets: $SETS, engine threads: $THREADS"
+echo "run --once: uploaded $uploaded, sources left $left; messages after both runs: $queued"
+python3 - "$once" "$watch" "$ftp_rate" <<'PY'
 import sys
-sets, start, end = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-print(f"{sets} sets in {end - start:.2f} s: {sets / (end - start):.1f} sets/s through the whole pipeline")
+once, watch, ftp = map(float, sys.argv[1:])
+print(f"run --once          {once:7.1f} sets/s")
+print(f"run (watching)      {watch:7.1f} sets/s  ({watch / once:.0%} of --once)")
+print(f"plain FTP client    {ftp:7.1f} uploads/s over one connection (the server's own limit)")
 PY

@@ -205,7 +205,7 @@ impl AmqpSink {
         let opened = if self.cfg.tls {
             tls::open_amqps(&self.cfg, NET_TIMEOUT)
         } else {
-            amiquip::Connection::insecure_open(&self.cfg.url()).map_err(anyhow::Error::from)
+            tls::open_amqp(&self.cfg, NET_TIMEOUT)
         };
         let mut conn = opened.with_context(|| {
             format!(
