@@ -88,6 +88,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "queue for the tomogram viewer's message ({\"GUID_SURVEY\": <result>, \"data\": [<8 tap files>]}); empty turns it off",
     ),
     (
+        "RABBITMQ_JOB_QUEUE",
+        "terawang_sets",
+        "queue of complete sets between `run --role ingest` (or `enqueue`) and `run --role worker`; declared durable (a quorum queue where the broker has them), its dead-letter queue is the same name + _rejected",
+    ),
+    (
         "RABBITMQ_QUEUE_DURABLE",
         "false",
         "declare the queue durable; must match how it was declared before",
@@ -273,6 +278,8 @@ pub struct Config {
     pub incomplete_grace: Duration,
     /// How often `FTP_SOURCE_FOLDER` is listed.
     pub ftp_poll: Duration,
+    /// The queue of complete sets between the roles (`RABBITMQ_JOB_QUEUE`).
+    pub job_queue: String,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -412,6 +419,10 @@ impl Config {
             rescan: seconds("RESCAN_SECONDS", 0.1)?,
             incomplete_grace: seconds("INCOMPLETE_GRACE_SECONDS", 0.0)?,
             ftp_poll: seconds("FTP_POLL_SECONDS", 0.1)?,
+            job_queue: match raw.get("RABBITMQ_JOB_QUEUE").trim() {
+                "" => anyhow::bail!("RABBITMQ_JOB_QUEUE must name a queue, it is empty"),
+                q => q.to_string(),
+            },
             metrics_addr,
             log_format: log_format(raw)?,
         })

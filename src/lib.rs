@@ -70,6 +70,7 @@ pub mod evaluate;
 pub mod geometry;
 pub mod gpu;
 pub mod group;
+pub mod job;
 pub mod journal;
 pub mod lifecycle;
 pub mod logging;

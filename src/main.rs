@@ -43,6 +43,25 @@ enum Command {
     Calibrate(CalibrateArgs),
     /// The service: watch DATA_DIR, compute each set, save, upload, publish, delete sources.
     Run(RunArgs),
+    /// Publish every complete set among files and folders as a job for `run --role worker`
+    /// (an archive to compute again), and exit once the broker confirmed them all.
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    /// Tap files (and survey files) and/or folders holding them (one level deep).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Largest span of a set's file times, seconds.
+    #[arg(long, default_value_t = 900)]
+    window: i64,
+    /// Remove a set's files once the broker confirmed its job.
+    #[arg(long)]
+    delete: bool,
+    /// Settings file (RABBITMQ_* and RABBITMQ_JOB_QUEUE); defaults to ./.env when present.
+    #[arg(long)]
+    env_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -78,6 +97,10 @@ struct CalibrateArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// `all` does everything in one process; `ingest` watches and groups and publishes each
+    /// complete set as a job to RABBITMQ_JOB_QUEUE; `worker` computes and delivers jobs.
+    #[arg(long, value_enum, default_value_t = terawang::service::Role::All)]
+    role: terawang::service::Role,
     /// Process the files present at start, try each sink once per set, then exit
     /// (exit code 4 when a set stays undelivered).
     #[arg(long)]
@@ -371,6 +394,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("cannot install the signal handlers")?;
             }
             let opts = terawang::service::ServiceOptions {
+                role: a.role,
                 once: a.once,
                 backend: a.backend,
                 threads: a
@@ -388,6 +412,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_UNDELIVERED)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+        Command::Enqueue(a) => {
+            let raw = terawang::config::RawConfig::load(a.env_file.as_deref())?;
+            for secret in ["FTP_PASSWORD", "RABBITMQ_PASSWORD"] {
+                if let Some(value) = raw.vars.get(secret) {
+                    logging::redact(value);
+                }
+            }
+            let cfg = terawang::config::Config::from_raw(&raw)?;
+            let amqp = cfg
+                .amqp
+                .as_ref()
+                .context("enqueue publishes to RabbitMQ: RABBITMQ_HOST is empty")?;
+            let summary =
+                terawang::job::enqueue_files(amqp, &cfg.job_queue, &a.inputs, a.window, a.delete)?;
+            for (path, why) in &summary.rejected {
+                eprintln!("rejected {}: {why}", path.display());
+            }
+            println!(
+                "enqueued {} sets to queue {} ({} files deleted); {} files rejected, {} in no set",
+                summary.sets,
+                cfg.job_queue,
+                summary.deleted,
+                summary.rejected.len(),
+                summary.left
+            );
+            Ok(if summary.rejected.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INPUT_REJECTED)
             })
         }
         Command::Calibrate(a) => {

@@ -28,13 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::backend::{BackendChoice, make_correlators};
 use crate::config::{Config, FtpConfig};
 use crate::device::{N_SENSORS, ReadError, TapName, read_tap_file};
 use crate::engine::{Engine, EngineConfig, n_fft_for};
 use crate::group::{Grouper, Pending, TapSet};
+use crate::job::{Incoming, Job, JobConsumer, JobControl, JobFile, JobPublisher};
 use crate::journal::{Entry, Journal, Sinks, Stage};
 use crate::lifecycle::{Event, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
@@ -44,13 +45,25 @@ use crate::result::{Durability, ResultName};
 use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
 use crate::survey::{Survey, SurveyName, attach, read_survey};
 use crate::watch::{
-    FileSig, Kind, REJECTED_DIR, Roots, STAGING_DIR, Settle, WatchEvent, Watcher, classify,
-    not_a_regular_file, reject,
+    FileSig, JOBS_DIR, Kind, REJECTED_DIR, Roots, STAGING_DIR, Settle, WatchEvent, Watcher,
+    classify, not_a_regular_file, reject,
 };
+
+/// What one `terawang run` process does (`--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything in one process: watch, group, compute, deliver (the default).
+    All,
+    /// Watch and group; publish each complete set as a job to `RABBITMQ_JOB_QUEUE`.
+    Ingest,
+    /// Consume jobs, compute, deliver, then acknowledge.
+    Worker,
+}
 
 /// Options from the command line.
 #[derive(Clone, Debug)]
 pub struct ServiceOptions {
+    pub role: Role,
     /// Process what is there, deliver it (one try per sink) and return.
     pub once: bool,
     pub threads: usize,
@@ -72,6 +85,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 enum Inbox {
     Watch(WatchEvent),
+    /// A job from the job queue (`--role worker`).
+    Job(Incoming),
     WorkerReport(WorkerReport),
     Report(DeliveryReport),
 }
@@ -91,11 +106,13 @@ enum WorkerReport {
 }
 
 /// A set for a worker, with a warning about its diameter for the report (a rejected survey).
-type Job = (TapSet<PathBuf>, Option<String>);
+type SetJob = (TapSet<PathBuf>, Option<String>);
 
 /// Shared by the workers.
 struct WorkerCtx {
     cfg: Config,
+    /// `--role ingest`: publish sets as jobs instead of computing them.
+    ingest: bool,
     roots: Roots,
     journal: Arc<Mutex<Journal>>,
     metrics: Arc<Metrics>,
@@ -121,22 +138,38 @@ pub fn run(
         .data_dir
         .canonicalize()
         .with_context(|| format!("DATA_DIR: {}", cfg.data_dir.display()))?;
-    let source_folder = cfg.ftp.as_ref().and_then(|f| f.source_folder.clone());
+    if opts.role != Role::All && cfg.amqp.is_none() {
+        anyhow::bail!(
+            "--role {:?} needs RabbitMQ for its job queue: RABBITMQ_HOST is empty",
+            opts.role
+        );
+    }
+    if opts.role == Role::Worker && opts.once {
+        anyhow::bail!("--once is for --role all or ingest: a worker waits for jobs");
+    }
+    let source_folder = cfg
+        .ftp
+        .as_ref()
+        .and_then(|f| f.source_folder.clone())
+        .filter(|_| opts.role != Role::Worker);
     let roots = Roots {
         data: cfg.data_dir.clone(),
         staging: cfg.temp_dir.join(STAGING_DIR),
         remote: source_folder.is_some(),
+        jobs: cfg.temp_dir.join(JOBS_DIR),
     };
+    // An ingest only hands sets on: its one step after the job's confirm is deleting them.
+    let ingest = opts.role == Role::Ingest;
     let sinks = Sinks {
-        ftp: cfg.ftp.is_some(),
-        amqp: cfg.amqp.is_some(),
-        archive: cfg.ftp.as_ref().is_some_and(|f| f.archive_folder.is_some()),
-        graph: cfg.amqp.as_ref().is_some_and(|a| a.graph_queue.is_some()),
+        ftp: cfg.ftp.is_some() && !ingest,
+        amqp: cfg.amqp.is_some() && !ingest,
+        archive: cfg.ftp.as_ref().is_some_and(|f| f.archive_folder.is_some()) && !ingest,
+        graph: cfg.amqp.as_ref().is_some_and(|a| a.graph_queue.is_some()) && !ingest,
     };
     let metrics = Metrics::new(
         &[
             sinks.ftp.then_some(SinkKind::Ftp),
-            sinks.amqp.then_some(SinkKind::Amqp),
+            (sinks.amqp || ingest).then_some(SinkKind::Amqp),
             source_folder.is_some().then_some(SinkKind::FtpSource),
         ]
         .into_iter()
@@ -250,18 +283,43 @@ pub fn run(
         _ => None,
     };
 
-    let watcher = {
-        let tx = inbox_tx.clone();
-        Watcher::start(&cfg.data_dir, move |event| {
-            let _ = tx.try_send(Inbox::Watch(event));
-        })
-        .with_context(|| format!("DATA_DIR: cannot watch {}", cfg.data_dir.display()))?
+    let watcher = match opts.role {
+        Role::Worker => None,
+        Role::All | Role::Ingest => {
+            let tx = inbox_tx.clone();
+            Some(
+                Watcher::start(&cfg.data_dir, move |event| {
+                    let _ = tx.try_send(Inbox::Watch(event));
+                })
+                .with_context(|| format!("DATA_DIR: cannot watch {}", cfg.data_dir.display()))?,
+            )
+        }
+    };
+    let (job_control, consumer) = match (opts.role, &cfg.amqp) {
+        (Role::Worker, Some(amqp)) => {
+            let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let tx = inbox_tx.clone();
+            let prefetch = u16::try_from(opts.threads.max(1)).unwrap_or(u16::MAX);
+            let consumer = JobConsumer::spawn(
+                amqp,
+                &cfg.job_queue,
+                prefetch,
+                cfg.retry_max,
+                control_rx,
+                move |incoming| {
+                    let _ = tx.send(Inbox::Job(incoming));
+                },
+            )?;
+            (Some(control_tx), Some(consumer))
+        }
+        _ => (None, None),
     };
 
     let threads = opts.threads.max(1);
-    let (job_tx, job_rx) = bounded::<Job>(threads * 2);
+    let (job_tx, job_rx) = bounded::<SetJob>(threads * 2);
     let ctx = Arc::new(WorkerCtx {
         cfg: cfg.clone(),
+        ingest,
         roots: roots.clone(),
         journal: journal.clone(),
         metrics: metrics.clone(),
@@ -276,7 +334,7 @@ pub fn run(
     let mut workers = Vec::new();
     for (w, correlator) in correlators.into_iter().enumerate() {
         let engine_cfg = engine_cfg.clone();
-        let job_rx: Receiver<Job> = job_rx.clone();
+        let job_rx: Receiver<SetJob> = job_rx.clone();
         let inbox_tx = inbox_tx.clone();
         let ctx = ctx.clone();
         workers.push(
@@ -284,8 +342,13 @@ pub fn run(
                 .name(format!("engine-{w}"))
                 .spawn(move || {
                     let mut engine = Engine::with_correlator(engine_cfg, correlator);
+                    let mut publisher = None;
                     for (set, warning) in job_rx {
-                        let outcome = work(&mut engine, &set, warning.as_deref(), &ctx);
+                        let outcome = if ctx.ingest {
+                            enqueue(&set, &mut publisher, &ctx)
+                        } else {
+                            work(&mut engine, &set, warning.as_deref(), &ctx)
+                        };
                         if inbox_tx.send(Inbox::WorkerReport(outcome)).is_err() {
                             break;
                         }
@@ -304,6 +367,8 @@ pub fn run(
         bad_surveys: Vec::new(),
         held: Vec::new(),
         diameter_warnings: HashMap::new(),
+        jobs: HashMap::new(),
+        job_control,
         roots: roots.clone(),
         book,
         ignored: HashSet::new(),
@@ -312,15 +377,33 @@ pub fn run(
         last_incomplete_check: Instant::now(),
         cfg: cfg.clone(),
     };
-    co.scan();
+    if opts.role != Role::Worker {
+        co.scan();
+    }
     let tick = (cfg.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut last_rescan = Instant::now();
-    log::info!(
-        "watching {} (settle {:.1} s, rescan every {:.0} s, {threads} engine threads)",
-        cfg.data_dir.display(),
-        cfg.settle.as_secs_f64(),
-        cfg.rescan.as_secs_f64()
-    );
+    match opts.role {
+        Role::Worker => log::info!(
+            "worker: computing jobs from queue {} with {threads} engine threads",
+            cfg.job_queue
+        ),
+        role => log::info!(
+            "watching {} (settle {:.1} s, rescan every {:.0} s, {threads} {}){}",
+            cfg.data_dir.display(),
+            cfg.settle.as_secs_f64(),
+            cfg.rescan.as_secs_f64(),
+            if role == Role::Ingest {
+                "publishing threads"
+            } else {
+                "engine threads"
+            },
+            if role == Role::Ingest {
+                format!("; complete sets go to queue {} as jobs", cfg.job_queue)
+            } else {
+                String::new()
+            }
+        ),
+    }
     while !stop.load(Ordering::Relaxed) {
         // Read before the inbox is drained: what those listings found is in it by now.
         let listings = remote.as_ref().map_or(u64::MAX, RemoteSource::listings);
@@ -331,7 +414,7 @@ pub fn run(
         for msg in first.into_iter().chain(inbox_rx.try_iter()) {
             co.handle(msg);
         }
-        if last_rescan.elapsed() >= cfg.rescan {
+        if last_rescan.elapsed() >= cfg.rescan && opts.role != Role::Worker {
             co.scan();
             last_rescan = Instant::now();
         }
@@ -359,6 +442,7 @@ pub fn run(
     drop(job_tx);
     drop(watcher);
     drop(remote);
+    drop(consumer);
     let deadline = Instant::now() + Duration::from_secs(4);
     while co.book.counts().computing > 0 && Instant::now() < deadline {
         if let Ok(msg) = inbox_rx.recv_timeout(Duration::from_millis(50)) {
@@ -422,6 +506,10 @@ struct Coordinator {
     /// The report's warning of a set computed with the default diameter after its survey
     /// was rejected, by result name.
     diameter_warnings: HashMap<String, String>,
+    /// `--role worker`: the job each set came from, by result name (acknowledged once the
+    /// set is delivered), and the way to the consumer.
+    jobs: HashMap<String, Vec<u64>>,
+    job_control: Option<Sender<JobControl>>,
     book: SetBook<PathBuf>,
     ignored: HashSet<PathBuf>,
     summary: RunSummary,
@@ -697,6 +785,13 @@ impl Coordinator {
                 for s in &sources {
                     self.files.remove(s);
                 }
+                if let (Some(ids), Some(control)) =
+                    (self.jobs.remove(&result_name), &self.job_control)
+                {
+                    for id in ids {
+                        let _ = control.send(JobControl::Ack(id));
+                    }
+                }
                 self.summary.delivered += 1;
                 Metrics::add(&self.metrics.sets_delivered, 1);
                 self.log_delivered(&result_name, &timings);
@@ -713,6 +808,18 @@ impl Coordinator {
                 sources,
             } => {
                 log::info!("{result_name}: its sources are grouped again");
+                if sources.iter().any(|s| self.roots.is_job(s)) {
+                    // A job's files are a set already.
+                    match set_from_staged(&sources) {
+                        Ok(set) => self.book.grouped(set),
+                        Err(why) => {
+                            for id in self.jobs.remove(&result_name).unwrap_or_default() {
+                                self.dead_letter(id, why.clone());
+                            }
+                        }
+                    }
+                    return;
+                }
                 for s in sources {
                     self.files.remove(&s);
                     self.look(s);
@@ -832,8 +939,68 @@ impl Coordinator {
         Metrics::set(&self.metrics.files_waiting, self.grouper.n_pending() as u64);
     }
 
+    /// A job from the queue: its files are staged in `TEMP_DIR/jobs/` and the set goes
+    /// straight into the book (it was grouped by the ingest); a bad one is dead-lettered.
+    fn take_job(&mut self, incoming: Incoming) {
+        let staged = incoming
+            .job
+            .and_then(|job| stage_job(&self.roots.jobs, &job));
+        match staged.and_then(|paths| set_from_staged(&paths)) {
+            Ok(set) => {
+                let name = set.result_name().json();
+                // The same set twice (an ingest that published again) is one set here.
+                self.jobs.entry(name.clone()).or_default().push(incoming.id);
+                // A set the journal resumed is acknowledged when it is delivered.
+                if self.book.phase(&name).is_none() {
+                    self.book.grouped(set);
+                }
+            }
+            Err(why) => self.dead_letter(incoming.id, why),
+        }
+    }
+
+    fn dead_letter(&mut self, id: u64, why: String) {
+        Metrics::add(&self.metrics.sets_failed, 1);
+        if let Some(control) = &self.job_control {
+            let _ = control.send(JobControl::DeadLetter(id, why));
+        }
+    }
+
+    /// A job's set that cannot be computed: dead-lettered, its staged files removed. `false`
+    /// when the set did not come from a job.
+    fn job_failed(&mut self, name: &str, why: String) -> bool {
+        let Some(ids) = self.jobs.remove(name) else {
+            return false;
+        };
+        log::error!("{name}: {why}; the job goes to the dead-letter queue");
+        for s in self.book.not_saved(name) {
+            self.files.remove(&s);
+            let _ = std::fs::remove_file(&s);
+        }
+        for id in ids {
+            self.dead_letter(id, why.clone());
+        }
+        true
+    }
+
     fn handle(&mut self, msg: Inbox) {
         match msg {
+            Inbox::Job(incoming) => self.take_job(incoming),
+            Inbox::WorkerReport(WorkerReport::Failed { name, why })
+                if self.jobs.contains_key(&name) =>
+            {
+                self.job_failed(&name, why);
+            }
+            Inbox::WorkerReport(WorkerReport::BadMembers { name, rejected, .. })
+                if self.jobs.contains_key(&name) =>
+            {
+                let why = rejected
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.job_failed(&name, why);
+            }
             Inbox::Watch(WatchEvent::Path(p)) => self.look(p),
             Inbox::Watch(WatchEvent::Error(e)) => {
                 log::warn!("file events: {e}; the rescan finds what they missed");
@@ -1026,4 +1193,134 @@ fn work(
     ctx.metrics.observe(StageTimer::Compute, timings.compute);
     ctx.metrics.observe(StageTimer::Save, timings.save);
     WorkerReport::Saved { name, timings }
+}
+
+/// `--role ingest`: reads a complete set (a bad file is set aside as in `run`), publishes it
+/// as one job and waits for the broker's confirm; journaled computed before and saved after,
+/// so the only step left is deleting the sources.
+fn enqueue(
+    set: &TapSet<PathBuf>,
+    publisher: &mut Option<JobPublisher>,
+    ctx: &WorkerCtx,
+) -> WorkerReport {
+    let name = set.result_name().json();
+    let t0 = Instant::now();
+    if let Err(BadMembers { rejected, good }) = read_set(set) {
+        return WorkerReport::BadMembers {
+            name,
+            rejected,
+            good,
+        };
+    }
+    let paths: Vec<&PathBuf> = set
+        .members
+        .iter()
+        .map(|m| &m.key)
+        .chain(&set.survey)
+        .collect();
+    let mut files = Vec::with_capacity(paths.len());
+    for p in &paths {
+        match std::fs::read(p) {
+            Ok(bytes) => files.push(JobFile {
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                bytes,
+            }),
+            Err(e) => {
+                let why = format!("{name}: cannot read {}: {e}", p.display());
+                return WorkerReport::Failed { name, why };
+            }
+        }
+    }
+    let read = t0.elapsed();
+    let Some(amqp) = ctx.cfg.amqp.as_ref() else {
+        let why = format!("{name}: RabbitMQ is not configured");
+        return WorkerReport::Failed { name, why };
+    };
+    let publisher = publisher.get_or_insert_with(|| JobPublisher::new(amqp, &ctx.cfg.job_queue));
+    let t1 = Instant::now();
+    let publish = || -> anyhow::Result<()> {
+        let record = |stage, sources| {
+            let mut j = ctx.journal.lock().unwrap_or_else(|e| e.into_inner());
+            j.record(&Entry {
+                stage,
+                result_name: name.clone(),
+                sources,
+            })
+            .context("cannot write the journal")
+        };
+        record(
+            Stage::Computed,
+            paths.iter().map(|p| ctx.roots.label(p)).collect(),
+        )?;
+        publisher
+            .publish(&Job { files })
+            .with_context(|| format!("cannot publish the job to queue {}", ctx.cfg.job_queue))?;
+        record(Stage::Saved, Vec::new())
+    };
+    if let Err(e) = publish() {
+        let why = format!("{name}: {e:#}");
+        return WorkerReport::Failed { name, why };
+    }
+    let timings = SetTimings {
+        read,
+        publish: t1.elapsed(),
+        ..SetTimings::default()
+    };
+    WorkerReport::Saved { name, timings }
+}
+
+/// Writes a job's files into `dir` (each under a hidden name, then renamed); their paths in
+/// the job's order.
+fn stage_job(dir: &Path, job: &Job) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    job.files
+        .iter()
+        .map(|f| {
+            let path = dir.join(&f.name);
+            let part = dir.join(format!(".{}.part", f.name));
+            std::fs::write(&part, &f.bytes)
+                .and_then(|()| std::fs::rename(&part, &path))
+                .map_err(|e| format!("cannot stage {}: {e}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// The set of a job's staged files: eight taps in order, then its survey file if any.
+fn set_from_staged(paths: &[PathBuf]) -> Result<TapSet<PathBuf>, String> {
+    let mut members = Vec::with_capacity(N_SENSORS);
+    let mut survey = None;
+    for p in paths {
+        let file = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if SurveyName::parse(file).is_some() {
+            survey = Some(p.clone());
+            continue;
+        }
+        let name = TapName::parse(file).map_err(|e| format!("{file}: {e}"))?;
+        members.push(Pending {
+            name,
+            key: p.clone(),
+        });
+    }
+    members.sort_by_key(|m| m.name.tap);
+    let device = members.first().and_then(|m| m.name.device.clone());
+    let unix_s = members.iter().map(|m| m.name.unix_s).min().unwrap_or(0);
+    let members = <[Pending<PathBuf>; N_SENSORS]>::try_from(members)
+        .map_err(|m| format!("{} tap files where a set has eight", m.len()))?;
+    if members
+        .iter()
+        .enumerate()
+        .any(|(k, m)| m.name.tap as usize != k + 1)
+    {
+        return Err("the taps are not 1 to 8".into());
+    }
+    Ok(TapSet {
+        device,
+        unix_s,
+        members,
+        survey,
+    })
 }

@@ -26,6 +26,12 @@ pub const STAGING_DIR: &str = "ftp-source";
 /// How the journal labels a source staged from the FTP source folder: `ftp:<name>`.
 pub const REMOTE_PREFIX: &str = "ftp:";
 
+/// Subfolder of `TEMP_DIR` where a worker (`run --role worker`) stages the files of its jobs.
+pub const JOBS_DIR: &str = "jobs";
+
+/// How the journal labels a source staged from a job: `job:<name>`.
+pub const JOB_PREFIX: &str = "job:";
+
 /// The local folders whose files the service takes: `DATA_DIR`, and the staging folder of
 /// the FTP source folder when that is on. A source's journal label is its bare name, or
 /// `ftp:<name>` for a staged one.
@@ -36,6 +42,8 @@ pub struct Roots {
     pub staging: PathBuf,
     /// Whether `FTP_SOURCE_FOLDER` is on (the staging folder is watched).
     pub remote: bool,
+    /// `TEMP_DIR/jobs`: the files of a worker's jobs (never watched: a job is a set already).
+    pub jobs: PathBuf,
 }
 
 impl Roots {
@@ -55,6 +63,11 @@ impl Roots {
         path.parent() == Some(self.staging.as_path())
     }
 
+    /// Whether `path` is a file staged from a job.
+    pub fn is_job(&self, path: &Path) -> bool {
+        path.parent() == Some(self.jobs.as_path())
+    }
+
     /// The journal's label of a source.
     pub fn label(&self, path: &Path) -> String {
         let name = path
@@ -63,6 +76,8 @@ impl Roots {
             .unwrap_or_default();
         if self.is_remote(path) {
             format!("{REMOTE_PREFIX}{name}")
+        } else if self.is_job(path) {
+            format!("{JOB_PREFIX}{name}")
         } else {
             name
         }
@@ -70,9 +85,12 @@ impl Roots {
 
     /// The path of a journal label.
     pub fn resolve(&self, label: &str) -> PathBuf {
-        match label.strip_prefix(REMOTE_PREFIX) {
-            Some(name) => self.staging.join(name),
-            None => self.data.join(label),
+        if let Some(name) = label.strip_prefix(REMOTE_PREFIX) {
+            self.staging.join(name)
+        } else if let Some(name) = label.strip_prefix(JOB_PREFIX) {
+            self.jobs.join(name)
+        } else {
+            self.data.join(label)
         }
     }
 }
@@ -329,8 +347,13 @@ mod tests {
             data: PathBuf::from("/d"),
             staging: PathBuf::from("/t/ftp-source"),
             remote: true,
+            jobs: PathBuf::from("/t/jobs"),
         };
-        for path in ["/d/a_u_1_1.json", "/t/ftp-source/a_u_1_1.json"] {
+        for path in [
+            "/d/a_u_1_1.json",
+            "/t/ftp-source/a_u_1_1.json",
+            "/t/jobs/a_u_1_1.json",
+        ] {
             let path = Path::new(path);
             assert_eq!(roots.resolve(&roots.label(path)), path);
         }

@@ -148,6 +148,30 @@ impl Vhost {
         format!("amqp://guest:guest@127.0.0.1:5672/{enc}")
     }
 
+    /// Takes every message from a queue declared elsewhere (the job queues): (body, the
+    /// `x-reason` header).
+    fn drain_declared(&self, queue: &str) -> Vec<(Vec<u8>, Option<String>)> {
+        let mut conn = amiquip::Connection::insecure_open(&self.url()).unwrap();
+        let ch = conn.open_channel(None).unwrap();
+        let q = ch.queue_declare_passive(queue).unwrap();
+        let mut out = Vec::new();
+        while let Some(get) = q.get(true).unwrap() {
+            let reason = get
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.get("x-reason"))
+                .map(|v| match v {
+                    amiquip::AmqpValue::LongString(s) => s.clone(),
+                    other => format!("{other:?}"),
+                });
+            out.push((get.delivery.body.clone(), reason));
+        }
+        let _ = conn.close();
+        out
+    }
+
     /// Takes every message from `queue`: (body, delivery mode).
     fn drain(&self, queue: &str) -> Vec<(String, Option<u8>)> {
         let mut conn = amiquip::Connection::insecure_open(&self.url()).unwrap();
@@ -521,6 +545,31 @@ impl Site {
     }
 
     fn start(&self, once: bool) -> Service {
+        let mut cmd = self.command(once);
+        Service {
+            child: cmd.spawn().unwrap(),
+        }
+    }
+
+    /// Starts `run --role <role>` as its own machine would: its own `TEMP_DIR` and
+    /// `RESULT_DIR` under `<name>/`.
+    fn start_role(&self, role: &str, name: &str) -> Service {
+        let own = self.root.join(name);
+        let mut cmd = self.command(false);
+        cmd.args(["--role", role, "--threads", "1"])
+            .env("TEMP_DIR", own.join("temp"))
+            .env("RESULT_DIR", own.join("result"));
+        Service {
+            child: cmd.spawn().unwrap(),
+        }
+    }
+
+    /// The job queue of the site's vhost.
+    fn job_queue(&self) -> String {
+        format!("jobs-{}", self.queue)
+    }
+
+    fn command(&self, once: bool) -> Command {
         std::fs::create_dir_all(&self.data).unwrap();
         let env_file = self.root.join("test.env");
         // The .env sets what the real environment does not: checks that the file is read.
@@ -561,12 +610,11 @@ impl Site {
             .env("RABBITMQ_TLS", self.tls_cert.is_some().to_string())
             .env("RETRY_MAX_SECONDS", "1")
             .env("RESCAN_SECONDS", "2")
+            .env("RABBITMQ_JOB_QUEUE", self.job_queue())
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
-        Service {
-            child: cmd.spawn().unwrap(),
-        }
+        cmd
     }
 
     fn log(&self) -> String {
@@ -1773,4 +1821,157 @@ fn an_ftp_outage_while_polling_loses_nothing_and_takes_nothing_twice() {
     assert!((1..=2).contains(&outages), "logged once per outage:\n{log}");
     assert!(log.contains("the FTP source folder answers again"), "{log}");
     assert!(site.staged().is_empty());
+}
+
+/// The ingest and the workers share the broker and the FTP server; waits until every set's
+/// result is on FTP and the job queue is empty.
+fn wait_for_results_on_ftp(site: &Site, want: &[String], within: Duration) {
+    wait_until("every result on FTP", within, || {
+        want.iter().all(|n| site.ftp_file(n).exists())
+    });
+}
+
+fn scale_out(site: &Site, kill_one: bool) {
+    let _ftp = site.ftp();
+    let (_, truth) = site.drop_sets(40, 36);
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    let ingest = site.start_role("ingest", "ingest");
+    // The jobs wait in the queue until the workers come.
+    wait_until(
+        "the sources to be enqueued",
+        Duration::from_secs(60),
+        || site.json_files_in_data().is_empty(),
+    );
+    let mut workers: Vec<Service> = (0..3)
+        .map(|w| site.start_role("worker", &format!("worker-{w}")))
+        .collect();
+    if kill_one {
+        wait_until("the first result", Duration::from_secs(60), || {
+            want.iter().any(|n| site.ftp_file(n).exists())
+        });
+        workers[0].kill().unwrap(); // SIGKILL, holding jobs it fetched ahead
+        workers[0].wait().unwrap();
+    }
+    wait_for_results_on_ftp(site, &want, Duration::from_secs(120));
+    // Every job acknowledged: nothing left for another worker.
+    wait_until("the job queue to empty", Duration::from_secs(30), || {
+        site.vhost.drain_declared(&site.job_queue()).is_empty()
+    });
+    for w in workers.drain(..).skip(usize::from(kill_one)) {
+        terminate(w, site);
+    }
+    terminate(ingest, site);
+    let got = site.published_names();
+    let mut distinct = got.clone();
+    distinct.dedup();
+    assert_eq!(distinct, want, "{}", site.log());
+    if !kill_one {
+        assert_eq!(got.len(), 40, "each set published once");
+    }
+    assert!(
+        site.vhost
+            .drain_declared(&format!("{}_rejected", site.job_queue()))
+            .is_empty()
+    );
+    assert!(site.json_files_in_data().is_empty());
+}
+
+#[test]
+fn one_ingest_and_three_workers_deliver_every_set_once() {
+    scale_out(&Site::new("scaleout"), false);
+}
+
+#[test]
+fn a_worker_killed_while_it_holds_jobs_loses_nothing() {
+    scale_out(&Site::new("scalekill"), true);
+}
+
+#[test]
+fn enqueue_an_archive_with_two_workers_and_a_corrupt_job_goes_to_the_dead_letter_queue() {
+    let site = Site::new("enqueue");
+    let _ftp = site.ftp();
+    let archive = site.root.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let (files, truth) = sets(20, 37);
+    for f in &files {
+        std::fs::write(archive.join(&f.file_name), &f.json).unwrap();
+    }
+    let workers: Vec<Service> = (0..2)
+        .map(|w| site.start_role("worker", &format!("worker-{w}")))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_terawang"))
+        .arg("enqueue")
+        .arg(&archive)
+        .env("RABBITMQ_HOST", "127.0.0.1")
+        .env("RABBITMQ_VHOST", &site.vhost.name)
+        .env("RABBITMQ_JOB_QUEUE", site.job_queue())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("enqueued 20 sets"), "{stdout}");
+    // The archive stays (no --delete).
+    assert_eq!(std::fs::read_dir(&archive).unwrap().count(), files.len());
+    // A job whose tap 3 is not JSON, as another producer could send it.
+    let bad_files: Vec<SimFile> = sets(1, 38)
+        .0
+        .iter()
+        .map(|f| retimed(f, "BAD-1", 1_800_000_000, "u1"))
+        .collect();
+    let job = terawang::job::Job {
+        files: bad_files
+            .iter()
+            .enumerate()
+            .map(|(k, f)| terawang::job::JobFile {
+                name: f.file_name.clone(),
+                bytes: if k == 2 {
+                    b"{\"not\": json".to_vec()
+                } else {
+                    f.json.clone().into_bytes()
+                },
+            })
+            .collect(),
+    };
+    let amqp = terawang::config::AmqpConfig {
+        host: "127.0.0.1".into(),
+        port: 5672,
+        user: "guest".into(),
+        password: "guest".into(),
+        vhost: site.vhost.name.clone(),
+        queue: site.job_queue(),
+        durable: true,
+        tls: false,
+        graph_queue: None,
+    };
+    terawang::job::JobPublisher::new(&amqp, &site.job_queue())
+        .publish(&job)
+        .unwrap();
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    wait_for_results_on_ftp(&site, &want, Duration::from_secs(120));
+    let dlq = format!("{}_rejected", site.job_queue());
+    let mut dead = Vec::new();
+    wait_until(
+        "the corrupt job on the dead-letter queue",
+        Duration::from_secs(30),
+        || {
+            dead.extend(site.vhost.drain_declared(&dlq));
+            !dead.is_empty()
+        },
+    );
+    for w in workers {
+        terminate(w, &site);
+    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, job.encode(), "the job as it was sent");
+    let reason = dead[0].1.clone().unwrap_or_default();
+    assert!(reason.contains(&bad_files[2].file_name), "{reason}");
+    assert!(!site.ftp_file("result_BAD-1_1800000000.json").exists());
+    let got = site.published_names();
+    assert_eq!(got, want);
 }
