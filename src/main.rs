@@ -246,7 +246,7 @@ struct EvaluateArgs {
 /// Exit codes, one table for every command (2 is clap's usage error).
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 fatal error (bad settings, I/O); 2 usage error \
     (bad command line); 3 done, but some input was rejected or a set could not be written \
-    (process, calibrate: also a lead outside 0-4); 4 run --once left a set undelivered (it stays \
+    (process, calibrate, enqueue; calibrate: also a lead outside 0-4); 4 run --once left a set undelivered (it stays \
     in the journal for the next run).";
 const EXIT_INPUT_REJECTED: u8 = 3;
 const EXIT_UNDELIVERED: u8 = 4;
