@@ -1975,3 +1975,61 @@ fn enqueue_an_archive_with_two_workers_and_a_corrupt_job_goes_to_the_dead_letter
     let got = site.published_names();
     assert_eq!(got, want);
 }
+
+#[test]
+fn an_ingest_killed_mid_publish_and_dropped_broker_connections_lose_no_set() {
+    let site = Site::new("scaledrop");
+    let _ftp = site.ftp();
+    let (files, truth) = site.drop_sets(40, 39);
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    let workers: Vec<Service> = (0..2)
+        .map(|w| site.start_role("worker", &format!("worker-{w}")))
+        .collect();
+    let mut ingest = site.start_role("ingest", "ingest");
+    wait_until(
+        "the ingest to start publishing",
+        Duration::from_secs(60),
+        || site.json_files_in_data().len() < files.len(),
+    );
+    ingest.kill().unwrap(); // SIGKILL, mid-publish
+    ingest.wait().unwrap();
+    // Every connection of the site's vhost dropped by the broker: the workers reconnect, and
+    // the jobs they held go back to the queue.
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &site.vhost.name,
+        "test: connections dropped",
+    ]);
+    let ingest = site.start_role("ingest", "ingest");
+    wait_for_results_on_ftp(&site, &want, Duration::from_secs(120));
+    wait_until("the job queue to empty", Duration::from_secs(30), || {
+        site.vhost.drain_declared(&site.job_queue()).is_empty()
+    });
+    wait_until("the sources to be removed", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    for w in workers {
+        terminate(w, &site);
+    }
+    terminate(ingest, &site);
+    let mut got = site.published_names();
+    got.dedup(); // at-least-once: a set in flight may come twice, always with the same name
+    assert_eq!(got, want, "{}", site.log());
+    assert!(
+        site.vhost
+            .drain_declared(&format!("{}_rejected", site.job_queue()))
+            .is_empty()
+    );
+    // One name, one content: every worker's copy of a result is the same bytes.
+    for name in &want {
+        let on_ftp = std::fs::read(site.ftp_file(name)).unwrap();
+        for w in 0..2 {
+            let local = site.root.join(format!("worker-{w}/result")).join(name);
+            if let Ok(bytes) = std::fs::read(local) {
+                assert_eq!(bytes, on_ftp, "{name}");
+            }
+        }
+    }
+}
