@@ -573,7 +573,10 @@ impl Site {
         std::fs::create_dir_all(&self.data).unwrap();
         let env_file = self.root.join("test.env");
         // The .env sets what the real environment does not: checks that the file is read.
-        std::fs::write(&env_file, format!("FTP_PASSWORD={FTP_PASS}\n")).unwrap();
+        // Written whole and renamed in: processes started side by side never read it half-way.
+        let part = self.root.join(format!(".test.env.{}", free_port()));
+        std::fs::write(&part, format!("FTP_PASSWORD={FTP_PASS}\n")).unwrap();
+        std::fs::rename(&part, &env_file).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1826,9 +1829,23 @@ fn an_ftp_outage_while_polling_loses_nothing_and_takes_nothing_twice() {
 /// The ingest and the workers share the broker and the FTP server; waits until every set's
 /// result is on FTP and the job queue is empty.
 fn wait_for_results_on_ftp(site: &Site, want: &[String], within: Duration) {
-    wait_until("every result on FTP", within, || {
-        want.iter().all(|n| site.ftp_file(n).exists())
-    });
+    let t0 = Instant::now();
+    loop {
+        let missing: Vec<&String> = want.iter().filter(|n| !site.ftp_file(n).exists()).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if t0.elapsed() > within {
+            let log = site.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "{} results not on FTP after {within:?}: {missing:?}\nlog (last lines first):\n{}",
+                missing.len(),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn scale_out(site: &Site, kill_one: bool) {
