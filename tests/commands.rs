@@ -333,22 +333,64 @@ fn accuracy_on_the_simulator_grid() {
 }
 
 /// The simulator's `field` model, built from what the real recordings show (a weak first
-/// arrival ahead of a bigger, slower phase, a pulse shape per ray, noise from the amplifier
-/// alone). The goals are not met on it; the bounds are guards about 1.25 times today's
-/// figures (40 dB: median 3.5 %, p90 13.4 %; 30 dB: 5.6 %, 16.8 %). The engine before the
-/// noise-relative threshold, the coherence gate and the robust tap-instant fit gave 21 % and
-/// 47 % at 40 dB: it picked the later phase.
+/// arrival ahead of a bigger, slower phase, a pulse shape per path, the same both ways, noise
+/// from the amplifier alone). The goals (median ≤ 3 %, p90 ≤ 8 % at 40 dB) are not
+/// met on it: most rays show their first arrival on one or two samples only, with a shape of
+/// their own, so the class alignment cannot sharpen them (docs/accuracy.md). The bounds are
+/// guards about 1.25 times today's figures (40 dB: median 3.2 %, p90 11.6 %; 30 dB: 3.9 %,
+/// 14.4 %). The engine before the noise-relative threshold, the coherence gate and the robust
+/// tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {
     use terawang::simulate::WaveModel::Field;
     let s40 = onset_accuracy(Field, 40.0);
     assert!(s40.usable_share > 0.9, "{s40:?}");
-    assert!(s40.median_velocity_err <= 0.048, "{s40:?}");
-    assert!(s40.p90_velocity_err <= 0.17, "{s40:?}");
+    assert!(s40.median_velocity_err <= 0.04, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.145, "{s40:?}");
     let s30 = onset_accuracy(Field, 30.0);
     assert!(s30.usable_share > 0.9, "{s30:?}");
-    assert!(s30.median_velocity_err <= 0.07, "{s30:?}");
-    assert!(s30.p90_velocity_err <= 0.21, "{s30:?}");
+    assert!(s30.median_velocity_err <= 0.05, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.18, "{s30:?}");
+}
+
+/// A weak first arrival (5–8 % of the main phase, 20–100 noise sigmas) only 2–4 samples
+/// before the loud main phase (`field-close`): it is picked, not the main phase (which was
+/// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only; the
+/// p90 goal (8 %) is not met (docs/accuracy.md, the floor). Today 40 dB: median 3.2 %, p90
+/// 11.1 %; 30 dB: 3.3 %, 11.2 %; the bounds are guards about 1.25 times those.
+#[test]
+fn accuracy_on_a_weak_arrival_close_before_the_main_phase() {
+    use terawang::simulate::WaveModel::FieldClose;
+    for snr_db in [40.0, 30.0] {
+        let s = onset_accuracy(FieldClose, snr_db);
+        assert!(s.usable_share > 0.9, "{s:?}");
+        assert!(s.median_velocity_err <= 0.042, "{s:?}");
+        assert!(s.p90_velocity_err <= 0.14, "{s:?}");
+        // Not the main phase: that would put every ToF 2–4 samples (55–110 µs) late.
+        assert!(s.median_tof_bias_us.abs() <= 8.0, "{s:?}");
+    }
+}
+
+/// Dispersive wood (`dispersive`): the first arrival's rise lengthens with the travel time.
+/// At 40 dB the goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.8 %, 6.1 %); at 30 dB
+/// the p90 goal holds (≤ 10 %; today 8.9 %), the median (4.1 % on these sets, 3.9 % on
+/// `evaluate`'s) sits at the goal of 4 %: the picks come out about 10 µs late on the smooth
+/// rises (docs/accuracy.md). Its bound is a guard.
+#[test]
+fn accuracy_on_dispersive_wood() {
+    use terawang::simulate::WaveModel::Dispersive;
+    let s40 = onset_accuracy(Dispersive, 40.0);
+    assert!(s40.usable_share > 0.95, "{s40:?}");
+    assert!(s40.median_velocity_err <= 0.03, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.08, "{s40:?}");
+    let s30 = onset_accuracy(Dispersive, 30.0);
+    assert!(s30.usable_share > 0.9, "{s30:?}");
+    assert!(s30.median_velocity_err <= 0.045, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.10, "{s30:?}");
+    // At 20 dB fewer rays are usable, and those kept stay sane.
+    let s20 = onset_accuracy(Dispersive, 20.0);
+    assert!(s20.usable_share > 0.5, "{s20:?}");
+    assert!(s20.worst_velocity_err < 1.0, "{s20:?}");
 }
 
 /// Plain GCC-PHAT is kept as a method; on clean sets it must at least find peaks inside the
