@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use crate::device::{N_SENSORS, ReadError, ReadErrorKind, TapName};
-use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput};
+use crate::engine::{
+    CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput, TapInstantSource,
+};
 use crate::evaluate::quantile;
 use crate::geometry::{check_diameter, chord_m};
 use crate::group::Grouper;
@@ -88,6 +90,11 @@ pub struct Calibration {
     /// Mean sampling interval over the sets, µs.
     pub dt_us: f64,
     pub sets: Vec<SetLead>,
+    /// Taps, over all sets, whose instant came from their tapped channel's own impact (a
+    /// device that records before the impact): the trigger lead plays no part in them.
+    pub onset_taps: usize,
+    /// Taps over all sets.
+    pub taps: usize,
 }
 
 /// Why no lead came out.
@@ -101,8 +108,12 @@ pub enum CalibrationError {
     Correlator(#[from] CorrelatorError),
 }
 
-/// The per-ray leads (samples) of one set under `base`'s assumed lead, and its interval.
-fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), CorrelatorError> {
+/// The per-ray leads (samples) of one set under `base`'s assumed lead, its interval, and how
+/// many of its taps had their instant from their own impact.
+fn ray_leads(
+    base: &EngineConfig,
+    set: &SpecimenSet,
+) -> Result<(Vec<f64>, f64, usize), CorrelatorError> {
     let cfg = EngineConfig {
         diameter_m: set.diameter_m,
         ..base.clone()
@@ -116,7 +127,12 @@ fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), 
             leads.push(cfg.trigger_lead + (true_tof_us - est.tof_us[i][j]) / est.dt_us);
         }
     }
-    Ok((leads, est.dt_us))
+    let onset_taps = est
+        .tap_instant_source
+        .iter()
+        .filter(|&&s| s == TapInstantSource::Onset)
+        .count();
+    Ok((leads, est.dt_us, onset_taps))
 }
 
 /// Median and quartiles of `xs` (sorted in place); `None` when empty.
@@ -150,9 +166,11 @@ pub fn calibrate(
     let mut result = None;
     for _pass in 0..2 {
         let (mut all, mut per_set, mut dt_sum) = (Vec::new(), Vec::new(), 0.0);
+        let mut onset_taps = 0;
         for set in sets {
-            let (mut leads, dt_us) = ray_leads(&cfg, set)?;
+            let (mut leads, dt_us, onset) = ray_leads(&cfg, set)?;
             dt_sum += dt_us;
+            onset_taps += onset;
             all.extend_from_slice(&leads);
             per_set.push(SetLead {
                 name: set.name.clone(),
@@ -170,6 +188,8 @@ pub fn calibrate(
             rays: all.len(),
             dt_us: dt_sum / sets.len() as f64,
             sets: per_set,
+            onset_taps,
+            taps: N_SENSORS * sets.len(),
         });
         if settled {
             break;
@@ -256,6 +276,14 @@ pub fn calibrate_command(a: &CalibrateRequest) -> anyhow::Result<bool> {
         c.lead * c.dt_us,
         c.dt_us
     );
+    if c.onset_taps > 0 {
+        println!(
+            "{} of {} taps showed their impact on the tapped channel (a device that records \
+             before the impact): their instants are measured, and TRIGGER_LEAD is not used \
+             for them",
+            c.onset_taps, c.taps
+        );
+    }
     if EngineConfig::check_trigger_lead(c.lead).is_err() {
         eprintln!(
             "error: a lead of {:.2} samples is outside what the engine accepts (0-{}): check \
@@ -338,6 +366,32 @@ mod tests {
                 "{truth}: bias {before} µs at the default"
             );
         }
+    }
+
+    #[test]
+    fn a_device_that_records_before_the_impact_needs_no_lead() {
+        // Specimens whose impacts come 0.2–1.5 samples after the first sample: every tap's
+        // instant is measured, and the ToFs are right at the default lead already, within
+        // what one geometry per specimen leaves (a class's picks share up to a third of a
+        // sample, above; here 0.37).
+        let sets: Vec<SpecimenSet> = specimens(0.5, 5)
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut s)| {
+                let p = SimParams {
+                    pre_trigger: true,
+                    diameter_m: s.diameter_m,
+                    velocity_m_s: s.velocity_m_s,
+                    ..SimParams::default()
+                };
+                let (files, _) = simulate_many(&p, 1, 5 + n as u64, false);
+                s.taps = read_set(&files).input;
+                s
+            })
+            .collect();
+        let c = calibrate(&sets, &EngineConfig::default()).unwrap();
+        assert_eq!((c.onset_taps, c.taps), (32, 32), "{c:?}");
+        assert!((c.lead - 0.5).abs() < 0.5, "{c:?}");
     }
 
     #[test]
