@@ -372,8 +372,8 @@ fn accuracy_on_a_weak_arrival_close_before_the_main_phase() {
 }
 
 /// Dispersive wood (`dispersive`): the first arrival's rise lengthens with the travel time.
-/// At 40 dB the goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.8 %, 6.1 %); at 30 dB
-/// the p90 goal holds (≤ 10 %; today 8.9 %), the median (4.1 % on these sets, 3.9 % on
+/// At 40 dB the goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.8 %, 6.2 %); at 30 dB
+/// the p90 goal holds (≤ 10 %; today 8.8 %), the median (4.0 % on these sets, 3.7 % on
 /// `evaluate`'s) sits at the goal of 4 %: the picks come out about 10 µs late on the smooth
 /// rises (docs/accuracy.md). Its bound is a guard.
 #[test]

@@ -135,11 +135,19 @@ pub fn pick_from(
         // refinement below narrows it down with the help of the other rays.
         0.5 * (t_us[k_s - 1] + t_us[k_s])
     } else {
+        // A fit that follows the rise's bend (three or more rising points) may find a smooth
+        // start that stayed within the noise for a sample before the first risen one.
+        let quadratic = fit_end + 1 >= k_s + QUADRATIC_FROM;
+        let lo = if quadratic && k_s >= first + 2 {
+            t_us[k_s - 2]
+        } else {
+            t_us[k_s - 1]
+        };
         hinge_fit(
             &(k_lo..=fit_end)
                 .map(|k| (t_us[k], y(k)))
                 .collect::<Vec<_>>(),
-            t_us[k_s - 1],
+            lo,
             t_us[k_s],
         )
     };
