@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use crate::device::{N_SENSORS, ReadError, ReadErrorKind, TapName};
-use crate::engine::{CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput};
+use crate::engine::{
+    CorrelatorError, Engine, EngineConfig, MAX_TRIGGER_LEAD, Method, SetInput, TapInstantSource,
+};
 use crate::evaluate::quantile;
 use crate::geometry::{check_diameter, chord_m};
 use crate::group::Grouper;
@@ -88,6 +90,12 @@ pub struct Calibration {
     /// Mean sampling interval over the sets, µs.
     pub dt_us: f64,
     pub sets: Vec<SetLead>,
+    /// Taps, over all sets, whose instant came from their tapped channel's own impact (a
+    /// device that records before the impact): the trigger lead plays no part in them, and
+    /// their rays are left out of it.
+    pub onset_taps: usize,
+    /// Taps over all sets.
+    pub taps: usize,
 }
 
 /// Why no lead came out.
@@ -97,12 +105,23 @@ pub enum CalibrationError {
     BadVelocity(f64),
     #[error("no usable ray in {0} set(s): nothing to calibrate on")]
     NoRays(usize),
+    /// Every usable ray's tap showed its impact on its tapped channel: the device records
+    /// before the impact, and the trigger lead plays no part.
+    #[error(
+        "every tap showed its impact on its tapped channel ({0} taps): the device records before \
+         the impact, so its tap instants are measured and it has no trigger lead to calibrate"
+    )]
+    RecordsBeforeImpact(usize),
     #[error(transparent)]
     Correlator(#[from] CorrelatorError),
 }
 
-/// The per-ray leads (samples) of one set under `base`'s assumed lead, and its interval.
-fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), CorrelatorError> {
+/// The per-ray leads (samples) of one set under `base`'s assumed lead, its interval, and how
+/// many of its taps had their instant from their own impact.
+fn ray_leads(
+    base: &EngineConfig,
+    set: &SpecimenSet,
+) -> Result<(Vec<f64>, f64, usize), CorrelatorError> {
     let cfg = EngineConfig {
         diameter_m: set.diameter_m,
         ..base.clone()
@@ -110,13 +129,20 @@ fn ray_leads(base: &EngineConfig, set: &SpecimenSet) -> Result<(Vec<f64>, f64), 
     let velocity_m_s = set.velocity_m_s;
     let est = Engine::new(cfg.clone()).estimate(&set.taps)?;
     let mut leads = Vec::new();
-    for i in 0..N_SENSORS {
+    // A tap whose instant came from its own impact does not depend on the lead.
+    let measured = |i: usize| est.tap_instant_source[i] == TapInstantSource::Onset;
+    for i in (0..N_SENSORS).filter(|&i| !measured(i)) {
         for j in (0..N_SENSORS).filter(|&j| j != i && est.flags[i][j].usable()) {
             let true_tof_us = chord_m(i, j, cfg.diameter_m) / velocity_m_s * 1e6;
             leads.push(cfg.trigger_lead + (true_tof_us - est.tof_us[i][j]) / est.dt_us);
         }
     }
-    Ok((leads, est.dt_us))
+    let onset_taps = est
+        .tap_instant_source
+        .iter()
+        .filter(|&&s| s == TapInstantSource::Onset)
+        .count();
+    Ok((leads, est.dt_us, onset_taps))
 }
 
 /// Median and quartiles of `xs` (sorted in place); `None` when empty.
@@ -150,9 +176,11 @@ pub fn calibrate(
     let mut result = None;
     for _pass in 0..2 {
         let (mut all, mut per_set, mut dt_sum) = (Vec::new(), Vec::new(), 0.0);
+        let mut onset_taps = 0;
         for set in sets {
-            let (mut leads, dt_us) = ray_leads(&cfg, set)?;
+            let (mut leads, dt_us, onset) = ray_leads(&cfg, set)?;
             dt_sum += dt_us;
+            onset_taps += onset;
             all.extend_from_slice(&leads);
             per_set.push(SetLead {
                 name: set.name.clone(),
@@ -161,7 +189,11 @@ pub fn calibrate(
             });
         }
         let Some((lead, q1, q3)) = quartiles(&mut all) else {
-            return Err(CalibrationError::NoRays(sets.len()));
+            return Err(if onset_taps > 0 && onset_taps == N_SENSORS * sets.len() {
+                CalibrationError::RecordsBeforeImpact(onset_taps)
+            } else {
+                CalibrationError::NoRays(sets.len())
+            });
         };
         let settled = (lead - cfg.trigger_lead).abs() < 0.05;
         result = Some(Calibration {
@@ -170,6 +202,8 @@ pub fn calibrate(
             rays: all.len(),
             dt_us: dt_sum / sets.len() as f64,
             sets: per_set,
+            onset_taps,
+            taps: N_SENSORS * sets.len(),
         });
         if settled {
             break;
@@ -238,7 +272,13 @@ pub fn calibrate_command(a: &CalibrateRequest) -> anyhow::Result<bool> {
     if sets.is_empty() {
         anyhow::bail!("no complete set of eight taps among the inputs");
     }
-    let c = calibrate(&sets, &EngineConfig::default())?;
+    let c = match calibrate(&sets, &EngineConfig::default()) {
+        Err(e @ CalibrationError::RecordsBeforeImpact(_)) => {
+            println!("{e}");
+            return Ok(rejected == 0);
+        }
+        c => c?,
+    };
     for s in &c.sets {
         match s.lead {
             Some(lead) => println!("{}: lead {lead:.2} samples ({} rays)", s.name, s.rays),
@@ -256,6 +296,14 @@ pub fn calibrate_command(a: &CalibrateRequest) -> anyhow::Result<bool> {
         c.lead * c.dt_us,
         c.dt_us
     );
+    if c.onset_taps > 0 {
+        println!(
+            "{} of {} taps showed their impact on the tapped channel (a device that records \
+             before the impact): their instants are measured, so their rays are left out of \
+             the lead",
+            c.onset_taps, c.taps
+        );
+    }
     if EngineConfig::check_trigger_lead(c.lead).is_err() {
         eprintln!(
             "error: a lead of {:.2} samples is outside what the engine accepts (0-{}): check \
@@ -338,6 +386,32 @@ mod tests {
                 "{truth}: bias {before} µs at the default"
             );
         }
+    }
+
+    #[test]
+    fn a_device_that_records_before_the_impact_has_no_lead_to_calibrate() {
+        // Specimens whose impacts come 0.2–1.5 samples after the first sample: every tap's
+        // instant is measured, and the lead would change none of their ToFs.
+        let sets: Vec<SpecimenSet> = specimens(0.5, 5)
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut s)| {
+                let p = SimParams {
+                    pre_trigger: true,
+                    diameter_m: s.diameter_m,
+                    velocity_m_s: s.velocity_m_s,
+                    ..SimParams::default()
+                };
+                let (files, _) = simulate_many(&p, 1, 5 + n as u64, false);
+                s.taps = read_set(&files).input;
+                s
+            })
+            .collect();
+        let e = calibrate(&sets, &EngineConfig::default()).unwrap_err();
+        assert!(
+            matches!(e, CalibrationError::RecordsBeforeImpact(32)),
+            "{e}"
+        );
     }
 
     #[test]

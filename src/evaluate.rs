@@ -99,10 +99,49 @@ pub fn evaluate(
     }
 }
 
-/// What `terawang evaluate` runs: every model × SNR × method, `sets` sets per cell.
+/// When a device's record starts, relative to the hammer's impact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The impact comes before the first sample (within the sample before it, or
+    /// [`EvaluationGrid::sim_lead`]): the tapped channel clips from its first sample.
+    Clip,
+    /// A pre-trigger buffer: the impact comes 0.2–1.5 samples after the first sample
+    /// ([`SimParams::pre_trigger`]).
+    Pre,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 2] = [Trigger::Clip, Trigger::Pre];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Clip => "clip",
+            Trigger::Pre => "pre",
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("trigger must be clip or pre, got {s:?}"))
+    }
+}
+
+/// What `terawang evaluate` runs: every model × trigger × SNR × method, `sets` sets per cell.
 #[derive(Clone, Debug)]
 pub struct EvaluationGrid {
     pub models: Vec<WaveModel>,
+    pub triggers: Vec<Trigger>,
     pub snrs_db: Vec<f64>,
     pub methods: Vec<Method>,
     pub sets: usize,
@@ -117,8 +156,9 @@ pub struct EvaluationGrid {
 pub fn print_table(grid: &EvaluationGrid, out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "{:<11} {:<7} {:<9} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "model",
+        "trigger",
         "method",
         "snr_dB",
         "sets",
@@ -131,39 +171,46 @@ pub fn print_table(grid: &EvaluationGrid, out: &mut impl std::io::Write) -> std:
         "v_max",
         "recip"
     )?;
-    for &model in &grid.models {
-        for &snr in &grid.snrs_db {
-            for &method in &grid.methods {
-                let cfg = EngineConfig {
-                    method,
-                    trigger_lead: grid.trigger_lead,
-                    ..EngineConfig::default()
-                };
-                let base = SimParams {
-                    snr_db: snr,
-                    model,
-                    tap_lead: grid.sim_lead,
-                    ..SimParams::default()
-                };
-                let s = evaluate(&base, grid.sets, grid.seed, true, &cfg);
-                writeln!(
-                    out,
-                    "{:<7} {:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>+7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
-                    model.to_string(),
-                    method.to_string(),
-                    snr,
-                    s.n_sets,
-                    100.0 * s.usable_share,
-                    s.median_tof_err_us,
-                    s.median_tof_bias_us,
-                    s.worst_tof_err_us,
-                    100.0 * s.median_velocity_err,
-                    100.0 * s.p90_velocity_err,
-                    100.0 * s.worst_velocity_err,
-                    100.0 * s.median_reciprocity_diff
-                )?;
-            }
-        }
+    let cells = grid.models.iter().flat_map(|&model| {
+        grid.triggers.iter().flat_map(move |&trigger| {
+            grid.snrs_db.iter().flat_map(move |&snr| {
+                grid.methods
+                    .iter()
+                    .map(move |&method| (model, trigger, snr, method))
+            })
+        })
+    });
+    for (model, trigger, snr, method) in cells {
+        let cfg = EngineConfig {
+            method,
+            trigger_lead: grid.trigger_lead,
+            ..EngineConfig::default()
+        };
+        let base = SimParams {
+            snr_db: snr,
+            model,
+            tap_lead: grid.sim_lead,
+            pre_trigger: trigger == Trigger::Pre,
+            ..SimParams::default()
+        };
+        let s = evaluate(&base, grid.sets, grid.seed, true, &cfg);
+        writeln!(
+            out,
+            "{:<11} {:<7} {:<9} {:>6.0} {:>7} {:>6.1}% {:>7.2}µs {:>+7.2}µs {:>7.1}µs {:>7.2}% {:>7.2}% {:>7.1}% {:>7.1}%",
+            model.to_string(),
+            trigger.to_string(),
+            method.to_string(),
+            snr,
+            s.n_sets,
+            100.0 * s.usable_share,
+            s.median_tof_err_us,
+            s.median_tof_bias_us,
+            s.worst_tof_err_us,
+            100.0 * s.median_velocity_err,
+            100.0 * s.p90_velocity_err,
+            100.0 * s.worst_velocity_err,
+            100.0 * s.median_reciprocity_diff
+        )?;
     }
     Ok(())
 }

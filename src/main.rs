@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use terawang::backend::BackendChoice;
 use terawang::calibrate::{CalibrateRequest, calibrate_command};
 use terawang::engine::{DEFAULT_TRIGGER_LEAD, EngineConfig, Method};
-use terawang::evaluate::{EvaluationGrid, print_table};
+use terawang::evaluate::{EvaluationGrid, Trigger, print_table};
 use terawang::geometry::check_diameter;
 use terawang::logging;
 use terawang::process::{ProcessOptions, run};
@@ -207,11 +207,16 @@ struct SimulateArgs {
     #[arg(long)]
     vary: bool,
     /// How the receivers' recordings are made: `shared` (one pulse shape per set, its
-    /// largest lobe first, noise that grows with each ray's amplitude) or `field` (as on real
-    /// recordings: a weak first arrival ahead of a bigger, slower phase, a shape per ray, and
-    /// the amplifier's noise alone).
+    /// largest lobe first, noise that grows with each ray's amplitude), `field` (as on real
+    /// recordings: a weak first arrival ahead of a bigger, slower phase, a shape per path, and
+    /// the amplifier's noise alone), `field-close` (the weak first arrival only 2–4 samples
+    /// ahead) or `dispersive` (a first arrival whose rise lengthens with the travel time).
     #[arg(long, default_value_t = WaveModel::Shared)]
     model: WaveModel,
+    /// A device with a pre-trigger buffer: each impact comes 0.2–1.5 samples after its
+    /// file's first sample, so the tapped channel rests before it rises.
+    #[arg(long)]
+    pre_trigger: bool,
     /// Time from the tap to each file's first sample, in sampling intervals; by default drawn
     /// uniformly within the sample before the first.
     #[arg(long)]
@@ -232,8 +237,13 @@ struct EvaluateArgs {
     #[arg(long, value_parser = method_parser(), value_delimiter = ',', default_values_t = Method::ALL)]
     method: Vec<Method>,
     /// Simulator wave models to evaluate (see `simulate --help`).
-    #[arg(long, value_delimiter = ',', default_values_t = [WaveModel::Shared, WaveModel::Field])]
+    #[arg(long, value_delimiter = ',', default_values_t = WaveModel::ALL)]
     model: Vec<WaveModel>,
+    /// When the simulated records start: `clip` (the impact comes before the first sample,
+    /// the tapped channel clips from it) and `pre` (a pre-trigger buffer: the impact comes
+    /// 0.2–1.5 samples after the first sample).
+    #[arg(long, value_delimiter = ',', default_values_t = [Trigger::Clip])]
+    trigger: Vec<Trigger>,
     /// The simulator's time from the tap to each file's first sample, in sampling intervals;
     /// by default drawn uniformly within the sample before the first.
     #[arg(long)]
@@ -357,6 +367,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 decay: a.decay,
                 model: a.model,
                 tap_lead: check_sim_lead(a.lead)?,
+                pre_trigger: a.pre_trigger,
                 ..SimParams::default()
             };
             let n_files = write_simulated(&a.out, &base, a.sets, a.seed, a.vary)?;
@@ -464,6 +475,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let tap_lead = check_sim_lead(a.sim_lead)?;
             let grid = EvaluationGrid {
                 models: a.model.clone(),
+                triggers: a.trigger.clone(),
                 snrs_db: a.snr_db.clone(),
                 methods: a.method.clone(),
                 sets: a.sets,

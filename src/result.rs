@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::device::{N_SENSORS, TapFile};
-use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, metrics};
+use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, TapInstantSource, metrics};
 use crate::survey::Survey;
 use crate::tomogram::{Tomogram, TomogramConfig, reconstruct, render_png, title};
 
@@ -66,6 +66,9 @@ struct Report<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     survey: Option<&'a Survey>,
     tap_lead_us: [f64; N_SENSORS],
+    /// Per tap: `onset` (the tapped channel's own impact), `prior` (the trigger lead) or
+    /// `correlation` (`gcc-phat`).
+    tap_instant_source: [TapInstantSource; N_SENSORS],
     method: String,
     parameters: &'a EngineConfig,
     sources: Vec<&'a str>,
@@ -182,6 +185,7 @@ pub fn report_json(
         survey_file: survey.map(|s| s.file_name.as_str()),
         survey,
         tap_lead_us: est.tap_lead_us,
+        tap_instant_source: est.tap_instant_source,
         method: cfg.method.to_string(),
         parameters: cfg,
         sources: files.iter().map(|t| t.file_name.as_str()).collect(),

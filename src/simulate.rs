@@ -14,6 +14,10 @@
 //!   the signal is evaluated at the jittered instants, so timestamps are the truth;
 //! - Gaussian noise at the given SNR (peak amplitude of the receiver's wavelet over the noise's
 //!   standard deviation, in dB), 12-bit rounding, clipping near 1050 and 4080 counts.
+//!
+//! [`WaveModel`] names the other wave models (a weak first arrival ahead of a main phase,
+//! dispersive wood), and [`SimParams::pre_trigger`] a device whose record starts before the
+//! impact.
 
 use std::f64::consts::{PI, TAU};
 
@@ -76,27 +80,59 @@ pub enum WaveModel {
     /// What the real recordings show: a weak first arrival (10–30 % of the main phase) ahead
     /// of a bigger, slower phase (1.8–2.4 times the time of flight), a pulse shape of each
     /// ray's own, and the amplifier's noise alone (the same sigma on every ray: the SNR is
-    /// that of a 90° chord's first arrival).
+    /// that of a 90° chord's first arrival). A path's waveform is the same both ways.
     Field,
+    /// `field` with the weak first arrival close before the main phase: a short pulse of 5–8 %
+    /// of its peak, 2–4 samples ahead (the SNR is that of a 90° chord's first arrival, as in
+    /// `field`).
+    FieldClose,
+    /// Dispersive wood: the high frequencies fade with travel time, so the first arrival's
+    /// rise is smooth and grows longer with distance (the `shared` pulse through a causal
+    /// attenuation kernel whose time constant is the travel time over the set's Q); the
+    /// amplifier's noise alone, the SNR that of a 90° chord's peak.
+    Dispersive,
+}
+
+impl WaveModel {
+    /// Every model, in the order `evaluate` runs them.
+    pub const ALL: [WaveModel; 4] = [
+        WaveModel::Shared,
+        WaveModel::Field,
+        WaveModel::FieldClose,
+        WaveModel::Dispersive,
+    ];
+
+    /// The model's name on the command line and in `truth.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaveModel::Shared => "shared",
+            WaveModel::Field => "field",
+            WaveModel::FieldClose => "field-close",
+            WaveModel::Dispersive => "dispersive",
+        }
+    }
+
+    /// A weak first arrival ahead of a main phase, each path its own pulse shape.
+    fn is_field(self) -> bool {
+        matches!(self, WaveModel::Field | WaveModel::FieldClose)
+    }
 }
 
 impl std::fmt::Display for WaveModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WaveModel::Shared => "shared",
-            WaveModel::Field => "field",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for WaveModel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "shared" => Ok(WaveModel::Shared),
-            "field" => Ok(WaveModel::Field),
-            _ => Err(format!("wave model must be shared or field, got {s:?}")),
-        }
+        WaveModel::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("wave model must be shared, field, field-close or dispersive, got {s:?}")
+            })
     }
 }
 
@@ -111,11 +147,16 @@ pub struct SimParams {
     pub n_samples: usize,
     #[serde(default)]
     pub model: WaveModel,
-    /// Time from the tap to the first sample of each file, in sampling intervals; `None`
-    /// draws it uniformly within the sample before the first (a trigger on the impact that
-    /// samples from its next clock tick).
+    /// Time from the tap to the first sample of each file, in sampling intervals (negative:
+    /// the impact comes after the first sample); `None` draws it uniformly within the sample
+    /// before the first (a trigger on the impact that samples from its next clock tick), or
+    /// with [`SimParams::pre_trigger`] within 0.2–1.5 samples after it.
     #[serde(default)]
     pub tap_lead: Option<f64>,
+    /// A device with a pre-trigger buffer: each impact comes 0.2–1.5 samples after its
+    /// file's first sample, so the tapped channel rests for a sample or two, then rises.
+    #[serde(default)]
+    pub pre_trigger: bool,
 }
 
 impl Default for SimParams {
@@ -128,6 +169,7 @@ impl Default for SimParams {
             n_samples: 500,
             model: WaveModel::Shared,
             tap_lead: None,
+            pre_trigger: false,
         }
     }
 }
@@ -218,19 +260,102 @@ fn wavelet(t_us: f64, length_m: f64, shape: &WaveShape) -> f64 {
     (t_us / tau) * (1.0 - t_us / tau).exp() * (TAU * f_mhz * t_us + shape.phase).cos()
 }
 
-/// One ray of the field model: its own pulse shape, a weak first arrival and the main phase.
-struct FieldRay {
+/// One path of the field models: its own pulse shape, a weak first arrival and the main
+/// phase. Drawn once per sensor pair, so i→j and j→i carry the same waveform (the same path).
+#[derive(Clone, Copy, Debug)]
+struct FieldPath {
     shape: WaveShape,
+    /// The first arrival's pulse: the path's own in `field`; in `field-close` a short one of
+    /// its own (it must show before the main phase comes, 2–4 samples later).
+    first_shape: WaveShape,
     /// Amplitude (signed) of the first arrival relative to the main phase.
     first_gain: f64,
     /// The main phase's delay after the first arrival, µs.
     main_delay_us: f64,
 }
 
-/// The field model's noise sigma, counts: the same on every ray, set by the SNR of a 90°
-/// chord's first arrival (a fifth of its main phase's amplitude).
+impl FieldPath {
+    /// Draws the path i→j of a set whose pulse is `shape` (`tof_us` its travel time).
+    fn draw(model: WaveModel, shape: &WaveShape, tof_us: f64, rng: &mut Rng) -> FieldPath {
+        let shape = WaveShape {
+            tau_us: shape.tau_us * rng.uniform(0.7, 1.4),
+            freq_khz: shape.freq_khz * rng.uniform(0.8, 1.25),
+            stretch_m: shape.stretch_m,
+            phase: rng.uniform(-0.8, 0.8),
+        };
+        let (first_shape, first_gain, main_delay_us) = match model {
+            WaveModel::FieldClose => (
+                // One lobe of 2–4 samples.
+                WaveShape {
+                    tau_us: rng.uniform(15.0, 30.0),
+                    freq_khz: rng.uniform(2.0, 3.5),
+                    stretch_m: f64::INFINITY,
+                    phase: 0.0,
+                },
+                rng.uniform(0.05, 0.08),
+                // 2–4 samples of the device's 26.9–27.8 µs.
+                27.35 * rng.uniform(2.0, 4.0),
+            ),
+            _ => (shape, rng.uniform(0.1, 0.3), tof_us * rng.uniform(0.8, 1.4)),
+        };
+        FieldPath {
+            shape,
+            first_shape,
+            first_gain: first_gain * rng.sign(),
+            main_delay_us,
+        }
+    }
+
+    /// The path's waveform `t_us` after its first arrival, for a ray of `length_m`.
+    fn wave(&self, t_us: f64, length_m: f64) -> f64 {
+        self.first_gain * wavelet(t_us, length_m, &self.first_shape)
+            + wavelet(t_us - self.main_delay_us, length_m, &self.shape)
+    }
+}
+
+/// The field models' noise sigma, counts: the same on every ray, set by the SNR of a 90°
+/// chord's first arrival (a fifth of its main phase's amplitude in `field`, 6.5 % in
+/// `field-close`).
 fn field_sigma(p: &SimParams) -> f64 {
-    0.2 * ray_amplitude(chord_m(0, 2, p.diameter_m)) / 10f64.powf(p.snr_db / 20.0)
+    let first = match p.model {
+        WaveModel::FieldClose => 0.065,
+        _ => 0.2,
+    };
+    first * ray_amplitude(chord_m(0, 2, p.diameter_m)) / 10f64.powf(p.snr_db / 20.0)
+}
+
+/// The `dispersive` model's noise sigma, counts: the same on every ray, set by the SNR of a
+/// 90° chord's peak through sound wood (after the attenuation kernel, which lowers it).
+fn dispersive_sigma(p: &SimParams, shape: &WaveShape, q: f64) -> f64 {
+    let length = chord_m(0, 2, p.diameter_m);
+    let theta_us = length / p.velocity_m_s * 1e6 / q;
+    let peak = (1..2000)
+        .map(|k| dispersed_wavelet(0.5 * k as f64, length, shape, theta_us).abs())
+        .fold(0.0, f64::max);
+    ray_amplitude(length) * peak / 10f64.powf(p.snr_db / 20.0)
+}
+
+/// [`wavelet`] through the causal attenuation kernel `e^(−s/θ)/θ` (unit area: the low
+/// frequencies pass, the high ones fade), `theta_us` = θ. Its start is quadratic where the
+/// wavelet's is linear, and its rise lengthens with θ. Closed form: with
+/// `w(t) = Re[(t/τ)·e^(1+iφ)·e^(a·t)]`, `a = −1/τ + iω`, `b = a + 1/θ`, the convolution is
+/// `Re[e^(1+iφ)/(τθ) · e^(a·t) · (t/b − (1 − e^(−b·t))/b²)]`.
+fn dispersed_wavelet(t_us: f64, length_m: f64, shape: &WaveShape, theta_us: f64) -> f64 {
+    use rustfft::num_complex::Complex64;
+    if t_us <= 0.0 {
+        return 0.0;
+    }
+    if theta_us <= 1e-6 {
+        return wavelet(t_us, length_m, shape);
+    }
+    let stretch = 1.0 + length_m / shape.stretch_m;
+    let tau = shape.tau_us * stretch;
+    let omega = TAU * shape.freq_khz / 1000.0 / stretch;
+    let a = Complex64::new(-1.0 / tau, omega);
+    let b = a + 1.0 / theta_us;
+    let front = Complex64::new(1.0, shape.phase).exp() / (tau * theta_us);
+    let body = t_us / b - (1.0 - (-b * t_us).exp()) / (b * b);
+    (front * (a * t_us).exp() * body).re
 }
 
 /// A receiver's typical peak amplitude, counts, for a ray of `length_m` (before the per-ray
@@ -247,6 +372,16 @@ struct WaveShape {
     stretch_m: f64,
     phase: f64,
 }
+
+/// Where a device with a pre-trigger buffer puts the impact: this many sampling intervals
+/// after its file's first sample (uniform between the two).
+const PRE_TRIGGER: (f64, f64) = (0.2, 1.5);
+/// The tapped channel's response at a sample after the impact is at least its response this
+/// many µs after it: a device triggers on the impact once it has risen past a trigger level,
+/// so a file whose first sample is the impact (a lead of 0) shows it there already.
+const TRIGGER_RISE_US: f64 = 2.0;
+/// The `dispersive` model's quality factor Q, drawn per set between the two.
+const DISPERSIVE_Q: (f64, f64) = (3.0, 8.0);
 
 /// Simulates one set: eight files and their truth.
 pub fn simulate_set(
@@ -272,6 +407,29 @@ pub fn simulate_set(
         phase: rng.uniform(-0.3, 0.3),
     };
     let rest: [f64; N_SENSORS] = std::array::from_fn(|_| rng.uniform(2050.0, 2150.0));
+    // The other models' draws come after the shared model's, which stay as they were.
+    let mut paths = [[None; N_SENSORS]; N_SENSORS];
+    if p.model.is_field() {
+        for i in 0..N_SENSORS {
+            for j in (i + 1)..N_SENSORS {
+                let path = FieldPath::draw(p.model, &shape, tof_us[i][j], rng);
+                paths[i][j] = Some(path);
+                paths[j][i] = Some(path);
+            }
+        }
+    }
+    // Dispersive wood's quality factor: the attenuation kernel's time constant is the travel
+    // time over it.
+    let q = if p.model == WaveModel::Dispersive {
+        rng.uniform(DISPERSIVE_Q.0, DISPERSIVE_Q.1)
+    } else {
+        f64::INFINITY
+    };
+    let dispersive_noise = if p.model == WaveModel::Dispersive {
+        dispersive_sigma(p, &shape, q)
+    } else {
+        0.0
+    };
     let mut files = Vec::with_capacity(N_SENSORS);
     let mut tap_lead_us = [0.0; N_SENSORS];
     let mut t_file = unix_s;
@@ -287,6 +445,11 @@ pub fn simulate_set(
             })
             .collect();
         let drawn = rng.uniform(0.0, 1.0);
+        let drawn = if p.pre_trigger {
+            -(PRE_TRIGGER.0 + (PRE_TRIGGER.1 - PRE_TRIGGER.0) * drawn)
+        } else {
+            drawn
+        };
         let lead_us = p.tap_lead.unwrap_or(drawn) * dt_us;
         tap_lead_us[tap] = lead_us;
         let t_tap_us = timestamps_ns[0] as f64 / 1000.0 - lead_us;
@@ -300,7 +463,8 @@ pub fn simulate_set(
             let amplitude = ray_amplitude(length) * rng.uniform(0.7, 1.3);
             let sigma = match p.model {
                 WaveModel::Shared => amplitude / 10f64.powf(p.snr_db / 20.0),
-                WaveModel::Field => field_sigma(p),
+                WaveModel::Field | WaveModel::FieldClose => field_sigma(p),
+                WaveModel::Dispersive => dispersive_noise,
             };
             let arrival = t_tap_us + tof_us[tap][ch];
             let echoes = [
@@ -310,27 +474,17 @@ pub fn simulate_set(
                 ),
                 (rng.uniform(400.0, 1500.0), rng.uniform(0.1, 0.3)),
             ];
-            // The field model's draws come after the shared model's, which stay as they were.
-            let field = (p.model == WaveModel::Field).then(|| FieldRay {
-                shape: WaveShape {
-                    tau_us: shape.tau_us * rng.uniform(0.7, 1.4),
-                    freq_khz: shape.freq_khz * rng.uniform(0.8, 1.25),
-                    stretch_m: shape.stretch_m,
-                    phase: rng.uniform(-0.8, 0.8),
-                },
-                first_gain: rng.uniform(0.1, 0.3) * rng.sign(),
-                main_delay_us: tof_us[tap][ch] * rng.uniform(0.8, 1.4),
-            });
+            let theta_us = tof_us[tap][ch] / q;
             timestamps_ns
                 .iter()
                 .map(|&ts| {
                     let t = ts as f64 / 1000.0 - arrival;
-                    let mut s = match &field {
-                        None => wavelet(t, length, &shape),
-                        Some(f) => {
-                            f.first_gain * wavelet(t, length, &f.shape)
-                                + wavelet(t - f.main_delay_us, length, &f.shape)
+                    let mut s = match &paths[tap][ch] {
+                        Some(path) => path.wave(t, length),
+                        None if p.model == WaveModel::Dispersive => {
+                            dispersed_wavelet(t, length, &shape, theta_us)
                         }
+                        None => wavelet(t, length, &shape),
                     };
                     for (delay, gain) in echoes {
                         s += gain * wavelet(t - delay, length * 1.5, &shape);
@@ -376,10 +530,18 @@ fn tapped_channel(
         .iter()
         .map(|&ts| {
             let t = ts as f64 / 1000.0 - t_tap_us;
-            let s = amplitude
-                * (1.0 - (-t / 3.0).exp())
-                * (-t / decay_us).exp()
-                * (TAU * f_mhz * t + PI / 2.0).cos();
+            // Before the impact (a device with a pre-trigger buffer) the channel rests. A
+            // device triggers once the impact has risen past its trigger level, so no sample
+            // after the impact shows less than its first microseconds.
+            let t = if t >= 0.0 { t.max(TRIGGER_RISE_US) } else { t };
+            let s = if t > 0.0 {
+                amplitude
+                    * (1.0 - (-t / 3.0).exp())
+                    * (-t / decay_us).exp()
+                    * (TAU * f_mhz * t + PI / 2.0).cos()
+            } else {
+                0.0
+            };
             (rest + s + 15.0 * rng.normal())
                 .clamp(clip_lo, clip_hi)
                 .round() as i32

@@ -219,6 +219,15 @@ fn onset_accuracy(
     model: terawang::simulate::WaveModel,
     snr_db: f64,
 ) -> terawang::evaluate::ErrorStats {
+    onset_accuracy_of(model, snr_db, false)
+}
+
+/// [`onset_accuracy`], on the files of a device with a pre-trigger buffer where `pre_trigger`.
+fn onset_accuracy_of(
+    model: terawang::simulate::WaveModel,
+    snr_db: f64,
+    pre_trigger: bool,
+) -> terawang::evaluate::ErrorStats {
     use terawang::engine::{EngineConfig, Method};
     use terawang::simulate::SimParams;
     let cfg = EngineConfig {
@@ -228,19 +237,70 @@ fn onset_accuracy(
     let base = SimParams {
         snr_db,
         model,
+        pre_trigger,
         ..SimParams::default()
     };
     let s = terawang::evaluate::evaluate(&base, 24, 7, true, &cfg);
     println!(
-        "{model} {snr_db} dB: usable {:.1} %, ToF median {:.2} µs, v median {:.2} %, \
-         p90 {:.2} %, worst {:.1} %",
+        "{model}{} {snr_db} dB: usable {:.1} %, ToF median {:.2} µs, bias {:+.2} µs, \
+         v median {:.2} %, p90 {:.2} %, worst {:.1} %",
+        if pre_trigger { " pre-trigger" } else { "" },
         100.0 * s.usable_share,
         s.median_tof_err_us,
+        s.median_tof_bias_us,
         100.0 * s.median_velocity_err,
         100.0 * s.p90_velocity_err,
         100.0 * s.worst_velocity_err
     );
     s
+}
+
+/// A device with a pre-trigger buffer: each impact comes 0.2–1.5 samples after its file's
+/// first sample. The tapped channels show their own impacts, which set the tap instants'
+/// common offset, so the accuracy is that of sets that clip from the first sample (the
+/// issue's goals: median ≤ 3 %, p90 ≤ 8 %); with the prior alone every ToF came out about
+/// 1.3 samples long (median velocity error 11 %).
+#[test]
+fn a_device_that_records_before_the_impact_measures_it() {
+    use terawang::simulate::WaveModel::Shared;
+    for snr_db in [40.0, 30.0] {
+        let s = onset_accuracy_of(Shared, snr_db, true);
+        assert!(s.usable_share > 0.95, "{s:?}");
+        assert!(s.median_velocity_err <= 0.03, "{s:?}");
+        assert!(s.p90_velocity_err <= 0.08, "{s:?}");
+        assert!(s.median_tof_bias_us.abs() <= 8.0, "{s:?}");
+    }
+    // The report says where each tap's instant comes from.
+    let sim = tempfile::tempdir().unwrap();
+    let run = bin()
+        .args(["simulate", "--pre-trigger", "--seed", "4", "--out"])
+        .arg(sim.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    std::fs::remove_file(sim.path().join("truth.json")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .arg("process")
+        .arg(sim.path())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--no-tomogram")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let report = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".report.json"))
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert_eq!(
+        report["tap_instant_source"],
+        serde_json::json!(vec!["onset"; 8]),
+        "{report}"
+    );
 }
 
 /// The simulator's `shared` model. The velocity bounds at 40 and 30 dB are the issue's goals
@@ -273,22 +333,64 @@ fn accuracy_on_the_simulator_grid() {
 }
 
 /// The simulator's `field` model, built from what the real recordings show (a weak first
-/// arrival ahead of a bigger, slower phase, a pulse shape per ray, noise from the amplifier
-/// alone). The issue's goals are not met on it; the bounds are guards about 1.25 times today's
-/// figures (40 dB: median 3.5 %, p90 13.4 %; 30 dB: 5.6 %, 16.8 %). The engine before the
-/// noise-relative threshold, the coherence gate and the robust tap-instant fit gave 21 % and
-/// 47 % at 40 dB: it picked the later phase.
+/// arrival ahead of a bigger, slower phase, a pulse shape per path, the same both ways, noise
+/// from the amplifier alone). The issue's goals (median ≤ 3 %, p90 ≤ 8 % at 40 dB) are not
+/// met on it: most rays show their first arrival on one or two samples only, with a shape of
+/// their own, so the class alignment cannot sharpen them (docs/accuracy.md). The bounds are
+/// guards about 1.25 times today's figures (40 dB: median 3.2 %, p90 11.6 %; 30 dB: 3.9 %,
+/// 14.4 %). The engine before the noise-relative threshold, the coherence gate and the robust
+/// tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {
     use terawang::simulate::WaveModel::Field;
     let s40 = onset_accuracy(Field, 40.0);
     assert!(s40.usable_share > 0.9, "{s40:?}");
-    assert!(s40.median_velocity_err <= 0.048, "{s40:?}");
-    assert!(s40.p90_velocity_err <= 0.17, "{s40:?}");
+    assert!(s40.median_velocity_err <= 0.04, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.145, "{s40:?}");
     let s30 = onset_accuracy(Field, 30.0);
     assert!(s30.usable_share > 0.9, "{s30:?}");
-    assert!(s30.median_velocity_err <= 0.07, "{s30:?}");
-    assert!(s30.p90_velocity_err <= 0.21, "{s30:?}");
+    assert!(s30.median_velocity_err <= 0.05, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.18, "{s30:?}");
+}
+
+/// A weak first arrival (5–8 % of the main phase, 20–100 noise sigmas) only 2–4 samples
+/// before the loud main phase (`field-close`): it is picked, not the main phase (which was
+/// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only; the
+/// p90 goal (8 %) is not met (docs/accuracy.md, the floor). Today 40 dB: median 3.2 %, p90
+/// 11.1 %; 30 dB: 3.3 %, 11.2 %; the bounds are guards about 1.25 times those.
+#[test]
+fn accuracy_on_a_weak_arrival_close_before_the_main_phase() {
+    use terawang::simulate::WaveModel::FieldClose;
+    for snr_db in [40.0, 30.0] {
+        let s = onset_accuracy(FieldClose, snr_db);
+        assert!(s.usable_share > 0.9, "{s:?}");
+        assert!(s.median_velocity_err <= 0.042, "{s:?}");
+        assert!(s.p90_velocity_err <= 0.14, "{s:?}");
+        // Not the main phase: that would put every ToF 2–4 samples (55–110 µs) late.
+        assert!(s.median_tof_bias_us.abs() <= 8.0, "{s:?}");
+    }
+}
+
+/// Dispersive wood (`dispersive`): the first arrival's rise lengthens with the travel time.
+/// At 40 dB the issue's goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.8 %, 6.2 %); at 30 dB
+/// the p90 goal holds (≤ 10 %; today 8.8 %), the median (4.0 % on these sets, 3.7 % on
+/// `evaluate`'s) sits at the goal of 4 %: the picks come out about 10 µs late on the smooth
+/// rises (docs/accuracy.md). Its bound is a guard.
+#[test]
+fn accuracy_on_dispersive_wood() {
+    use terawang::simulate::WaveModel::Dispersive;
+    let s40 = onset_accuracy(Dispersive, 40.0);
+    assert!(s40.usable_share > 0.95, "{s40:?}");
+    assert!(s40.median_velocity_err <= 0.03, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.08, "{s40:?}");
+    let s30 = onset_accuracy(Dispersive, 30.0);
+    assert!(s30.usable_share > 0.9, "{s30:?}");
+    assert!(s30.median_velocity_err <= 0.045, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.10, "{s30:?}");
+    // At 20 dB fewer rays are usable, and those kept stay sane.
+    let s20 = onset_accuracy(Dispersive, 20.0);
+    assert!(s20.usable_share > 0.5, "{s20:?}");
+    assert!(s20.worst_velocity_err < 1.0, "{s20:?}");
 }
 
 /// Plain GCC-PHAT is kept as a method; on clean sets it must at least find peaks inside the

@@ -179,6 +179,21 @@ impl RayFlag {
     }
 }
 
+/// Where a tap's instant (the hammer's impact) comes from: the report's
+/// `tap_instant_source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TapInstantSource {
+    /// The tapped channel's own onset: the device recorded before the impact
+    /// ([`onset::impact_onset`]); reciprocity places the taps against each other.
+    Onset,
+    /// The trigger-lead prior ([`EngineConfig::trigger_lead`]): the tapped channel clips from
+    /// its first sample; reciprocity places the taps against each other.
+    Prior,
+    /// `gcc-phat`: each receiver is correlated against the tapped channel itself.
+    Correlation,
+}
+
 /// Result for one set.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SetEstimate {
@@ -191,6 +206,8 @@ pub struct SetEstimate {
     pub dt_us: f64,
     /// Estimated tap instant of each tap, µs before its first sample.
     pub tap_lead_us: [f64; N_SENSORS],
+    /// Where each tap's instant comes from.
+    pub tap_instant_source: [TapInstantSource; N_SENSORS],
     /// The file (by its named tap, 0-based) whose recording is used as each sensor's tap:
     /// `k` itself unless that file hit another sensor and another file hit sensor k
     /// ([`onset::reassign`]).
@@ -460,6 +477,7 @@ fn solve_gcc(
     corr: &[f32],
 ) -> SetEstimate {
     let mut est = empty_estimate(set);
+    est.tap_instant_source = [TapInstantSource::Correlation; N_SENSORS];
     for (i, tap) in set.iter().enumerate() {
         let hi = max_lag_samples(cfg, tap.dt_us);
         for j in 0..N_SENSORS {
@@ -488,6 +506,7 @@ pub(crate) fn empty_estimate(set: &[Prepared; N_SENSORS]) -> SetEstimate {
         flags: [[RayFlag::Ok; N_SENSORS]; N_SENSORS],
         dt_us: set.iter().map(|t| t.dt_us).sum::<f64>() / N_SENSORS as f64,
         tap_lead_us: [0.0; N_SENSORS],
+        tap_instant_source: [TapInstantSource::Prior; N_SENSORS],
         tap_source: std::array::from_fn(|k| k),
         impact_elsewhere: [None; N_SENSORS],
     }

@@ -4,9 +4,11 @@
 //! later. A file whose named channel is beaten to the impact level by another channel holds a
 //! tap on that other sensor (an operator who tapped the wrong one). Such a file's rays are
 //! flagged, and where the sensor it really hit has no good file of its own, the file serves as
-//! that sensor's tap ([`reassign`]).
+//! that sensor's tap ([`reassign`]). A device that starts recording before the impact shows
+//! the impact itself on the tapped channel ([`impact_onset`]).
 
 use super::baseline::{Baseline, baseline};
+use super::pick::hinge_fit;
 use crate::engine::{EngineConfig, Prepared};
 use crate::geometry::N_SENSORS;
 
@@ -43,6 +45,60 @@ pub fn impact_channel(
         .filter(|&(k, _)| k <= 1 && named_first_big.is_none_or(|n| n >= k + 2))
         .min()
         .map(|(_, c)| c)
+}
+
+/// Deviation from rest, in ADC counts, within which a tapped channel's first sample still
+/// rests (a tenth of [`IMPACT_COUNTS`]; the amplifier's noise is 3–6 counts, the impact
+/// reaches the clip level within a sample, and a device that triggers on the impact samples
+/// it first past its trigger level).
+pub const AT_REST_COUNTS: f64 = 90.0;
+/// The tapped channel must reach half of [`IMPACT_COUNTS`] within this many samples of
+/// leaving its rest: the hammer's impact, not a wiggle.
+const IMPACT_RISE_SAMPLES: usize = 3;
+/// Quiet samples before the impact that the hinge fit takes.
+const IMPACT_FIT_QUIET: usize = 3;
+
+/// The hammer's impact on channel `tapped` of `tap` (the channel hit), µs after the file's
+/// first sample, where the record shows it: a device with a pre-trigger buffer starts
+/// recording before the impact, so the tapped channel rests for a sample or more, then
+/// rises to the impact's size. `None` where the first sample is already off its rest (the
+/// channel clips from its first sample: the impact came before the record, and only the
+/// trigger-lead prior can place it).
+///
+/// Below one sample: the impact lies between the last resting sample and the first risen
+/// one. Where two or more samples rise below the clip level, a hinge fit through them and
+/// the resting samples before puts it where the rise leaves the rest; where the first risen
+/// sample is already at the impact's size, nothing inside the interval says where, and its
+/// middle is the unbiased guess (the impact's phase against the sampling clock is uniform).
+pub fn impact_onset(tap: &Prepared, tapped: usize, base: Baseline) -> Option<f64> {
+    let raw = &tap.raw[tapped];
+    let n = raw.len().min(tap.t_us.len());
+    let dev = |k: usize| raw[k] as f64 - base.rest;
+    // The amplifier's own noise (a few counts), not the channel's pooled sigma: where
+    // vibration grows with the signal, the receivers' noise says nothing of a resting channel.
+    let rest_limit = AT_REST_COUNTS;
+    if n < 3 || dev(0).abs() > rest_limit {
+        return None;
+    }
+    let k1 = (1..n).find(|&k| dev(k).abs() > rest_limit)?;
+    let big = (k1..n.min(k1 + IMPACT_RISE_SAMPLES)).any(|k| dev(k).abs() > 0.5 * IMPACT_COUNTS);
+    if !big {
+        return None;
+    }
+    let polarity = dev(k1).signum();
+    let y = |k: usize| polarity * dev(k);
+    // Rising samples below the impact's size (above it the amplifier clips: no shape).
+    let mut k_hi = k1;
+    while k_hi + 1 < n && y(k_hi + 1) > y(k_hi) && y(k_hi + 1) < IMPACT_COUNTS {
+        k_hi += 1;
+    }
+    if y(k1) >= IMPACT_COUNTS || k_hi == k1 {
+        return Some(0.5 * (tap.t_us[k1 - 1] + tap.t_us[k1]));
+    }
+    let points: Vec<(f64, f64)> = (k1.saturating_sub(IMPACT_FIT_QUIET)..=k_hi)
+        .map(|k| (tap.t_us[k], y(k)))
+        .collect();
+    Some(hinge_fit(&points, tap.t_us[k1 - 1], tap.t_us[k1]))
 }
 
 /// Which file serves as each sensor's tap.
@@ -94,6 +150,41 @@ mod tests {
                 })
                 .collect()
         }))
+    }
+
+    #[test]
+    fn a_tapped_channel_that_rests_first_shows_its_impact() {
+        let base = Baseline {
+            rest: 2100.0,
+            sigma: 3.0,
+        };
+        let tap = |samples: &[f32]| {
+            prepared(std::array::from_fn(|c| {
+                let mut x = vec![2100.0; 40];
+                if c == 2 {
+                    x[..samples.len()].copy_from_slice(samples);
+                }
+                x
+            }))
+        };
+        // Rest, rest, then clipped: the impact lies in the interval before sample 2, its
+        // middle is the guess.
+        let t = impact_onset(&tap(&[2103.0, 2098.0, 4080.0, 1050.0]), 2, base).unwrap();
+        assert!((t - 40.5).abs() < 1e-9, "{t}");
+        // Two rising samples below the clip level: the hinge fit puts it where the line
+        // through them leaves the rest, 0.4 of a sample before sample 2.
+        let t = impact_onset(&tap(&[2100.0, 2100.0, 2300.0, 2800.0, 4080.0]), 2, base).unwrap();
+        assert!((t - 43.2).abs() < 0.5, "{t}");
+        // Clipped from the first sample: only the prior can place it.
+        assert_eq!(impact_onset(&tap(&[4080.0, 1050.0, 4080.0]), 2, base), None);
+        // Off its rest at the first sample by more than the amplifier's noise: the impact
+        // came before the record.
+        assert_eq!(impact_onset(&tap(&[2400.0, 3900.0, 4080.0]), 2, base), None);
+        // A wiggle that never reaches the impact's size is no impact.
+        assert_eq!(
+            impact_onset(&tap(&[2100.0, 2300.0, 2200.0, 2100.0]), 2, base),
+            None
+        );
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! most about one sample before the first sample. The recordings i→j and j→i travel the same
 //! path, so their onsets and their waveforms (GCC-PHAT between the two) differ only by the
 //! difference of the two tap instants. A robust least-squares fit over the 28 pairs
-//! ([`solve_leads`]) gives the eight instants up to a common offset; the offset is the prior
-//! that the trigger falls uniformly within the sample before the first one (`lead = dt/2` on
-//! average), or the device's own mean lead
+//! ([`solve_leads`]) gives the eight instants up to a common offset. Where the tapped
+//! channels show their own impacts (a device that records before the impact), the offset
+//! comes from them; elsewhere it is the prior that the trigger falls uniformly within the
+//! sample before the first one (`lead = dt/2` on average), or the device's own mean lead
 //! ([`EngineConfig::trigger_lead`](crate::engine::EngineConfig::trigger_lead)). Leads are µs
 //! before each file's first sample.
 
@@ -108,7 +109,8 @@ pub(super) fn tap_leads(
     gcc_equations: &[Equation],
     dt: f64,
     mean_lead: f64,
-) -> [f64; N_SENSORS] {
+    measured: &[Option<f64>; N_SENSORS],
+) -> Leads {
     let mut equations = gcc_equations.to_vec();
     for i in 0..N_SENSORS {
         for j in (i + 1)..N_SENSORS {
@@ -120,7 +122,7 @@ pub(super) fn tap_leads(
             }
         }
     }
-    solve_leads(&equations, dt, mean_lead)
+    solve_leads(&equations, dt, mean_lead, measured)
 }
 
 /// Windows of recording i→j and j→i around their first arrivals, cut from the same sample
@@ -150,48 +152,134 @@ fn reciprocal_windows(
     )
 }
 
+/// The eight leads and where each one's level comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Leads {
+    /// µs before each file's first sample (negative: the impact came after it).
+    pub lead_us: [f64; N_SENSORS],
+    /// Per tap: its level rests on its own impact onset (`true`) or on the trigger-lead prior.
+    pub from_onset: [bool; N_SENSORS],
+}
+
 /// Least squares for the eight leads from `lead_j − lead_i = d` equations (weighted, robust
-/// at the scale of half a sampling interval `dt`), with the mean of the regular leads (within
-/// two samples of their median) fixed to `mean_lead`. A tap in no equation (its file was
-/// flagged, or none of its rays was picked) says nothing about the others: it stays out of
-/// the median and the mean, and gets the prior `mean_lead` itself.
-pub fn solve_leads(equations: &[Equation], dt: f64, mean_lead: f64) -> [f64; N_SENSORS] {
+/// at the scale of half a sampling interval `dt`), up to a common offset. `measured` holds
+/// the leads of the taps whose tapped channel shows its own impact
+/// ([`impact_onset`](super::impact::impact_onset)), as `−onset`.
+///
+/// The offset: where most taps in an equation have a measured impact (a device that records
+/// before the impact), it is the mean over them of the measured lead less the relative one,
+/// taken over those within two samples of its median, so one odd measurement does not shift
+/// the others. Elsewhere (a device whose tapped channel clips from its first sample) it is
+/// the prior: the mean of the regular leads (within two samples of their median) is
+/// `mean_lead`; one tap whose trigger fired long before the hammer's real impact (seen on
+/// real recordings) must not shift the others. A few measured taps among many clipped ones
+/// are no device with a pre-trigger buffer but impacts a hair before the first sample, and
+/// follow the prior. A tap in no equation (its file was flagged, or none of its rays was
+/// picked) says nothing about the others: it stays out of the offset and gets its measured
+/// lead, or the prior `mean_lead`.
+pub fn solve_leads(
+    equations: &[Equation],
+    dt: f64,
+    mean_lead: f64,
+    measured: &[Option<f64>; N_SENSORS],
+) -> Leads {
     let x = solve_robust(N_SENSORS, equations, ROBUST_SCALE * dt);
     let mut tied = [false; N_SENSORS];
     for &(a, b, _, _) in equations {
         tied[a] = true;
         tied[b] = true;
     }
-    // Pin the median, not the mean: one tap whose trigger fired long before the hammer's
-    // real impact (seen on real recordings) must not shift the others.
-    // The common offset is the mean over the taps within two samples of the median, which is
-    // as good as the mean for regular triggers and ignores the odd one.
-    let mut sorted: Vec<f64> = (0..N_SENSORS).filter(|&k| tied[k]).map(|k| x[k]).collect();
+    let n_tied = tied.iter().filter(|&&t| t).count();
+    let n_measured = (0..N_SENSORS)
+        .filter(|&k| tied[k] && measured[k].is_some())
+        .count();
+    let by_onset = 2 * n_measured > n_tied;
+    // Each tap that sets the offset: the level it asks for less its relative lead.
+    let offsets: Vec<(usize, f64)> = (0..N_SENSORS)
+        .filter(|&k| tied[k])
+        .filter_map(|k| match (by_onset, measured[k]) {
+            (true, Some(m)) => Some((k, m - x[k])),
+            (true, None) => None,
+            (false, _) => Some((k, mean_lead - x[k])),
+        })
+        .collect();
+    let untied = |k: usize| measured[k].unwrap_or(mean_lead);
+    let mut sorted: Vec<f64> = offsets.iter().map(|o| o.1).collect();
     let Some(median) = median(&mut sorted) else {
-        return [mean_lead; N_SENSORS];
+        return Leads {
+            lead_us: std::array::from_fn(untied),
+            from_onset: std::array::from_fn(|k| measured[k].is_some()),
+        };
     };
     let near: Vec<f64> = sorted
         .iter()
         .copied()
         .filter(|v| (v - median).abs() <= REGULAR_SPREAD * dt)
         .collect();
-    let pin = if near.is_empty() {
+    let offset = if near.is_empty() {
         median
     } else {
         near.iter().sum::<f64>() / near.len() as f64
     };
-    std::array::from_fn(|k| {
-        if tied[k] {
-            x[k] - pin + mean_lead
-        } else {
-            mean_lead
-        }
-    })
+    Leads {
+        lead_us: std::array::from_fn(|k| if tied[k] { x[k] + offset } else { untied(k) }),
+        from_onset: std::array::from_fn(|k| {
+            if tied[k] {
+                by_onset
+            } else {
+                measured[k].is_some()
+            }
+        }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NONE: [Option<f64>; N_SENSORS] = [None; N_SENSORS];
+
+    /// Every pair's exact `lead_j − lead_i`.
+    fn exact(truth: &[f64; N_SENSORS]) -> Vec<Equation> {
+        let mut eq = Vec::new();
+        for i in 0..N_SENSORS {
+            for j in (i + 1)..N_SENSORS {
+                eq.push((i, j, truth[j] - truth[i], 1.0));
+            }
+        }
+        eq
+    }
+
+    #[test]
+    fn measured_impacts_set_the_offset_where_most_taps_show_one() {
+        // A device with a pre-trigger buffer: impacts 5–40 µs after the first sample, each
+        // measured within ±13 µs (the middle of the sample it fell in); the errors average.
+        let truth = [-5.0, -40.0, -20.0, -12.0, -33.0, -8.0, -27.0, -15.0];
+        let errors = [6.0, -9.0, 12.0, -4.0, 3.0, -10.0, 8.0, -5.0];
+        let measured: [Option<f64>; N_SENSORS] =
+            std::array::from_fn(|k| (k != 3).then_some(truth[k] + errors[k]));
+        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &measured);
+        let mean_error: f64 = (0..N_SENSORS)
+            .filter(|&k| k != 3)
+            .map(|k| errors[k])
+            .sum::<f64>()
+            / 7.0;
+        for k in 0..N_SENSORS {
+            assert!(
+                (leads.lead_us[k] - truth[k] - mean_error).abs() < 1e-6,
+                "{k}: {leads:?}"
+            );
+        }
+        // Tap 4 (index 3) showed none, but its offset is the set's.
+        assert!(leads.from_onset.iter().all(|&f| f), "{leads:?}");
+        // Two measured taps among eight clipped ones follow the prior.
+        let few: [Option<f64>; N_SENSORS] =
+            std::array::from_fn(|k| (k < 2).then_some(truth[k] + errors[k]));
+        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &few);
+        assert!(leads.from_onset.iter().all(|&f| !f), "{leads:?}");
+        let regular = leads.lead_us.iter().sum::<f64>() / 8.0;
+        assert!((regular - 13.5).abs() < 1e-6, "{leads:?}");
+    }
 
     #[test]
     fn leads_pin_the_mean_of_the_regular_taps() {
@@ -204,7 +292,7 @@ mod tests {
             }
         }
         for mean_lead in [10.0, 0.0, 55.0] {
-            let leads = solve_leads(&eq, 20.0, mean_lead);
+            let leads = solve_leads(&eq, 20.0, mean_lead, &NONE).lead_us;
             let regular = leads[..7].iter().sum::<f64>() / 7.0;
             assert!((regular - mean_lead).abs() < 1e-6, "{mean_lead}: {leads:?}");
             assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
@@ -224,12 +312,15 @@ mod tests {
                 eq.push((i, j, truth[j] - truth[i], 1.0));
             }
         }
-        let leads = solve_leads(&eq, 26.0, 13.0);
+        let leads = solve_leads(&eq, 26.0, 13.0, &NONE).lead_us;
         let regular = tied.iter().map(|&k| leads[k]).sum::<f64>() / tied.len() as f64;
         assert!((regular - 13.0).abs() < 1e-6, "{leads:?}");
         assert!((leads[7] - leads[0] - 100.0).abs() < 1e-6, "{leads:?}");
         assert_eq!((leads[3], leads[4]), (13.0, 13.0));
-        assert_eq!(solve_leads(&[], 26.0, 13.0), [13.0; N_SENSORS]);
+        assert_eq!(
+            solve_leads(&[], 26.0, 13.0, &NONE).lead_us,
+            [13.0; N_SENSORS]
+        );
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //!    crosses a threshold. [`stack`]: rays of one chord class are aligned by GCC-PHAT between
 //!    them where their waveforms agree ([`waveforms_differ`]), and their common level is the
 //!    onset of their stacked waveform.
-//! 3. [`leads`]: the tapped channel clips from its first samples, so the tap instants come
-//!    from reciprocity (i→j and j→i travel the same path), by a robust least-squares fit
-//!    ([`lsq`]) over the 28 pairs, up to a common offset set by the trigger lead
-//!    ([`EngineConfig::trigger_lead`]).
+//! 3. [`leads`]: the tap instants relative to each other come from reciprocity (i→j and j→i
+//!    travel the same path), by a robust least-squares fit ([`lsq`]) over the 28 pairs. Their
+//!    common offset comes from the tapped channels' own impacts where the device recorded
+//!    before them ([`impact_onset`]), else from the trigger lead
+//!    ([`EngineConfig::trigger_lead`]): a tapped channel that clips from its first sample
+//!    cannot say how long before it the impact came.
 //!
 //! [`plan`] does the first phase and lists the correlations the batch must compute; [`solve`]
 //! takes them to the estimate. Times are µs after each file's first sample unless named
@@ -32,10 +34,11 @@ use self::pick::{Pick, pick, pick_from};
 use self::stack::{ClassPlan, plan_classes, refine_class};
 use super::gcc::PairBatch;
 use super::{
-    EngineConfig, Prepared, RayFlag, SetEstimate, empty_estimate, finish, max_lag_samples,
+    EngineConfig, Prepared, RayFlag, SetEstimate, TapInstantSource, empty_estimate, finish,
+    max_lag_samples,
 };
 use crate::geometry::{N_SENSORS, chord_m};
-pub use impact::{Reassignment, impact_channel, reassign};
+pub use impact::{Reassignment, impact_channel, impact_onset, reassign};
 
 /// The pick of each ray i→j, `picks[i][j]` (`None` on the diagonal and where nothing was
 /// picked).
@@ -56,6 +59,9 @@ pub struct OnsetPlan {
     noise_to_peak: f64,
     /// Taps whose impact is on another channel than the one the file names.
     mismatched: [bool; N_SENSORS],
+    /// Each tap's impact on its tapped channel, µs after the first sample, where the record
+    /// shows it ([`impact_onset`]).
+    impacts: [Option<f64>; N_SENSORS],
     classes: Vec<ClassPlan>,
     reciprocal: Vec<ReciprocalPlan>,
 }
@@ -77,6 +83,11 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
     let bases: [Baseline; N_SENSORS] = std::array::from_fn(|j| baseline(cfg, set, j));
     let mismatched: [bool; N_SENSORS] =
         std::array::from_fn(|i| impact_channel(&set[i], i, &bases).is_some());
+    let impacts: [Option<f64>; N_SENSORS] = std::array::from_fn(|i| {
+        (!mismatched[i])
+            .then(|| impact_onset(&set[i], i, bases[i]))
+            .flatten()
+    });
     let dt = grid_dt(set);
     let noise_to_peak = noise_to_peak(cfg, set, &bases);
     let mut picks: Picks = [[None; N_SENSORS]; N_SENSORS];
@@ -95,6 +106,7 @@ pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBat
         bases,
         noise_to_peak,
         mismatched,
+        impacts,
         classes,
         reciprocal,
     }
@@ -118,9 +130,20 @@ pub fn solve(
     let dt = grid_dt(set);
     let gcc_equations = reciprocal_equations(&plan.reciprocal, &picks, dt, batch, corr);
     let mean_lead = cfg.trigger_lead * dt;
-    let leads_from =
-        |picks: &Picks| tap_leads(picks, &plan.mismatched, &gcc_equations, dt, mean_lead);
-    let mut leads = leads_from(&picks);
+    let measured = plan.impacts.map(|t| t.map(|t| -t));
+    let leads_from = |picks: &Picks| {
+        tap_leads(
+            picks,
+            &plan.mismatched,
+            &gcc_equations,
+            dt,
+            mean_lead,
+            &measured,
+        )
+    };
+    let solved = leads_from(&picks);
+    let mut leads = solved.lead_us;
+    let mut from_onset = solved.from_onset;
     // A pick before the earliest possible arrival (the tap instant plus the chord at the
     // fastest velocity) caught something else: on real recordings, the wiggles of a trigger
     // that fired before the hammer's real impact. Pick again from that instant on, and solve
@@ -153,9 +176,18 @@ pub fn solve(
         if !repicked {
             break;
         }
-        leads = leads_from(&picks);
+        let solved = leads_from(&picks);
+        leads = solved.lead_us;
+        from_onset = solved.from_onset;
     }
     est.tap_lead_us = leads;
+    est.tap_instant_source = from_onset.map(|onset| {
+        if onset {
+            TapInstantSource::Onset
+        } else {
+            TapInstantSource::Prior
+        }
+    });
     for i in 0..N_SENSORS {
         for j in 0..N_SENSORS {
             if i == j {

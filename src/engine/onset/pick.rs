@@ -48,6 +48,9 @@ pub struct Pick {
     /// The record stands out of the noise before the pick: the first arrival may be an
     /// earlier one too weak to pick, so the pick may be a later phase.
     pub hidden_arrival: bool,
+    /// The last sample before the rise and the first one of it (µs): samples that stand
+    /// [`RISE_SIGMAS`] out of the noise are arrivals already, so the onset is before the second.
+    pub bracket_us: (f64, f64),
 }
 
 /// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
@@ -95,13 +98,18 @@ pub fn pick_from(
     let peak = (first..n).map(|k| dev(k).abs()).fold(0.0, f64::max);
     let thr = (ONSET_SIGMAS * base.sigma).max(onset_fraction(noise_to_peak) * peak);
     let k1 = (first..n.min(max_lag + 1)).find(|&k| dev(k).abs() > thr)?;
-    let polarity = dev(k1).signum();
-    let y = |k: usize| polarity * dev(k);
     let sigma = if noise_to_peak.is_finite() {
         base.sigma.max(noise_to_peak * peak)
     } else {
         base.sigma
     };
+    // A first arrival that stands clearly out of the record's own noise is the first arrival,
+    // however soon a louder phase follows: the threshold, which follows the set's
+    // noise-to-peak ratio, can sit above it on a loud ray where the noise is the amplifier's
+    // alone.
+    let (k1, sigma) = clear_precursor(&dev, first, k1).unwrap_or((k1, sigma));
+    let polarity = dev(k1).signum();
+    let y = |k: usize| polarity * dev(k);
     // The threshold can sit well up a slow rise: samples before k1 that already stand clearly
     // out of the noise on the same side belong to the arrival, which began before them.
     let mut k_s = k1;
@@ -127,11 +135,19 @@ pub fn pick_from(
         // refinement below narrows it down with the help of the other rays.
         0.5 * (t_us[k_s - 1] + t_us[k_s])
     } else {
+        // A fit that follows the rise's bend (three or more rising points) may find a smooth
+        // start that stayed within the noise for a sample before the first risen one.
+        let quadratic = fit_end + 1 >= k_s + QUADRATIC_FROM;
+        let lo = if quadratic && k_s >= first + 2 {
+            t_us[k_s - 2]
+        } else {
+            t_us[k_s - 1]
+        };
         hinge_fit(
             &(k_lo..=fit_end)
                 .map(|k| (t_us[k], y(k)))
                 .collect::<Vec<_>>(),
-            t_us[k_s - 1],
+            lo,
             t_us[k_s],
         )
     };
@@ -155,9 +171,44 @@ pub fn pick_from(
         snr: peak / sigma,
         clipped,
         hidden_arrival: loud_before >= HIDDEN_SAMPLES,
+        bracket_us: (t_us[k_s - 1], t_us[k_s]),
     })
 }
 
+/// The first of two samples before `k1` (searched from `first`) that stand [`CLEAR_SIGMAS`]
+/// out of the noise of the samples before them, on the same side, with that noise
+/// (at least [`MIN_SIGMA`](super::baseline::MIN_SIGMA) counts); `None` where there is none
+/// or fewer than [`OWN_QUIET`] samples to measure the noise on.
+fn clear_precursor(dev: &impl Fn(usize) -> f64, first: usize, k1: usize) -> Option<(usize, f64)> {
+    let (mut sum, mut sum_sq) = (0.0, 0.0);
+    for k in 0..k1 {
+        if k >= OWN_QUIET.max(first) {
+            let n = k as f64;
+            let mean = sum / n;
+            let sigma = (sum_sq / n - mean * mean)
+                .max(0.0)
+                .sqrt()
+                .max(super::baseline::MIN_SIGMA);
+            let (a, b) = (dev(k) - mean, dev(k + 1) - mean);
+            if a.abs() > CLEAR_SIGMAS * sigma
+                && b.abs() > CLEAR_SIGMAS * sigma
+                && a.signum() == b.signum()
+            {
+                return Some((k, sigma));
+            }
+        }
+        sum += dev(k);
+        sum_sq += dev(k) * dev(k);
+    }
+    None
+}
+
+/// Two samples this many sigmas of the record's own noise out are an arrival
+/// ([`clear_precursor`]): the amplifier's noise alone (3–6 counts) never does that, and a
+/// weak first arrival of a real tree stands 20–40 sigmas out.
+const CLEAR_SIGMAS: f64 = 10.0;
+/// The least quiet samples the record's own noise is measured on.
+const OWN_QUIET: usize = 4;
 /// A sample before the threshold crossing this many noise sigmas out, on the arrival's side,
 /// is part of the rise ([`pick_from`]). Measured on 40 varied sets per model, against no
 /// walking back: `shared` 30 dB ToF median 4.75 µs instead of 5.00, `field` 40 dB 9.1 µs
@@ -182,7 +233,7 @@ const HINGE_STEPS: usize = 200;
 /// Least-squares fit of `y = a·h + b·h²`, `h = (t − t_a)₊`, over `points`, `t_a` searched in
 /// `[lo, hi]`. The quadratic term follows the bend of the first half-cycle, which a straight
 /// line would extrapolate too early; with fewer than three rising points it is left out.
-fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
+pub(super) fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
     let n_rising = points.iter().filter(|&&(t, _)| t >= hi).count();
     let quadratic = n_rising >= QUADRATIC_FROM;
     let residual = |t_a: f64| {
@@ -226,10 +277,15 @@ mod tests {
     /// A receiver's record: rest 2000 counts, ±2 counts of fixed noise, then `shape` from
     /// sample `at` on; sampled every 27 µs.
     fn record(at: usize, shape: &[f32]) -> (Vec<f32>, Vec<f64>) {
+        noisy_record(at, shape, 1.0)
+    }
+
+    /// [`record`] with its noise scaled by `scale`.
+    fn noisy_record(at: usize, shape: &[f32], scale: f32) -> (Vec<f32>, Vec<f64>) {
         let n = 40;
         let raw = (0..n)
             .map(|k| {
-                let noise = [1.0, -2.0, 0.0, 2.0, -1.0][k % 5];
+                let noise = scale * [1.0, -2.0, 0.0, 2.0, -1.0][k % 5];
                 2000.0
                     + noise
                     + if k >= at {
@@ -242,11 +298,16 @@ mod tests {
         (raw, (0..n).map(|k| k as f64 * 27.0).collect())
     }
 
-    /// `precursor` from sample 6 on, then a main phase peaking at 1200 counts.
-    fn two_phases(precursor: &[f32]) -> (Vec<f32>, Vec<f64>) {
+    /// `precursor` from sample 6 on, then a main phase peaking at 1200 counts; the noise
+    /// scaled by `noise`.
+    fn two_phases_in(precursor: &[f32], noise: f32) -> (Vec<f32>, Vec<f64>) {
         let mut shape = precursor.to_vec();
         shape.extend([500.0, 1100.0, 1200.0, 900.0, 400.0]);
-        record(6, &shape)
+        noisy_record(6, &shape, noise)
+    }
+
+    fn two_phases(precursor: &[f32]) -> (Vec<f32>, Vec<f64>) {
+        two_phases_in(precursor, 1.0)
     }
 
     const QUIET: Baseline = Baseline {
@@ -262,18 +323,32 @@ mod tests {
         let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
         assert!((5.0 * 27.0..=6.0 * 27.0).contains(&p.t_us), "{p:?}");
         assert!(!p.hidden_arrival, "{p:?}");
-        // Noise that grows with the signal (5 % of the peak, 60 counts): 100 counts are
-        // within the noise of a ray this loud, and the picker waits for the main phase.
+        // Noise that grows with the signal (5 % of the peak, 60 counts, and the record as
+        // noisy before the arrival): 100 counts are within the noise of a ray this loud, and
+        // the picker waits for the main phase.
+        let (raw, t) = two_phases_in(&[-40.0, -110.0, -90.0, -120.0, -60.0, -70.0, -50.0], 30.0);
         let p = pick(&raw, &t, QUIET, 0.05, 30).unwrap();
         assert!(p.t_us > 11.0 * 27.0, "{p:?}");
         assert!(!p.hidden_arrival, "{p:?}");
     }
 
     #[test]
+    fn a_first_arrival_clearly_out_of_the_records_noise_is_picked_however_loud_the_ray() {
+        // The case: a first arrival of 65–93 counts two samples before a main phase
+        // of 1200, where the set's noise-to-peak ratio (10 %) puts the threshold above it,
+        // but the record's own noise is 2 counts: it stands 30–45 sigmas out.
+        let (raw, t) = record(6, &[65.0, 93.0, 48.0, 257.0, 825.0, 1204.0, 1264.0, 700.0]);
+        let p = pick(&raw, &t, QUIET, 0.1, 30).unwrap();
+        assert!((5.0 * 27.0..=6.0 * 27.0).contains(&p.t_us), "{p:?}");
+        assert!(!p.hidden_arrival, "{p:?}");
+    }
+
+    #[test]
     fn an_arrival_below_the_threshold_but_out_of_the_noise_flags_the_pick() {
-        // 20–30 counts (10–15 sigmas) from sample 6: under the least fraction of the peak
-        // (3 % of 1200 = 36 counts), so the pick is the main phase; the ray is flagged.
-        let (raw, t) = two_phases(&[-20.0, -30.0, -25.0, -30.0, -20.0, -25.0, -20.0]);
+        // 12–16 counts (6–8 sigmas) from sample 6: under the least fraction of the peak
+        // (3 % of 1200 = 36 counts) and too weak to be sure of, so the pick is the main
+        // phase; the ray is flagged.
+        let (raw, t) = two_phases(&[-12.0, -16.0, -14.0, -16.0, -12.0, -14.0, -12.0]);
         let p = pick(&raw, &t, QUIET, 0.002, 30).unwrap();
         assert!(p.t_us > 11.0 * 27.0, "{p:?}");
         assert!(p.hidden_arrival, "{p:?}");

@@ -155,8 +155,13 @@ pub(super) fn refine_class(
     for (&(i, j), &x) in rays.iter().zip(&x) {
         if let Some(p) = picks[i][j].as_mut() {
             let refined = x + level;
-            // A ray the correlations disagree with by over a sample keeps its pick.
-            if (refined - p.t_us).abs() < set[i].dt_us {
+            // A ray the correlations disagree with by over a sample keeps its pick, and so
+            // does one they would put after its first sample that stands out of the noise:
+            // no arrival comes after a sample that already shows it (the correlations of
+            // waveforms that differ beyond their first arrival lock onto later phases).
+            let (quiet, risen) = p.bracket_us;
+            let inside = refined <= risen && refined >= quiet - BRACKET_SLACK * dt;
+            if (refined - p.t_us).abs() < set[i].dt_us && inside {
                 p.t_us = refined;
             }
         }
@@ -244,6 +249,9 @@ fn stacked_onset(
     })
 }
 
+/// How far (in samples) before a ray's last quiet sample its aligned arrival may lie: a slow
+/// rise can stay within the noise for part of a sample.
+const BRACKET_SLACK: f64 = 0.5;
 /// How far (in samples) the stacked onset may lie from the median of the class's picks.
 const LEVEL_GUARD_SAMPLES: f64 = 0.5;
 /// Crossing level of the stacked curve, as a fraction of the first peak.
