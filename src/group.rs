@@ -107,8 +107,18 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
 
     /// Takes out every complete set, earliest window first.
     pub fn take_complete(&mut self) -> Vec<TapSet<K>> {
+        self.take_complete_of(|_| true)
+    }
+
+    /// Takes out the complete sets of the devices `ready` accepts. The caller holds back a
+    /// device whose files are still arriving: a backlog copied in at once arrives in any
+    /// order, and a later set formed first would make the earlier ones leftovers.
+    pub fn take_complete_of(&mut self, ready: impl Fn(&Option<String>) -> bool) -> Vec<TapSet<K>> {
         let mut sets = Vec::new();
         for (device, files) in self.pending.iter_mut() {
+            if !ready(device) {
+                continue;
+            }
             loop {
                 // Files not newer than a set already formed never join another one.
                 let first = self.formed.get(device).map_or(0, |(_, newest)| {
@@ -247,6 +257,24 @@ mod tests {
             let t = t0 + step * (tap as i64 - 1);
             g.add(name(device, t, tap), format!("{device}-{t}-{tap}"));
         }
+    }
+
+    #[test]
+    fn a_device_held_back_forms_its_sets_in_order_once_ready() {
+        let mut g = Grouper::new(900);
+        // Two sets of one device, the later one complete first (a backlog copied in).
+        for t in 1..=8u8 {
+            g.add(name("D", 2000 + i64::from(t), t), format!("late-{t}"));
+        }
+        for t in 1..=7u8 {
+            g.add(name("D", 1000 + i64::from(t), t), format!("early-{t}"));
+        }
+        assert!(g.take_complete_of(|d| d.as_deref() != Some("D")).is_empty());
+        g.add(name("D", 1008, 8), "early-8".to_string());
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        assert_eq!((sets[0].unix_s, sets[1].unix_s), (1001, 2001));
+        assert!(g.take_stale().is_empty());
     }
 
     #[test]

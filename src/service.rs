@@ -80,6 +80,9 @@ pub struct RunSummary {
     pub rejected: usize,
 }
 
+/// How often the files still settling are looked at again (their events are seen at once).
+const SETTLE_CHECK_EVERY: Duration = Duration::from_millis(50);
+
 /// How often an idle delivery thread checks that the sinks answer (for `/healthz`).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
@@ -375,6 +378,7 @@ pub fn run(
         summary: RunSummary::default(),
         metrics: metrics.clone(),
         last_incomplete_check: Instant::now(),
+        last_settle_check: Instant::now(),
         cfg: cfg.clone(),
     };
     if opts.role != Role::Worker {
@@ -515,6 +519,7 @@ struct Coordinator {
     summary: RunSummary,
     metrics: Arc<Metrics>,
     last_incomplete_check: Instant,
+    last_settle_check: Instant,
 }
 
 impl Coordinator {
@@ -619,6 +624,26 @@ impl Coordinator {
     /// groups them, books complete sets and sets leftovers aside.
     fn step(&mut self) {
         let now = Instant::now();
+        // Settling, reading and grouping go on a timer, not on every turn: a backlog renamed
+        // in arrives as thousands of events, each a turn of the loop.
+        if now.duration_since(self.last_settle_check) >= SETTLE_CHECK_EVERY {
+            self.last_settle_check = now;
+            self.settle_and_group(now);
+        }
+        self.book_held(now);
+        for stale in self.grouper.take_stale() {
+            let sig = self.files.remove(&stale.file.key).map(|s| s.sig);
+            self.set_aside(&stale.file.key, &stale.reason(), sig);
+        }
+        if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
+            self.last_incomplete_check = now;
+            self.report_incomplete(now);
+        }
+    }
+
+    /// Looks at the settling files again, reads those that settled (a bad one is set aside)
+    /// and takes out the complete sets.
+    fn settle_and_group(&mut self, now: Instant) {
         for p in self.settle.paths() {
             self.settle.observe(&p, FileSig::of(&p), now);
         }
@@ -657,17 +682,17 @@ impl Coordinator {
                 Kind::Ignored(_) => {}
             }
         }
-        for set in self.grouper.take_complete() {
+        // A device with tap files still settling forms no set yet, so its sets form in the
+        // order of their files' times however a backlog arrives.
+        let arriving: HashSet<Option<String>> = self
+            .settle
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str())
+            .filter_map(|n| TapName::parse(n).ok())
+            .map(|t| t.device)
+            .collect();
+        for set in self.grouper.take_complete_of(|d| !arriving.contains(d)) {
             self.held.push((set, now));
-        }
-        self.book_held(now);
-        for stale in self.grouper.take_stale() {
-            let sig = self.files.remove(&stale.file.key).map(|s| s.sig);
-            self.set_aside(&stale.file.key, &stale.reason(), sig);
-        }
-        if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
-            self.last_incomplete_check = now;
-            self.report_incomplete(now);
         }
     }
 

@@ -193,6 +193,11 @@ impl Settle {
         self.files.is_empty()
     }
 
+    /// The files being tracked.
+    pub fn iter(&self) -> impl Iterator<Item = &Path> {
+        self.files.keys().map(PathBuf::as_path)
+    }
+
     /// Files being tracked, for the caller to look at again.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.files.keys().cloned().collect()
