@@ -609,7 +609,9 @@ fn iterate(
             // The box sums down the columns, each output row finished as it comes: divided
             // by the weights' box sum, then weighted again for the next pass, or added to the
             // slowness after the last.
-            box_columns_with(n, radius_cells, row_sums, acc, |i, sums| {
+            let mut columns = ColumnSums::start(n, radius_cells, row_sums, acc);
+            for i in 0..n {
+                let sums = columns.row(i);
                 let at = i * n..(i + 1) * n;
                 let smoothed = sums.iter().zip(&weight_sum[at.clone()]).map(|(f, w)| {
                     let q = *f / w;
@@ -628,7 +630,7 @@ fn iterate(
                         *p = d * w;
                     }
                 }
-            });
+            }
         }
     }
 }
@@ -639,39 +641,58 @@ fn iterate(
 /// vectorise, while each column's sum is formed in the order a one-column loop would. The cost
 /// does not grow with the radius.
 fn box_columns(n: usize, radius: usize, src: &[f64], dst: &mut [f64], acc: &mut [f64]) {
-    box_columns_with(n, radius, src, acc, |i, sums| {
-        dst[i * n..(i + 1) * n].copy_from_slice(sums)
-    });
+    let mut columns = ColumnSums::start(n, radius, src, acc);
+    for (i, out) in dst[..n * n].chunks_exact_mut(n).enumerate() {
+        out.copy_from_slice(columns.row(i));
+    }
 }
 
-/// [`box_columns`], handing each output row `i` to `row(i, sums)` instead of storing it, so
-/// the caller finishes it while it is in the cache.
-#[inline(always)]
-fn box_columns_with(
+/// [`box_columns`] one output row at a time, so a caller can finish each row while it is in
+/// the cache; rows must be asked for in order, 0 to n − 1.
+struct ColumnSums<'a> {
     n: usize,
     radius: usize,
-    src: &[f64],
-    acc: &mut [f64],
-    mut row_out: impl FnMut(usize, &[f64]),
-) {
-    let acc = &mut acc[..n];
-    acc.fill(0.0);
-    let row = |k: usize| &src[k * n..(k + 1) * n];
-    for k in 0..radius.min(n - 1) {
-        acc.iter_mut().zip(row(k)).for_each(|(s, x)| *s += x);
-    }
-    for i in 0..n {
-        if i + radius < n {
+    src: &'a [f64],
+    acc: &'a mut [f64],
+}
+
+impl<'a> ColumnSums<'a> {
+    #[inline(always)]
+    fn start(n: usize, radius: usize, src: &'a [f64], acc: &'a mut [f64]) -> Self {
+        let acc = &mut acc[..n];
+        acc.fill(0.0);
+        for k in 0..radius.min(n - 1) {
             acc.iter_mut()
-                .zip(row(i + radius))
+                .zip(&src[k * n..(k + 1) * n])
+                .for_each(|(s, x)| *s += x);
+        }
+        ColumnSums {
+            n,
+            radius,
+            src,
+            acc,
+        }
+    }
+
+    /// The sums of output row `i`.
+    #[inline(always)]
+    fn row(&mut self, i: usize) -> &[f64] {
+        let (n, radius) = (self.n, self.radius);
+        if i + radius < n {
+            let k = i + radius;
+            self.acc
+                .iter_mut()
+                .zip(&self.src[k * n..(k + 1) * n])
                 .for_each(|(s, x)| *s += x);
         }
         if i > radius {
-            acc.iter_mut()
-                .zip(row(i - radius - 1))
+            let k = i - radius - 1;
+            self.acc
+                .iter_mut()
+                .zip(&self.src[k * n..(k + 1) * n])
                 .for_each(|(s, x)| *s -= x);
         }
-        row_out(i, acc);
+        self.acc
     }
 }
 
