@@ -1,6 +1,7 @@
 //! Throughput benchmarks: parsing one tap file, estimating one set (default method and plain
-//! GCC-PHAT), building its plain result and report, parsing and estimating together, and the
-//! set's tomogram (reconstruction, and drawing with PNG encoding).
+//! GCC-PHAT), building its plain result and report, parsing and estimating together, the
+//! set's tomogram (planning the rays, reconstruction with a plan and through the cache, and
+//! the picture: drawing with PNG encoding), and a whole set after parsing (`per_set`).
 //!
 //! Files are simulated in memory (`simulate_many`, default parameters: 500 samples, about
 //! 26 KB each, the size of a real device file), so the bench needs no data on disk.
@@ -95,9 +96,12 @@ fn end_to_end(c: &mut Criterion) {
     group.finish();
 }
 
-/// The cross-section of one set: SIRT reconstruction, and drawing plus PNG encoding.
+/// The cross-section of one set: planning its rays, SIRT reconstruction with a plan and
+/// through the cached path, and the picture (drawing plus PNG encoding).
 fn tomogram(c: &mut Criterion) {
-    use terawang::tomogram::{TomogramConfig, reconstruct, render_png};
+    use terawang::tomogram::{
+        TomogramConfig, TomogramPlan, reconstruct, reconstruct_with_plan, render_png, usable_mask,
+    };
     let taps = read_set(&one_set());
     let cfg = EngineConfig::default();
     let mut engine = Engine::new(cfg.clone());
@@ -106,8 +110,18 @@ fn tomogram(c: &mut Criterion) {
         .expect("the CPU engine never fails")
         .plain_matrix();
     let tomo_cfg = TomogramConfig::default();
+    let mask = usable_mask(&matrix, cfg.diameter_m);
+    let plan = TomogramPlan::new(cfg.diameter_m, mask, &tomo_cfg).expect("a valid geometry");
     let picture = reconstruct(&matrix, cfg.diameter_m, &tomo_cfg).expect("enough rays");
     let mut group = c.benchmark_group("tomogram");
+    // What a plan-cache miss costs: tracing the 28 chords and the weights.
+    group.bench_function("plan", |b| {
+        b.iter(|| TomogramPlan::new(cfg.diameter_m, black_box(mask), &tomo_cfg))
+    });
+    group.bench_function("reconstruct_with_plan", |b| {
+        b.iter(|| reconstruct_with_plan(black_box(&matrix), &plan, &tomo_cfg))
+    });
+    // The path `process` takes: the plan from the thread's cache (a hit after the first).
     group.bench_function("reconstruct", |b| {
         b.iter(|| reconstruct(black_box(&matrix), cfg.diameter_m, &tomo_cfg))
     });
@@ -122,6 +136,27 @@ fn tomogram(c: &mut Criterion) {
     group.finish();
 }
 
+/// Everything a set costs after parsing, as `process` does it: estimate, tomogram, picture,
+/// result and report, in memory.
+fn per_set(c: &mut Criterion) {
+    let taps = read_set(&one_set());
+    let cfg = EngineConfig::default();
+    let mut engine = Engine::new(cfg.clone());
+    let name = ResultName::new(Some("20-79-18-81-6E-65"), 1_755_752_474);
+    let mut group = c.benchmark_group("per_set");
+    for (label, with_tomogram) in [("all_outputs", true), ("no_tomogram", false)] {
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let est = engine
+                    .estimate(black_box(&taps.input))
+                    .expect("the CPU engine never fails");
+                SetOutputs::build(&name, &est, &cfg, &taps.files, with_tomogram, None)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -132,6 +167,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = parse, engine, outputs, end_to_end, tomogram
+    targets = parse, engine, outputs, end_to_end, tomogram, per_set
 }
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Times `terawang process --threads 1` against the plain numpy GCC-PHAT script on the same
-# simulated files, in the same run. Usage: benches/compare/run.sh [SETS]   (default 200)
+# Times `terawang process --threads 1`, with its default outputs and with --no-tomogram,
+# against the plain numpy GCC-PHAT script on the same simulated files, all in the same run,
+# and prints the ratios against the goals of issue #17.
+# Usage: benches/compare/run.sh [SETS]   (default 200; TMPDIR=/dev/shm for tmpfs)
 set -euo pipefail
 
 SETS=${1:-200}
@@ -31,16 +33,33 @@ ms_since() {
 # Warm the page cache for both (the files were just written, but be explicit).
 cat "$WORK"/data/*.json >/dev/null
 
-t0=$(now)
-"$BIN" process "$WORK/data" --out "$WORK/rust" --threads 1 ${TERAWANG_ARGS:-} >"$WORK/rust.log" 2>&1 || {
-    # Exit code 2 means some files were rejected or left over (truth.json is not a tap file).
-    [ $? -eq 2 ] || { cat "$WORK/rust.log" >&2; exit 1; }
+# Peak memory of each terawang run, where GNU time is there.
+TIME=()
+[ -x /usr/bin/time ] && TIME=(/usr/bin/time -f "%M" -o "$WORK/rss")
+# terawang with the default outputs (result, report with the tomogram grid, picture), then
+# without the tomogram; TERAWANG_ARGS adds options to both.
+rust() {
+    local out=$1
+    shift
+    rm -rf "${WORK:?}/$out"
+    "${TIME[@]}" "$BIN" process "$WORK/data" --out "$WORK/$out" --threads 1 "$@" ${TERAWANG_ARGS:-} >"$WORK/$out.log" 2>&1 || {
+        # Exit code 2 means some files were rejected or left over (truth.json is not a tap file).
+        [ $? -eq 2 ] || { cat "$WORK/$out.log" >&2; exit 1; }
+    }
 }
-rust_ms=$(ms_since "$t0")
+numpy() {
+    rm -rf "${WORK:?}/numpy"
+    python3 "$HERE/gcc_phat_numpy.py" "$WORK/data" --out "$WORK/numpy" >"$WORK/numpy.log"
+}
 
-t0=$(now)
-python3 "$HERE/gcc_phat_numpy.py" "$WORK/data" --out "$WORK/numpy" >"$WORK/numpy.log"
-numpy_ms=$(ms_since "$t0")
+# numpy before and after the two terawang runs: the machine's load drifts, and the mean of
+# the two brackets the terawang runs.
+t0=$(now); numpy; numpy1_ms=$(ms_since "$t0")
+t0=$(now); rust rust; rust_ms=$(ms_since "$t0")
+rust_rss=$(cat "$WORK/rss" 2>/dev/null || echo "?")
+t0=$(now); rust rust_nt --no-tomogram; rust_nt_ms=$(ms_since "$t0")
+rust_nt_rss=$(cat "$WORK/rss" 2>/dev/null || echo "?")
+t0=$(now); numpy; numpy2_ms=$(ms_since "$t0")
 
 # The file-system floor: the same reads and writes with no parsing and no computing.
 t0=$(now)
@@ -48,17 +67,32 @@ t0=$(now)
 floor_ms=$(ms_since "$t0")
 
 n_rust=$(find "$WORK/rust" -name 'result_*.json' ! -name '*report*' | wc -l)
+n_png=$(find "$WORK/rust" -name 'result_*.png' | wc -l)
 n_numpy=$(find "$WORK/numpy" -name 'result_*.json' | wc -l)
-echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
-echo "sets: $SETS simulated; result files: terawang $n_rust, numpy $n_numpy"
+echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sets: $SETS simulated in ${TMPDIR:-/tmp}; result files: terawang $n_rust ($n_png pictures), numpy $n_numpy"
 head -1 "$WORK/rust.log"
 cat "$WORK/numpy.log"
-python3 - "$SETS" "$rust_ms" "$numpy_ms" "$floor_ms" <<'PY'
+python3 - "$SETS" "$rust_ms" "$rust_nt_ms" "$numpy1_ms" "$numpy2_ms" "$floor_ms" "$rust_rss" "$rust_nt_rss" <<'PY'
 import sys
-sets, rust_ms, numpy_ms, floor_ms = int(sys.argv[1]), *map(float, sys.argv[2:5])
-print(f"terawang process --threads 1: {rust_ms:9.1f} ms total, {rust_ms / sets:7.3f} ms per set")
-print(f"numpy GCC-PHAT              : {numpy_ms:9.1f} ms total, {numpy_ms / sets:7.3f} ms per set")
-print(f"file-system floor (io_floor): {floor_ms:9.1f} ms total, {floor_ms / sets:7.3f} ms per set")
-print(f"ratio numpy / terawang      : {numpy_ms / rust_ms:.2f}x")
-print(f"ceiling numpy / floor       : {numpy_ms / floor_ms:.2f}x  (no reader of these files can beat it)")
+sets = int(sys.argv[1])
+rust_ms, rust_nt_ms, numpy1_ms, numpy2_ms, floor_ms = map(float, sys.argv[2:7])
+rss, rss_nt = sys.argv[7:9]
+numpy_ms = 0.5 * (numpy1_ms + numpy2_ms)
+per = lambda ms: ms / sets
+def line(name, ms, goal_ms=None, goal_x=None, rss=None):
+    text = f"{name:38}: {ms:9.1f} ms total, {per(ms):7.3f} ms per set"
+    if goal_ms is not None:
+        ratio = numpy_ms / ms
+        ok = per(ms) <= goal_ms and ratio >= goal_x
+        text += f", {ratio:5.2f}x numpy (goal <= {goal_ms} ms and >= {goal_x}x: {'met' if ok else 'NOT met'})"
+    if rss not in (None, "?"):
+        text += f", peak {int(rss) / 1024:.0f} MB"
+    print(text)
+line("terawang process --threads 1", rust_ms, 1.0, 5, rss)
+line("terawang process --threads 1 --no-tomogram", rust_nt_ms, 0.5, 10, rss_nt)
+print(f"{'numpy GCC-PHAT (mean of before, after)':38}: {numpy_ms:9.1f} ms total, {per(numpy_ms):7.3f} ms per set"
+      f"  (before {per(numpy1_ms):.3f}, after {per(numpy2_ms):.3f})")
+line("file-system floor (io_floor)", floor_ms)
+print(f"ceiling numpy / floor                 : {numpy_ms / floor_ms:.2f}x  (no reader of these files can beat it)")
 PY

@@ -5,12 +5,12 @@
 //! cross-correlation of each pair: `out[pair·n_fft + lag]`, where a peak at lag ℓ (samples,
 //! negative lags wrap to the end) means the signal window is the reference window delayed by
 //! ℓ. Each window is transformed once however many pairs use it. [`CpuGcc`] is the CPU
-//! correlator; FFT plans and scratch are built once per `n_fft` and reused.
+//! correlator; real-to-complex FFT plans and scratch are built once per `n_fft` and reused.
 
 use std::sync::Arc;
 
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex32;
-use rustfft::{Fft, FftPlanner};
 
 use super::phat;
 
@@ -113,39 +113,44 @@ pub enum Kernel {
     Simd,
 }
 
-/// The CPU correlator for one FFT length.
+/// The CPU correlator for one FFT length. The windows are real, so their spectra are
+/// Hermitian: real-to-complex transforms (realfft) compute only the `n_fft/2 + 1` bins that
+/// carry information, half the work of complex transforms.
 pub struct CpuGcc {
     n_fft: usize,
     kernel: Kernel,
-    forward: Arc<dyn Fft<f32>>,
-    inverse: Arc<dyn Fft<f32>>,
+    forward: Arc<dyn RealToComplex<f32>>,
+    inverse: Arc<dyn ComplexToReal<f32>>,
     scratch: Vec<Complex32>,
+    /// `n_windows · (n_fft/2 + 1)` bins.
     spectra: Vec<Complex32>,
     cross: Vec<Complex32>,
+    /// A window's samples (the forward transform works in place on its input).
+    real: Vec<f32>,
 }
 
 impl CpuGcc {
     pub fn new(n_fft: usize, kernel: Kernel) -> Self {
-        let mut planner = FftPlanner::new();
+        let mut planner = RealFftPlanner::<f32>::new();
         let forward = planner.plan_fft_forward(n_fft);
         let inverse = planner.plan_fft_inverse(n_fft);
-        let scratch_len = forward
-            .get_inplace_scratch_len()
-            .max(inverse.get_inplace_scratch_len());
+        let scratch_len = forward.get_scratch_len().max(inverse.get_scratch_len());
         CpuGcc {
             n_fft,
             kernel,
-            forward,
-            inverse,
             scratch: vec![Complex32::default(); scratch_len],
             spectra: Vec::new(),
-            cross: vec![Complex32::default(); n_fft],
+            cross: inverse.make_input_vec(),
+            real: forward.make_input_vec(),
+            forward,
+            inverse,
         }
     }
 
     /// Correlates every pair of the batch; `out.len() == batch.out_len()`.
     pub fn correlate_batch(&mut self, batch: &PairBatch, out: &mut [f32]) {
         let n = self.n_fft;
+        let bins = n / 2 + 1;
         assert_eq!(batch.n_fft, n, "batch built for another FFT length");
         assert_eq!(
             out.len(),
@@ -153,30 +158,35 @@ impl CpuGcc {
             "output buffer has the wrong length"
         );
         self.spectra
-            .resize(batch.n_windows() * n, Complex32::default());
+            .resize(batch.n_windows() * bins, Complex32::default());
         for (spec, window) in self
             .spectra
-            .chunks_exact_mut(n)
+            .chunks_exact_mut(bins)
             .zip(batch.windows.chunks_exact(n))
         {
-            for (c, &x) in spec.iter_mut().zip(window) {
-                *c = Complex32::new(x, 0.0);
-            }
-            self.forward.process_with_scratch(spec, &mut self.scratch);
+            self.real.copy_from_slice(window);
+            self.forward
+                .process_with_scratch(&mut self.real, spec, &mut self.scratch)
+                .expect("buffers sized by the plan");
         }
         let scale = 1.0 / n as f32;
         for (&[r, s], dst) in batch.pairs.iter().zip(out.chunks_exact_mut(n)) {
             let (r, s) = (r as usize, s as usize);
-            let reference = &self.spectra[r * n..(r + 1) * n];
-            let signal = &self.spectra[s * n..(s + 1) * n];
+            let reference = &self.spectra[r * bins..(r + 1) * bins];
+            let signal = &self.spectra[s * bins..(s + 1) * bins];
             match self.kernel {
                 Kernel::Scalar => phat::phat_scalar(reference, signal, &mut self.cross),
                 Kernel::Simd => phat::phat_simd(reference, signal, &mut self.cross),
             }
+            // The DC and Nyquist bins of a real signal's spectrum are real; rounding must not
+            // leave an imaginary part there (the inverse ignores it).
+            self.cross[0].im = 0.0;
+            self.cross[bins - 1].im = 0.0;
             self.inverse
-                .process_with_scratch(&mut self.cross, &mut self.scratch);
-            for (o, c) in dst.iter_mut().zip(&self.cross) {
-                *o = c.re * scale;
+                .process_with_scratch(&mut self.cross, dst, &mut self.scratch)
+                .expect("buffers sized by the plan");
+            for o in dst.iter_mut() {
+                *o *= scale;
             }
         }
     }
@@ -336,7 +346,17 @@ pub fn find_peak(r: &[f32], lo: isize, hi: isize) -> Option<Peak> {
     if hi < lo || n == 0 {
         return None;
     }
-    let at = |lag: isize| r[lag.rem_euclid(n) as usize] as f64;
+    // Lags wrap around the end of `r`; for a power-of-two length (every FFT here) a mask
+    // does what `rem_euclid` does, without a division per lag.
+    let mask = if n.count_ones() == 1 { n - 1 } else { -1 };
+    let at = |lag: isize| {
+        let k = if mask >= 0 {
+            lag & mask
+        } else {
+            lag.rem_euclid(n)
+        };
+        r[k as usize] as f64
+    };
     let best = (lo..=hi).max_by(|&a, &b| at(a).total_cmp(&at(b)))?;
     let side = (lo..=hi)
         .filter(|l| (l - best).abs() > 2)

@@ -435,8 +435,12 @@ pub fn prepare(tap: &Recording, segment: usize) -> Prepared {
         .map(|&t| (t - t0) as f64 / 1000.0)
         .collect();
     let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|k| tap.channels()[k][..n].to_vec());
+    // The rest level is the median of the whole channel, selected in one buffer reused for
+    // every channel (selection reorders, and the recording is not ours to reorder).
+    let mut whole: Vec<f32> = Vec::with_capacity(tap.n_samples());
     let channels = std::array::from_fn(|k| {
-        let mut whole = tap.channels()[k].clone();
+        whole.clear();
+        whole.extend_from_slice(&tap.channels()[k]);
         let mid = whole.len() / 2;
         let rest = *whole.select_nth_unstable_by(mid, f32::total_cmp).1;
         raw[k].iter().map(|&x| x - rest).collect()
