@@ -607,16 +607,19 @@ impl Coordinator {
         }
     }
 
+    /// A good file, read and settled, from `now` on.
+    fn seen(&mut self, path: &Path, sig: FileSig, now: Instant) {
+        let seen = Seen {
+            sig,
+            since: now,
+            reported: false,
+        };
+        self.files.insert(path.to_path_buf(), seen);
+    }
+
     /// A good file for the grouper.
     fn wait_for_set(&mut self, name: TapName, path: PathBuf, sig: FileSig, now: Instant) {
-        self.files.insert(
-            path.clone(),
-            Seen {
-                sig,
-                since: now,
-                reported: false,
-            },
-        );
+        self.seen(&path, sig, now);
         self.grouper.add(name, path);
     }
 
@@ -659,14 +662,7 @@ impl Coordinator {
                 },
                 Kind::Survey(name) => match read_survey(&path) {
                     Ok(survey) => {
-                        self.files.insert(
-                            path.clone(),
-                            Seen {
-                                sig,
-                                since: now,
-                                reported: false,
-                            },
-                        );
+                        self.seen(&path, sig, now);
                         self.surveys.insert(path, (name, survey));
                     }
                     Err(e) => {

@@ -71,55 +71,51 @@ pub fn open_amqps(cfg: &AmqpConfig, timeout: Duration) -> anyhow::Result<amiquip
     let tls = client_config()?;
     let name = ServerName::try_from(cfg.host.clone())
         .with_context(|| format!("{} is not a valid TLS server name", cfg.host))?;
-    let addrs: Vec<SocketAddr> = (cfg.host.as_str(), cfg.port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {}", cfg.host))?
-        .collect();
-    let mut last_err = None;
-    for addr in addrs {
-        let stream = match AmqpsStream::connect(addr, name.clone(), tls.clone(), timeout) {
-            Ok(s) => s,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
-            }
-        };
+    first_address(cfg, |addr| {
+        let stream = AmqpsStream::connect(addr, name.clone(), tls.clone(), timeout)?;
         // "Insecure" in amiquip's sense: it adds no TLS of its own; the stream brings it.
-        return Ok(amiquip::Connection::insecure_open_stream(
+        Ok(amiquip::Connection::insecure_open_stream(
             stream,
             amqp_options(cfg, timeout),
             amiquip::ConnectionTuning::default(),
-        )?);
-    }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} has no address", cfg.host)))
+        )?)
+    })
 }
 
 /// Opens a plain AMQP connection on a socket with `TCP_NODELAY`: a publish and its confirm
 /// are small frames, which Nagle's algorithm would hold back until the broker's delayed ACK
 /// (about 40 ms on loopback).
 pub fn open_amqp(cfg: &AmqpConfig, timeout: Duration) -> anyhow::Result<amiquip::Connection> {
+    first_address(cfg, |addr| {
+        let tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        tcp.set_nonblocking(true)?;
+        let stream = mio::net::TcpStream::from_stream(tcp)?;
+        Ok(amiquip::Connection::insecure_open_stream(
+            stream,
+            amqp_options(cfg, timeout),
+            amiquip::ConnectionTuning::default(),
+        )?)
+    })
+}
+
+/// The connection `open` makes to the first of the broker's addresses that takes it, or the
+/// last error.
+fn first_address(
+    cfg: &AmqpConfig,
+    mut open: impl FnMut(SocketAddr) -> anyhow::Result<amiquip::Connection>,
+) -> anyhow::Result<amiquip::Connection> {
     let addrs: Vec<SocketAddr> = (cfg.host.as_str(), cfg.port)
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {}", cfg.host))?
         .collect();
     let mut last_err = None;
     for addr in addrs {
-        let tcp = match std::net::TcpStream::connect_timeout(&addr, timeout) {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                last_err =
-                    Some(anyhow::Error::from(e).context(format!("cannot connect to {addr}")));
-                continue;
-            }
-        };
-        tcp.set_nodelay(true)?;
-        tcp.set_nonblocking(true)?;
-        let stream = mio::net::TcpStream::from_stream(tcp)?;
-        return Ok(amiquip::Connection::insecure_open_stream(
-            stream,
-            amqp_options(cfg, timeout),
-            amiquip::ConnectionTuning::default(),
-        )?);
+        match open(addr) {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last_err = Some(e),
+        }
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} has no address", cfg.host)))
 }
