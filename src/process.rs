@@ -4,6 +4,12 @@
 //! and write one set at a time, so memory stays flat however many sets there are. A file that
 //! fails to read is rejected and the rest of its set goes back to the grouper, where a
 //! duplicate of the bad tap may still complete it.
+//!
+//! On the CPU each worker has its own engine and computes its sets one by one. On the GPU
+//! there is one engine (one GPU context) for the whole run, on the main thread: workers read
+//! sets and write results, and every set read by the time the GPU is free goes into one
+//! batched dispatch (at most [`MAX_GPU_BATCH`] sets; sets with different diameters, from
+//! survey files, go in separate dispatches).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,11 +17,11 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded};
 
-use crate::backend::{BackendChoice, make_correlators};
+use crate::backend::{BackendChoice, make_correlator, make_correlators, settled};
 use crate::device::{
     N_SENSORS, ReadError, ReadErrorKind, SetRecording, TapName, TapRecording, read_tap_file,
 };
-use crate::engine::{Engine, EngineConfig, n_fft_for};
+use crate::engine::{Engine, EngineConfig, SetEstimate, n_fft_for};
 use crate::group::{Grouper, TapSet};
 use crate::result::{Durability, SetOutputs};
 use crate::survey::{Survey, SurveyName, read_survey, survey_for_set};
@@ -150,8 +156,32 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The most sets one GPU dispatch takes: about what one 64 MiB storage binding holds with
+/// `--method gcc-phat` (larger batches run in chunks anyway), and a bound on the sets in
+/// memory at once.
+pub const MAX_GPU_BATCH: usize = 256;
+
+/// What a worker of `process` is given.
+enum Work {
+    /// Read, compute and write a set on the worker's own engine (the CPU).
+    Whole(TapSet<PathBuf>, Option<Survey>),
+    /// Only read a set: the main thread estimates it in a batch on the GPU.
+    Read(TapSet<PathBuf>, Option<Survey>),
+    /// Build and write the outputs of a set estimated in a batch (or say why it failed).
+    Write(Box<ReadSet>, Box<Result<SetEstimate, String>>),
+}
+
+/// A set read and waiting for its estimate.
+struct ReadSet {
+    set: TapSet<PathBuf>,
+    taps: SetRecording,
+    survey: Option<Survey>,
+}
+
 /// What a worker of `process` did with one set.
 enum Processed {
+    /// Read for the GPU: not finished yet.
+    Read(Box<ReadSet>),
     Written {
         paths: Vec<PathBuf>,
         surveyed: bool,
@@ -195,26 +225,65 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     }
 
     let threads = opts.threads.max(1);
-    let correlators = make_correlators(opts.backend, n_fft_for(&opts.engine), threads)
-        .map_err(|e| anyhow::anyhow!("--backend {}: {e}", opts.backend))?;
-    let (job_tx, job_rx) = bounded::<(TapSet<PathBuf>, Option<Survey>)>(threads * 2);
+    let backend_error = |e| anyhow::anyhow!("--backend {}: {e}", opts.backend);
+    let n_fft = n_fft_for(&opts.engine);
+    // The first correlator settles `auto`: a GPU is one engine for the run, the CPU one per
+    // worker.
+    let first = make_correlator(opts.backend, n_fft, false).map_err(backend_error)?;
+    let (mut gpu, mut correlators) = match settled(first.as_ref()) {
+        BackendChoice::Gpu => (
+            Some(Engine::with_correlator(opts.engine.clone(), first)),
+            vec![],
+        ),
+        _ => {
+            let mut rest =
+                make_correlators(BackendChoice::Cpu, n_fft, threads - 1).map_err(backend_error)?;
+            rest.push(first);
+            (None, rest)
+        }
+    };
+    let max_in_flight = match gpu {
+        Some(_) => MAX_GPU_BATCH + threads * 2,
+        None => threads * 2,
+    };
+    // Never full: at most one item per set in flight.
+    let (job_tx, job_rx) = bounded::<Work>(max_in_flight);
     let (done_tx, done_rx) = unbounded::<Processed>();
     let started = Instant::now();
     let show_progress = opts.progress && std::io::stderr().is_terminal();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        for (w, correlator) in correlators.into_iter().enumerate() {
+        for w in 0..threads {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let cfg = opts.engine.clone();
             let out_dir = opts.out_dir.clone();
             let tomogram = opts.tomogram;
+            let correlator = correlators.pop();
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn_scoped(scope, move || {
-                    let mut engine = Engine::with_correlator(cfg, correlator);
-                    for (set, survey) in job_rx {
-                        let survey = survey.as_ref();
-                        let outcome = process_set(&mut engine, &set, &out_dir, tomogram, survey);
+                    let mut engine = correlator.map(|c| Engine::with_correlator(cfg.clone(), c));
+                    for work in job_rx {
+                        let outcome = match work {
+                            Work::Whole(set, survey) => {
+                                let Some(engine) = engine.as_mut() else {
+                                    unreachable!("whole sets go to workers with an engine");
+                                };
+                                let survey = survey.as_ref();
+                                process_set(engine, &set, &out_dir, tomogram, survey)
+                            }
+                            Work::Read(set, survey) => match read_set(&set) {
+                                Ok(taps) => {
+                                    Processed::Read(Box::new(ReadSet { set, taps, survey }))
+                                }
+                                Err(BadMembers { rejected, good }) => {
+                                    Processed::BadMembers { rejected, good }
+                                }
+                            },
+                            Work::Write(read, est) => {
+                                write_estimated(&cfg, *read, *est, &out_dir, tomogram)
+                            }
+                        };
                         if done_tx.send(outcome).is_err() {
                             break;
                         }
@@ -232,7 +301,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
         let mut in_flight = 0usize;
         let mut finished = 0usize;
         loop {
-            while in_flight < threads * 2 {
+            while in_flight < max_in_flight {
                 let Some(set) = queue.pop_front() else { break };
                 let survey = if surveys.is_empty() {
                     None
@@ -250,31 +319,51 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                             survey.clone()
                         })
                 };
-                job_tx.send((set, survey))?;
+                job_tx.send(match gpu {
+                    Some(_) => Work::Read(set, survey),
+                    None => Work::Whole(set, survey),
+                })?;
                 in_flight += 1;
             }
             if in_flight == 0 {
                 break;
             }
-            let outcome = done_rx.recv()?;
-            in_flight -= 1;
-            finished += 1;
-            match outcome {
-                Processed::Written { paths, surveyed } => {
-                    summary.written.extend(paths.into_iter().take(1));
-                    summary.surveyed += usize::from(surveyed);
+            // On the GPU, everything that is ready now: the sets read go into one batch.
+            let mut ready: Vec<ReadSet> = Vec::new();
+            let mut next = Some(done_rx.recv()?);
+            while let Some(outcome) = next.take() {
+                if gpu.is_some() {
+                    next = done_rx.try_recv().ok();
                 }
-                Processed::Failed(why) => summary.failed.push(why),
-                Processed::BadMembers { rejected, good } => {
-                    summary.rejected.extend(rejected);
-                    summary.sets_found -= 1;
-                    for (name, path) in good {
-                        grouper.add(name, path);
+                if let Processed::Read(read) = outcome {
+                    ready.push(*read);
+                    continue;
+                }
+                in_flight -= 1;
+                finished += 1;
+                match outcome {
+                    Processed::Read(_) => unreachable!("taken above"),
+                    Processed::Written { paths, surveyed } => {
+                        summary.written.extend(paths.into_iter().take(1));
+                        summary.surveyed += usize::from(surveyed);
                     }
-                    let more = grouper.take_complete();
-                    summary.sets_found += more.len();
-                    known.extend(more.iter().map(|s| (s.device.clone(), s.unix_s)));
-                    queue.extend(more);
+                    Processed::Failed(why) => summary.failed.push(why),
+                    Processed::BadMembers { rejected, good } => {
+                        summary.rejected.extend(rejected);
+                        summary.sets_found -= 1;
+                        for (name, path) in good {
+                            grouper.add(name, path);
+                        }
+                        let more = grouper.take_complete();
+                        summary.sets_found += more.len();
+                        known.extend(more.iter().map(|s| (s.device.clone(), s.unix_s)));
+                        queue.extend(more);
+                    }
+                }
+            }
+            if let Some(engine) = gpu.as_mut() {
+                for (read, est) in estimate_ready(engine, ready) {
+                    job_tx.send(Work::Write(Box::new(read), Box::new(est)))?;
                 }
             }
             if show_progress && started.elapsed().as_secs_f64() > 1.0 {
@@ -389,6 +478,79 @@ pub fn compute_outputs(
     ))
 }
 
+/// Estimates sets read for the GPU in as few dispatches as their diameters allow (a survey
+/// gives its set its own), at most [`MAX_GPU_BATCH`] sets each; each set with its estimate or
+/// why it has none, in order.
+fn estimate_ready(
+    engine: &mut Engine,
+    ready: Vec<ReadSet>,
+) -> Vec<(ReadSet, Result<SetEstimate, String>)> {
+    let default_diameter = engine.config().diameter_m;
+    let diameter = |r: &ReadSet| r.survey.as_ref().map_or(default_diameter, |s| s.diameter_m);
+    let mut estimates: Vec<Option<Result<SetEstimate, String>>> = vec![None; ready.len()];
+    let mut diameters: Vec<f64> = ready.iter().map(diameter).collect();
+    diameters.sort_by(f64::total_cmp);
+    diameters.dedup_by(|a, b| a.to_bits() == b.to_bits());
+    for d in diameters {
+        let group: Vec<usize> = (0..ready.len())
+            .filter(|&i| diameter(&ready[i]).to_bits() == d.to_bits())
+            .collect();
+        engine.set_diameter_m(d);
+        for chunk in group.chunks(MAX_GPU_BATCH) {
+            let inputs: Vec<&crate::engine::SetInput> =
+                chunk.iter().map(|&i| &ready[i].taps.input).collect();
+            match engine.estimate_batch(&inputs) {
+                Ok(ests) => {
+                    for (&i, est) in chunk.iter().zip(ests) {
+                        estimates[i] = Some(Ok(est));
+                    }
+                }
+                Err(e) => {
+                    let why = format!("the {} backend failed: {e}", engine.backend_name());
+                    for &i in chunk {
+                        estimates[i] = Some(Err(why.clone()));
+                    }
+                }
+            }
+        }
+    }
+    engine.set_diameter_m(default_diameter);
+    ready
+        .into_iter()
+        .zip(estimates)
+        .map(|(read, est)| (read, est.expect("every diameter's group estimated")))
+        .collect()
+}
+
+/// Builds and writes the outputs of a set estimated in a batch, as [`process_set`] does.
+fn write_estimated(
+    cfg: &EngineConfig,
+    read: ReadSet,
+    est: Result<SetEstimate, String>,
+    out_dir: &Path,
+    tomogram: bool,
+) -> Processed {
+    let name = read.set.result_name();
+    let est = match est {
+        Ok(est) => est,
+        Err(why) => return Processed::Failed(format!("{name}: {why}")),
+    };
+    let mut cfg = cfg.clone();
+    if let Some(survey) = &read.survey {
+        cfg.diameter_m = survey.diameter_m;
+    }
+    let outputs = SetOutputs::build_with(
+        &name,
+        &est,
+        &cfg,
+        &read.taps.files,
+        tomogram,
+        read.survey.as_ref(),
+        None,
+    );
+    write_outputs(&outputs, out_dir, read.survey.is_some())
+}
+
 /// Reads, computes and writes one set.
 fn process_set(
     engine: &mut Engine,
@@ -405,12 +567,12 @@ fn process_set(
         Ok(outputs) => outputs,
         Err(e) => return Processed::Failed(format!("{e:#}")),
     };
-    let write = || outputs.write(out_dir, out_dir, Durability::Fast);
-    match write() {
-        Ok(paths) => Processed::Written {
-            paths,
-            surveyed: survey.is_some(),
-        },
+    write_outputs(&outputs, out_dir, survey.is_some())
+}
+
+fn write_outputs(outputs: &SetOutputs, out_dir: &Path, surveyed: bool) -> Processed {
+    match outputs.write(out_dir, out_dir, Durability::Fast) {
+        Ok(paths) => Processed::Written { paths, surveyed },
         Err(e) => Processed::Failed(format!("{}: cannot write: {e}", outputs.result_name())),
     }
 }
@@ -431,6 +593,71 @@ mod tests {
             .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
+    }
+
+    /// Sets estimated in one GPU batch (one of them with a survey's diameter, so in two
+    /// dispatches) equal the same sets estimated one by one on the same GPU.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn gpu_batches_equal_the_sets_one_by_one() {
+        use crate::engine::Method;
+        use crate::gpu::{GpuError, GpuGcc};
+        let dir = tempfile::tempdir().unwrap();
+        write_simulated(dir.path(), &SimParams::default(), 4, 23, true).unwrap();
+        let mut grouper: Grouper<PathBuf> = Grouper::new(900);
+        for path in collect_inputs(&[dir.path().to_path_buf()]).unwrap() {
+            if let Ok(name) = TapName::from_path(&path) {
+                grouper.add(name, path);
+            }
+        }
+        let sets = grouper.take_complete();
+        assert_eq!(sets.len(), 4);
+        let survey = Survey {
+            file_name: "survey.json".into(),
+            diameter_m: 0.45,
+            species: None,
+            circumference_cm: None,
+            height_m: None,
+            fields: Default::default(),
+        };
+        for method in Method::ALL {
+            let cfg = EngineConfig {
+                method,
+                ..EngineConfig::default()
+            };
+            let gpu = match GpuGcc::new(n_fft_for(&cfg), true) {
+                Ok(gpu) => gpu,
+                Err(GpuError::NoAdapter(why)) => {
+                    eprintln!("SKIPPED: no GPU adapter ({why})");
+                    return;
+                }
+                Err(e) => panic!("GPU correlator failed to build: {e}"),
+            };
+            let mut engine = Engine::with_correlator(cfg.clone(), Box::new(gpu));
+            let ready: Vec<ReadSet> = sets
+                .iter()
+                .enumerate()
+                .map(|(k, set)| ReadSet {
+                    set: set.clone(),
+                    taps: read_set(set).unwrap(),
+                    survey: (k == 1).then(|| survey.clone()),
+                })
+                .collect();
+            let one_by_one: Vec<String> = ready
+                .iter()
+                .map(|r| {
+                    engine.set_diameter_m(r.survey.as_ref().map_or(0.3, |s| s.diameter_m));
+                    format!("{:?}", engine.estimate(&r.taps.input).unwrap())
+                })
+                .collect();
+            engine.set_diameter_m(cfg.diameter_m);
+            let batched = estimate_ready(&mut engine, ready);
+            assert_eq!(engine.config(), &cfg, "the default diameter is restored");
+            for (k, ((read, est), want)) in batched.into_iter().zip(one_by_one).enumerate() {
+                assert_eq!(read.set, sets[k], "{method}: order kept");
+                assert_eq!(format!("{:?}", est.unwrap()), want, "{method}: set {k}");
+            }
+        }
     }
 
     #[test]

@@ -343,15 +343,16 @@ impl Engine {
         Ok(estimates.remove(0))
     }
 
-    /// Estimates many sets with one batched correlation, one estimate per set in order.
-    pub fn estimate_batch(
+    /// Estimates many sets with one batched correlation, one estimate per set in order (the
+    /// sets as values or references: `&[SetInput]` or `&[&SetInput]`).
+    pub fn estimate_batch<S: std::borrow::Borrow<SetInput>>(
         &mut self,
-        sets: &[SetInput],
+        sets: &[S],
     ) -> Result<Vec<SetEstimate>, CorrelatorError> {
         let prepared: Vec<[Prepared; N_SENSORS]> = sets
             .iter()
             .map(|set| {
-                let taps = set.recordings();
+                let taps = set.borrow().recordings();
                 std::array::from_fn(|k| prepare(&taps[k], self.cfg.segment))
             })
             .collect();
