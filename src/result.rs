@@ -91,6 +91,13 @@ struct TomogramReport {
     n: usize,
     extent_m: f64,
     method: &'static str,
+    /// The tomogram's own confidence: the usable sensor pairs it was made from, the usable
+    /// rays passing near each cell (`[row][col]`, null outside), and the share of the cells
+    /// that rest on fewer than `low_coverage_rays` (hatched in the picture).
+    rays_used: usize,
+    ray_coverage: Vec<Vec<Option<u8>>>,
+    low_coverage_rays: u8,
+    low_coverage_share: f64,
 }
 
 impl From<&Tomogram> for TomogramReport {
@@ -108,6 +115,21 @@ impl From<&Tomogram> for TomogramReport {
             n: t.n,
             extent_m: t.extent_m,
             method: t.method,
+            rays_used: t.n_rays,
+            ray_coverage: t
+                .velocity_m_s
+                .iter()
+                .enumerate()
+                .map(|(row, cells)| {
+                    cells
+                        .iter()
+                        .enumerate()
+                        .map(|(col, v)| v.map(|_| t.ray_coverage[row * t.n + col]))
+                        .collect()
+                })
+                .collect(),
+            low_coverage_rays: crate::tomogram::LOW_COVERAGE_RAYS,
+            low_coverage_share: (t.low_coverage_share() * 1000.0).round() / 1000.0,
         }
     }
 }

@@ -79,6 +79,15 @@ pub enum TomogramError {
     TooFewRays { found: usize, needed: usize },
 }
 
+/// The core of [`Tomogram::core_over_ring`], as a fraction of the radius.
+pub const CORE: f64 = 0.35;
+/// The ring of [`Tomogram::core_over_ring`], fractions of the radius.
+pub const RING: (f64, f64) = (0.6, 0.95);
+
+/// A cell that fewer usable rays pass near (within the smoothing's reach) than this rests on
+/// too few rays to be read alone: the report counts such cells and the picture hatches them.
+pub const LOW_COVERAGE_RAYS: u8 = 4;
+
 /// Fewest usable sensor pairs a picture is drawn from.
 pub const MIN_RAYS: usize = 6;
 
@@ -95,6 +104,10 @@ pub struct Tomogram {
     /// Usable sensor pairs (both directions count once).
     #[serde(skip)]
     pub n_rays: usize,
+    /// Usable rays passing within the smoothing's reach of each cell, row-major `n·n`
+    /// (the cells a ray's correction reaches in one smoothing pass).
+    #[serde(skip)]
+    pub ray_coverage: Vec<u8>,
 }
 
 impl Tomogram {
@@ -106,6 +119,50 @@ impl Tomogram {
     /// Velocities of the cells inside the trunk.
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
         self.velocity_m_s.iter().flatten().filter_map(|v| *v)
+    }
+
+    /// The mean velocity of the core (cells within [`CORE`] of the radius) over that of the
+    /// ring ([`RING`] of the radius): about 1 on a sound trunk, well below on a decayed core.
+    pub fn core_over_ring(&self) -> f64 {
+        let r = 0.5 * self.extent_m;
+        let (mut core, mut n_core, mut ring, mut n_ring) = (0.0, 0, 0.0, 0);
+        for row in 0..self.n {
+            for col in 0..self.n {
+                let Some(v) = self.velocity_m_s[row][col] else {
+                    continue;
+                };
+                let (x, y) = self.cell_xy(row, col);
+                let d = x.hypot(y) / r;
+                if d <= CORE {
+                    core += v;
+                    n_core += 1;
+                } else if (RING.0..=RING.1).contains(&d) {
+                    ring += v;
+                    n_ring += 1;
+                }
+            }
+        }
+        (core / n_core as f64) / (ring / n_ring as f64)
+    }
+
+    /// Whether cell (row, col) rests on fewer than [`LOW_COVERAGE_RAYS`] rays.
+    pub fn low_coverage(&self, row: usize, col: usize) -> bool {
+        self.ray_coverage[row * self.n + col] < LOW_COVERAGE_RAYS
+    }
+
+    /// The share of the cells inside the trunk that rest on fewer than [`LOW_COVERAGE_RAYS`]
+    /// rays.
+    pub fn low_coverage_share(&self) -> f64 {
+        let (mut low, mut all) = (0, 0);
+        for row in 0..self.n {
+            for col in 0..self.n {
+                if self.velocity_m_s[row][col].is_some() {
+                    all += 1;
+                    low += usize::from(self.low_coverage(row, col));
+                }
+            }
+        }
+        low as f64 / all.max(1) as f64
     }
 }
 
@@ -216,6 +273,8 @@ pub struct TomogramPlan {
     weight_sum: Vec<f64>,
     inside: Vec<bool>,
     radius_cells: usize,
+    /// See [`Tomogram::ray_coverage`].
+    coverage: Vec<u8>,
 }
 
 impl TomogramPlan {
@@ -278,6 +337,7 @@ impl TomogramPlan {
             &mut bufs.row_sums,
             &mut bufs.acc,
         );
+        let coverage = ray_coverage(n, radius_cells, &rays, &cells);
         TomogramPlan {
             key,
             rays,
@@ -287,6 +347,7 @@ impl TomogramPlan {
             weight_sum,
             inside: traces.inside.clone(),
             radius_cells,
+            coverage,
         }
     }
 
@@ -298,6 +359,26 @@ impl TomogramPlan {
     pub fn n_rays(&self) -> usize {
         self.rays.len()
     }
+}
+
+/// How many of `rays` pass within `radius` cells (a box, as the smoothing) of each cell.
+fn ray_coverage(n: usize, radius: usize, rays: &[PlannedRay], cells: &[u32]) -> Vec<u8> {
+    let mut coverage = vec![0u8; n * n];
+    let mut near = vec![false; n * n];
+    for ray in rays {
+        near.fill(false);
+        for &c in &cells[ray.cells.clone()] {
+            let (row, col) = (c as usize / n, c as usize % n);
+            for r in row.saturating_sub(radius)..(row + radius + 1).min(n) {
+                near[r * n + col.saturating_sub(radius)..r * n + (col + radius + 1).min(n)]
+                    .fill(true);
+            }
+        }
+        for (k, &b) in coverage.iter_mut().zip(&near) {
+            *k = k.saturating_add(u8::from(b));
+        }
+    }
+    coverage
 }
 
 fn smoothing_radius(n: usize, cfg: &TomogramConfig) -> usize {
@@ -533,6 +614,7 @@ fn sirt(times_s: &[f64], plan: &TomogramPlan, diameter_m: f64, cfg: &TomogramCon
         method: METHOD,
         velocity_m_s,
         n_rays: rays.len(),
+        ray_coverage: plan.coverage.clone(),
     }
 }
 
@@ -899,6 +981,37 @@ mod tests {
             Err(TomogramError::TooFewRays { found: 0, .. })
         ));
         assert!(reconstruct(&m, 0.0, &TomogramConfig::default()).is_err());
+    }
+
+    #[test]
+    fn coverage_counts_the_rays_near_each_cell_and_grows_thin_where_rays_are_lost() {
+        let p = SimParams::default();
+        let mut m = truth_matrix(&p);
+        let cfg = TomogramConfig::default();
+        let all = reconstruct(&m, p.diameter_m, &cfg).unwrap();
+        assert_eq!(all.ray_coverage.len(), all.n * all.n);
+        // The centre rests on the four diameters (and the smoothing's reach of a few more).
+        let centre = all.ray_coverage[all.n / 2 * all.n + all.n / 2];
+        assert!((4..=8).contains(&centre), "{centre}");
+        assert!(!all.low_coverage(all.n / 2, all.n / 2));
+        let share = all.low_coverage_share();
+        assert!(share < 0.15, "{share}");
+        // Without sensor 1's rays (both directions), the wood beside it rests on few rays.
+        for k in 1..N_SENSORS {
+            m[0][k] = 0.0;
+            m[k][0] = 0.0;
+        }
+        let lost = reconstruct(&m, p.diameter_m, &cfg).unwrap();
+        assert_eq!(lost.n_rays, 21);
+        assert!(lost.low_coverage_share() > share + 0.05);
+        let (row, col) = (lost.n / 2, lost.n - 4);
+        assert!(lost.low_coverage(row, col));
+        assert!(
+            lost.ray_coverage
+                .iter()
+                .zip(&all.ray_coverage)
+                .all(|(a, b)| a <= b)
+        );
     }
 
     /// The reconstruction as first written, one step after the other with no plan: the

@@ -5,7 +5,8 @@
 //! Layout (720×640 px): a title line (device and time, UTC) and a line with the diameter, method
 //! and number of rays; the trunk's cross-section coloured by velocity, its outline, the eight
 //! sensors numbered 1–8 at their places (sensor 1 at the right, counting counter-clockwise, +y
-//! up, as in [`crate::geometry`]); and a colour scale in m/s at the right.
+//! up, as in [`crate::geometry`]); and a colour scale in m/s at the right. Cells that rest on
+//! few rays ([`super::LOW_COVERAGE_RAYS`]) are hatched in grey, and a third line says so.
 //!
 //! Colour scale: relative to the sound wood of this trunk, so a sound trunk is green whatever its
 //! species. The reference is a high percentile of the cells ([`REFERENCE_PERCENTILE`]), not the
@@ -324,6 +325,36 @@ pub fn reference_velocity(t: &Tomogram) -> f64 {
     *v.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
+/// Grey diagonal lines, one pixel wide every [`HATCH_PITCH`] pixels, over the cells of the
+/// cross-section that rest on few rays ([`Tomogram::low_coverage`]): the colour stays readable
+/// between them.
+fn hatch_low_coverage(cv: &mut Canvas, t: &Tomogram) {
+    let (cx, cy) = CENTRE;
+    let cell_px = 2.0 * RADIUS_PX / t.n as f64;
+    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        let row = ((py as f64 + 0.5 - (cy - RADIUS_PX)) / cell_px).floor();
+        if !(0.0..t.n as f64).contains(&row) {
+            continue;
+        }
+        let mut px = (cx - RADIUS_PX) as i64;
+        // The first pixel of this row on a hatch line (x + y a multiple of the pitch).
+        px += (HATCH_PITCH - (px + py).rem_euclid(HATCH_PITCH)) % HATCH_PITCH;
+        while px <= (cx + RADIUS_PX) as i64 {
+            let col = ((px as f64 + 0.5 - (cx - RADIUS_PX)) / cell_px).floor();
+            if (0.0..t.n as f64).contains(&col) {
+                let (r, c) = (row as usize, col as usize);
+                if t.velocity_m_s[r][c].is_some() && t.low_coverage(r, c) {
+                    cv.set(px, py, GREY);
+                }
+            }
+            px += HATCH_PITCH;
+        }
+    }
+}
+
+/// Pixels between the hatch lines of [`hatch_low_coverage`].
+const HATCH_PITCH: i64 = 7;
+
 /// Draws the tomogram under `title` and returns the PNG file's bytes.
 pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let mut cv = Canvas::new();
@@ -340,6 +371,12 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
         t.extent_m, t.n, t.n, t.n_rays
     );
     cv.text(20, 40, &sub, 2, GREY);
+    let legend = format!(
+        "HATCHED = FEWER THAN {} RAYS NEAR  {:.0} PCT",
+        super::LOW_COVERAGE_RAYS,
+        100.0 * t.low_coverage_share()
+    );
+    cv.text(20, 64, &legend, 2, GREY);
 
     // The cross-section.
     let (cx, cy) = CENTRE;
@@ -393,6 +430,7 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
             }
         }
     }
+    hatch_low_coverage(&mut cv, t);
     cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
 
     // Sensors, numbered 1–8 outside the outline.
