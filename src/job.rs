@@ -141,24 +141,10 @@ struct JobLink {
     conn: amiquip::Connection,
 }
 
-fn open(cfg: &AmqpConfig) -> anyhow::Result<amiquip::Connection> {
-    let opened = if cfg.tls {
-        tls::open_amqps(cfg, NET_TIMEOUT)
-    } else {
-        tls::open_amqp(cfg, NET_TIMEOUT)
-    };
-    opened.with_context(|| {
-        format!(
-            "cannot connect to the broker at {}:{} vhost {}",
-            cfg.host, cfg.port, cfg.vhost
-        )
-    })
-}
-
 impl JobLink {
     /// `cfg.queue` is the job queue.
     fn connect(cfg: &AmqpConfig) -> anyhow::Result<JobLink> {
-        let mut conn = open(cfg)?;
+        let mut conn = tls::open_broker(cfg, NET_TIMEOUT)?;
         let mut channel = conn.open_channel(None)?;
         let mut quorum = amiquip::FieldTable::new();
         quorum.insert(
@@ -535,17 +521,7 @@ pub fn enqueue_files(
         .map(|s| (s.device.as_deref(), s.unix_s))
         .collect();
     let names: Vec<SurveyName> = surveys.iter().map(|(n, _)| n.clone()).collect();
-    let mut survey_of: Vec<Option<(i64, std::path::PathBuf)>> = vec![None; sets.len()];
-    for ((name, path), to) in surveys
-        .iter()
-        .zip(crate::survey::attach(&keys, &names, window_s))
-    {
-        if let Some(i) = to
-            && survey_of[i].as_ref().is_none_or(|(t, _)| name.unix_s > *t)
-        {
-            survey_of[i] = Some((name.unix_s, path.clone()));
-        }
-    }
+    let survey_of = crate::survey::newest_per_set(&keys, &names, window_s);
     let mut publisher = JobPublisher::new(amqp, job_queue);
     for (set, survey) in sets.iter().zip(survey_of) {
         if let Err(bad) = crate::process::read_set(set) {
@@ -559,7 +535,7 @@ pub fn enqueue_files(
             .members
             .iter()
             .map(|m| m.key.clone())
-            .chain(survey.map(|(_, p)| p))
+            .chain(survey.map(|k| surveys[k].1.clone()))
             .collect();
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {

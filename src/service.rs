@@ -43,7 +43,7 @@ use crate::process::{BadMembers, compute_outputs, read_set};
 use crate::remote::{RemoteConfig, RemoteSource};
 use crate::result::{Durability, ResultName};
 use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
-use crate::survey::{Survey, SurveyName, attach, read_survey};
+use crate::survey::{Survey, SurveyName, newest_per_set, read_survey};
 use crate::watch::{
     FileSig, JOBS_DIR, Kind, REJECTED_DIR, Roots, STAGING_DIR, Settle, WatchEvent, Watcher,
     classify, not_a_regular_file, reject,
@@ -710,15 +710,11 @@ impl Coordinator {
             .map(|(s, _)| (s.device.as_deref(), s.unix_s))
             .collect();
         let names: Vec<SurveyName> = self.surveys.values().map(|(n, _)| n.clone()).collect();
-        // Per held set, the newest survey attached to it.
-        let mut chosen: Vec<Option<(PathBuf, i64)>> = vec![None; held.len()];
-        for ((path, (name, _)), to) in self.surveys.iter().zip(attach(&sets, &names, window_s)) {
-            if let Some(i) = to
-                && chosen[i].as_ref().is_none_or(|(_, t)| name.unix_s > *t)
-            {
-                chosen[i] = Some((path.clone(), name.unix_s));
-            }
-        }
+        let paths: Vec<&PathBuf> = self.surveys.keys().collect();
+        let chosen: Vec<Option<PathBuf>> = newest_per_set(&sets, &names, window_s)
+            .into_iter()
+            .map(|k| k.map(|k| paths[k].clone()))
+            .collect();
         drop(sets);
         let settling: Vec<SurveyName> = self
             .settle
@@ -729,11 +725,9 @@ impl Coordinator {
         // A survey file that keeps changing holds its set no longer than this.
         let longest_hold = self.cfg.settle * 4 + Duration::from_secs(2);
         for ((mut set, since), chosen) in held.into_iter().zip(chosen) {
-            let device = set.device.clone();
-            let unix_s = set.unix_s;
             let in_window = |n: &SurveyName| {
-                Some(n.device.as_str()) == device.as_deref()
-                    && (unix_s..=unix_s.saturating_add(window_s)).contains(&n.unix_s)
+                Some(n.device.as_str()) == set.device.as_deref()
+                    && set.window_holds(n.unix_s, window_s)
             };
             let mut warning = None;
             if chosen.is_none() {
@@ -755,7 +749,7 @@ impl Coordinator {
                     )
                 });
             }
-            if let Some((path, _)) = chosen {
+            if let Some(path) = chosen {
                 self.surveys.remove(&path);
                 set.survey = Some(path);
             }

@@ -202,17 +202,7 @@ impl AmqpSink {
     }
 
     fn connect(&self) -> anyhow::Result<AmqpLink> {
-        let opened = if self.cfg.tls {
-            tls::open_amqps(&self.cfg, NET_TIMEOUT)
-        } else {
-            tls::open_amqp(&self.cfg, NET_TIMEOUT)
-        };
-        let mut conn = opened.with_context(|| {
-            format!(
-                "cannot connect to the broker at {}:{} vhost {}",
-                self.cfg.host, self.cfg.port, self.cfg.vhost
-            )
-        })?;
+        let mut conn = tls::open_broker(&self.cfg, NET_TIMEOUT)?;
         let channel = conn.open_channel(None)?;
         // Publishing to a queue that does not exist is silently dropped: declare it first.
         channel

@@ -163,6 +163,23 @@ pub fn read_survey(path: &Path) -> Result<Survey, SurveyError> {
     parse_survey(&file_name, &bytes)
 }
 
+/// For each set, the index of the survey it takes: the newest of those [`attach`] gives it.
+pub fn newest_per_set(
+    sets: &[(Option<&str>, i64)],
+    surveys: &[SurveyName],
+    window_s: i64,
+) -> Vec<Option<usize>> {
+    let mut chosen: Vec<Option<usize>> = vec![None; sets.len()];
+    for (k, to) in attach(sets, surveys, window_s).into_iter().enumerate() {
+        if let Some(i) = to
+            && chosen[i].is_none_or(|c| surveys[k].unix_s > surveys[c].unix_s)
+        {
+            chosen[i] = Some(k);
+        }
+    }
+    chosen
+}
+
 /// For each survey, the index of the set it belongs to: the same device, a window
 /// (`set_s ..= set_s + window_s`) that contains the survey's seconds, the nearest set in time
 /// if several. `sets` are `(device, first file's unix seconds)`. Pure.
@@ -279,6 +296,20 @@ mod tests {
         }
         let e = parse_survey("t_5_survey.json", b"{").unwrap_err();
         assert!(matches!(e.problem, SurveyProblem::NotJson(_)));
+    }
+
+    #[test]
+    fn each_set_takes_the_newest_survey_attached_to_it() {
+        let sets = [(Some("A"), 1000), (Some("B"), 1000), (Some("C"), 1000)];
+        let n = |d: &str, t| SurveyName {
+            device: d.into(),
+            unix_s: t,
+        };
+        let surveys = [n("A", 1010), n("A", 1200), n("A", 1100), n("B", 1050)];
+        assert_eq!(
+            newest_per_set(&sets, &surveys, 900),
+            vec![Some(1), Some(3), None]
+        );
     }
 
     #[test]

@@ -82,6 +82,22 @@ pub fn open_amqps(cfg: &AmqpConfig, timeout: Duration) -> anyhow::Result<amiquip
     })
 }
 
+/// Opens the broker connection `cfg` asks for (AMQPS or plain AMQP); the error names the
+/// broker and the vhost.
+pub fn open_broker(cfg: &AmqpConfig, timeout: Duration) -> anyhow::Result<amiquip::Connection> {
+    let opened = if cfg.tls {
+        open_amqps(cfg, timeout)
+    } else {
+        open_amqp(cfg, timeout)
+    };
+    opened.with_context(|| {
+        format!(
+            "cannot connect to the broker at {}:{} vhost {}",
+            cfg.host, cfg.port, cfg.vhost
+        )
+    })
+}
+
 /// Opens a plain AMQP connection on a socket with `TCP_NODELAY`: a publish and its confirm
 /// are small frames, which Nagle's algorithm would hold back until the broker's delayed ACK
 /// (about 40 ms on loopback).
