@@ -11,6 +11,7 @@
 //! batched dispatch (at most [`MAX_GPU_BATCH`] sets; sets with different diameters, from
 //! survey files, go in separate dispatches).
 
+use std::borrow::Borrow;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -172,10 +173,36 @@ enum Work {
 }
 
 /// A set read and waiting for its estimate.
-struct ReadSet {
-    set: TapSet<PathBuf>,
-    taps: SetRecording,
-    survey: Option<Survey>,
+pub(crate) struct ReadSet {
+    pub set: TapSet<PathBuf>,
+    pub taps: SetRecording,
+    pub survey: Option<Survey>,
+}
+
+impl ReadSet {
+    /// Builds the outputs of the set from its estimate, with its survey's diameter when it
+    /// has one, as [`compute_outputs`] does.
+    pub(crate) fn outputs(
+        &self,
+        cfg: &EngineConfig,
+        est: &SetEstimate,
+        tomogram: bool,
+        diameter_warning: Option<&str>,
+    ) -> SetOutputs {
+        let mut cfg = cfg.clone();
+        if let Some(survey) = &self.survey {
+            cfg.diameter_m = survey.diameter_m;
+        }
+        SetOutputs::build_with(
+            &self.set.result_name(),
+            est,
+            &cfg,
+            &self.taps.files,
+            tomogram,
+            self.survey.as_ref(),
+            diameter_warning,
+        )
+    }
 }
 
 /// What a worker of `process` did with one set.
@@ -480,13 +507,18 @@ pub fn compute_outputs(
 
 /// Estimates sets read for the GPU in as few dispatches as their diameters allow (a survey
 /// gives its set its own), at most [`MAX_GPU_BATCH`] sets each; each set with its estimate or
-/// why it has none, in order.
-fn estimate_ready(
+/// why it has none, in order. `T` is the set with whatever its caller carries beside it.
+pub(crate) fn estimate_ready<T: Borrow<ReadSet>>(
     engine: &mut Engine,
-    ready: Vec<ReadSet>,
-) -> Vec<(ReadSet, Result<SetEstimate, String>)> {
+    ready: Vec<T>,
+) -> Vec<(T, Result<SetEstimate, String>)> {
     let default_diameter = engine.config().diameter_m;
-    let diameter = |r: &ReadSet| r.survey.as_ref().map_or(default_diameter, |s| s.diameter_m);
+    let diameter = |r: &T| {
+        r.borrow()
+            .survey
+            .as_ref()
+            .map_or(default_diameter, |s| s.diameter_m)
+    };
     let mut estimates: Vec<Option<Result<SetEstimate, String>>> = vec![None; ready.len()];
     let mut diameters: Vec<f64> = ready.iter().map(diameter).collect();
     diameters.sort_by(f64::total_cmp);
@@ -497,8 +529,10 @@ fn estimate_ready(
             .collect();
         engine.set_diameter_m(d);
         for chunk in group.chunks(MAX_GPU_BATCH) {
-            let inputs: Vec<&crate::engine::SetInput> =
-                chunk.iter().map(|&i| &ready[i].taps.input).collect();
+            let inputs: Vec<&crate::engine::SetInput> = chunk
+                .iter()
+                .map(|&i| &ready[i].borrow().taps.input)
+                .collect();
             match engine.estimate_batch(&inputs) {
                 Ok(ests) => {
                     for (&i, est) in chunk.iter().zip(ests) {
@@ -530,24 +564,11 @@ fn write_estimated(
     out_dir: &Path,
     tomogram: bool,
 ) -> Processed {
-    let name = read.set.result_name();
     let est = match est {
         Ok(est) => est,
-        Err(why) => return Processed::Failed(format!("{name}: {why}")),
+        Err(why) => return Processed::Failed(format!("{}: {why}", read.set.result_name())),
     };
-    let mut cfg = cfg.clone();
-    if let Some(survey) = &read.survey {
-        cfg.diameter_m = survey.diameter_m;
-    }
-    let outputs = SetOutputs::build_with(
-        &name,
-        &est,
-        &cfg,
-        &read.taps.files,
-        tomogram,
-        read.survey.as_ref(),
-        None,
-    );
+    let outputs = read.outputs(cfg, &est, tomogram, None);
     write_outputs(&outputs, out_dir, read.survey.is_some())
 }
 

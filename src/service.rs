@@ -30,18 +30,20 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::backend::{BackendChoice, make_correlators};
+use crate::backend::{BackendChoice, make_correlator, make_correlators, settled};
 use crate::config::{Config, FtpConfig};
-use crate::device::{N_SENSORS, ReadError, TapName, read_tap_file};
-use crate::engine::{Engine, EngineConfig, n_fft_for};
+use crate::device::{N_SENSORS, ReadError, SetRecording, TapName, TapRecording, read_tap_file};
+use crate::engine::{Engine, EngineConfig, SetEstimate, n_fft_for};
 use crate::group::{Grouper, Pending, TapSet};
 use crate::job::{Incoming, Job, JobConsumer, JobControl, JobFile, JobPublisher};
 use crate::journal::{Entry, Journal, Sinks, Stage};
 use crate::lifecycle::{Event, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
-use crate::process::{BadMembers, compute_outputs, read_set};
+use crate::process::{
+    BadMembers, MAX_GPU_BATCH, ReadSet, compute_outputs, estimate_ready, read_set,
+};
 use crate::remote::{RemoteConfig, RemoteSource};
-use crate::result::{Durability, ResultName};
+use crate::result::{Durability, ResultName, SetOutputs};
 use crate::sink::{Delivery, DeliveryConfig, DeliveryMsg, DeliveryReport};
 use crate::survey::{Survey, SurveyName, newest_per_set, read_survey};
 use crate::watch::{
@@ -108,8 +110,45 @@ enum WorkerReport {
     },
 }
 
-/// A set for a worker, with a warning about its diameter for the report (a rejected survey).
-type SetJob = (TapSet<PathBuf>, Option<String>);
+/// The eight taps of a set as the coordinator read them when they settled, each with the
+/// file's signature then.
+type ParsedSet = [(FileSig, TapRecording); N_SENSORS];
+
+/// At most this many parsed taps wait in the coordinator for their set (about 25 KB each for
+/// a 500-sample file); beyond it, a worker reads the files again.
+const MAX_PARSED_TAPS: usize = 2048;
+
+/// The most sets that go into one GPU dispatch in `run`, and so the most a GPU worker holds
+/// besides those being read and written.
+const RUN_GPU_BATCH: usize = 64;
+
+/// A set for a worker.
+struct SetJob {
+    set: TapSet<PathBuf>,
+    /// The report's warning about its diameter (a rejected survey).
+    warning: Option<String>,
+    /// Its taps, when the coordinator still held all eight.
+    parsed: Option<Box<ParsedSet>>,
+}
+
+/// A set the GPU thread estimated in a batch, for a worker to build, save and journal.
+type Estimated = Box<(ReadJob, Result<SetEstimate, String>)>;
+
+/// A set read by a worker: the taps, the survey and what the report says about them.
+struct ReadJob {
+    read: ReadSet,
+    warning: Option<String>,
+    /// Reading it took this long.
+    took_read: Duration,
+    /// Its share of the GPU batch that estimated it.
+    took_estimate: Duration,
+}
+
+impl std::borrow::Borrow<ReadSet> for ReadJob {
+    fn borrow(&self) -> &ReadSet {
+        &self.read
+    }
+}
 
 /// Shared by the workers.
 struct WorkerCtx {
@@ -298,6 +337,7 @@ pub fn run(
             )
         }
     };
+    let mut workers = Vec::new();
     let (job_control, consumer) = match (opts.role, &cfg.amqp) {
         (Role::Worker, Some(amqp)) => {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -319,7 +359,28 @@ pub fn run(
     };
 
     let threads = opts.threads.max(1);
-    let (job_tx, job_rx) = bounded::<SetJob>(threads * 2);
+    let engine_cfg = EngineConfig {
+        diameter_m: cfg.diameter_m,
+        trigger_lead: cfg.trigger_lead,
+        ..EngineConfig::default()
+    };
+    let n_fft = n_fft_for(&engine_cfg);
+    let backend_error = |e| anyhow::anyhow!("--backend {}: {e}", opts.backend);
+    // The first correlator settles `auto`. A GPU is one context for the process, fed in
+    // batches by its own thread; the CPU is one correlator per worker.
+    let first = make_correlator(opts.backend, n_fft, false).map_err(backend_error)?;
+    let (gpu, mut correlators) = match settled(first.as_ref()) {
+        BackendChoice::Gpu if !ingest => (Some(first), Vec::new()),
+        _ => {
+            let mut rest =
+                make_correlators(BackendChoice::Cpu, n_fft, threads - 1).map_err(backend_error)?;
+            rest.push(first);
+            (None, rest)
+        }
+    };
+    // Each set in flight is in at most one place at a time, so the channel is never full.
+    let max_in_flight = threads * 2 + if gpu.is_some() { RUN_GPU_BATCH } else { 0 };
+    let (work_tx, work_rx) = bounded::<SetJob>(max_in_flight);
     let ctx = Arc::new(WorkerCtx {
         cfg: cfg.clone(),
         ingest,
@@ -327,30 +388,80 @@ pub fn run(
         journal: journal.clone(),
         metrics: metrics.clone(),
     });
-    let engine_cfg = EngineConfig {
-        diameter_m: cfg.diameter_m,
-        trigger_lead: cfg.trigger_lead,
-        ..EngineConfig::default()
+    let gpu_mode = gpu.is_some();
+    let (est_tx, est_rx) = crossbeam_channel::unbounded::<Estimated>();
+    let gpu_tx = match gpu {
+        Some(correlator) => {
+            log::info!(
+                "GPU: one {} context, up to {RUN_GPU_BATCH} sets per dispatch",
+                correlator.name()
+            );
+            let (gpu_tx, gpu_rx) = crossbeam_channel::unbounded::<ReadJob>();
+            let engine = Engine::with_correlator(engine_cfg.clone(), correlator);
+            workers.push(
+                std::thread::Builder::new()
+                    .name("gpu".into())
+                    .spawn(move || estimate_on_gpu(engine, &gpu_rx, &est_tx))?,
+            );
+            Some(gpu_tx)
+        }
+        None => None,
     };
-    let correlators = make_correlators(opts.backend, n_fft_for(&engine_cfg), threads)
-        .map_err(|e| anyhow::anyhow!("--backend {}: {e}", opts.backend))?;
-    let mut workers = Vec::new();
-    for (w, correlator) in correlators.into_iter().enumerate() {
+    for w in 0..threads {
         let engine_cfg = engine_cfg.clone();
-        let job_rx: Receiver<SetJob> = job_rx.clone();
+        let work_rx: Receiver<SetJob> = work_rx.clone();
+        let est_rx = if gpu_mode {
+            est_rx.clone()
+        } else {
+            crossbeam_channel::never()
+        };
         let inbox_tx = inbox_tx.clone();
         let ctx = ctx.clone();
+        let mut gpu_tx = gpu_tx.clone();
+        let correlator = correlators.pop();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn(move || {
-                    let mut engine = Engine::with_correlator(engine_cfg, correlator);
+                    let mut engine =
+                        correlator.map(|c| Engine::with_correlator(engine_cfg.clone(), c));
                     let mut publisher = None;
-                    for (set, warning) in job_rx {
-                        let outcome = if ctx.ingest {
-                            enqueue(&set, &mut publisher, &ctx)
-                        } else {
-                            work(&mut engine, &set, warning.as_deref(), &ctx)
+                    let never = crossbeam_channel::never::<SetJob>();
+                    let mut open = true;
+                    loop {
+                        // With a GPU, a worker that gets no more sets lets go of the GPU
+                        // thread, then finishes what it still sends back.
+                        let sets = if open { &work_rx } else { &never };
+                        let outcome = crossbeam_channel::select! {
+                            recv(sets) -> job => match job {
+                                Err(_) if gpu_mode => {
+                                    open = false;
+                                    gpu_tx = None;
+                                    continue;
+                                }
+                                Err(_) => break,
+                                Ok(job) if ctx.ingest => enqueue(job, &mut publisher, &ctx),
+                                Ok(job) => match (&gpu_tx, engine.as_mut()) {
+                                    (Some(gpu_tx), _) => match read_job(job, &ctx) {
+                                        Ok(read) => {
+                                            if gpu_tx.send(read).is_err() {
+                                                break;
+                                            }
+                                            continue;
+                                        }
+                                        Err(report) => report,
+                                    },
+                                    (None, Some(engine)) => work(engine, job, &ctx),
+                                    (None, None) => unreachable!("a CPU worker has its engine"),
+                                },
+                            },
+                            recv(est_rx) -> done => match done {
+                                Ok(done) => {
+                                    let (read, est) = *done;
+                                    finish_estimated(&engine_cfg, read, est, &ctx)
+                                }
+                                Err(_) => break,
+                            },
                         };
                         if inbox_tx.send(Inbox::WorkerReport(outcome)).is_err() {
                             break;
@@ -359,13 +470,15 @@ pub fn run(
                 })?,
         );
     }
-    drop(job_rx);
+    drop(work_rx);
+    drop(gpu_tx);
     drop(ctx);
 
     let mut co = Coordinator {
         settle: Settle::new(cfg.settle),
         grouper: Grouper::new(cfg.group_window_s),
         files: HashMap::new(),
+        parsed: HashMap::new(),
         surveys: BTreeMap::new(),
         bad_surveys: Vec::new(),
         held: Vec::new(),
@@ -423,13 +536,18 @@ pub fn run(
             last_rescan = Instant::now();
         }
         co.step();
-        while co.book.counts().computing < threads * 2 {
+        while co.book.counts().computing < max_in_flight {
             let Some(set) = co.book.take_job() else {
                 break;
             };
             let warning = co.diameter_warnings.remove(&set.result_name().json());
-            job_tx
-                .send((set, warning))
+            let parsed = co.take_parsed(&set);
+            work_tx
+                .send(SetJob {
+                    set,
+                    warning,
+                    parsed,
+                })
                 .context("the engine workers stopped")?;
         }
         co.deliver(&delivery);
@@ -443,7 +561,7 @@ pub fn run(
     }
 
     // Stop: no new sets; let the ones being computed finish and reach the journal.
-    drop(job_tx);
+    drop(work_tx);
     drop(watcher);
     drop(remote);
     drop(consumer);
@@ -501,6 +619,9 @@ struct Coordinator {
     grouper: Grouper<PathBuf>,
     /// Tap and survey files read and settled, not yet delivered.
     files: HashMap<PathBuf, Seen>,
+    /// Tap files as they were read when they settled (at most [`MAX_PARSED_TAPS`]), with
+    /// their signature then: handed to the worker with their set.
+    parsed: HashMap<PathBuf, (FileSig, TapRecording)>,
     /// Good survey files waiting for their set.
     surveys: BTreeMap<PathBuf, (SurveyName, Survey)>,
     bad_surveys: Vec<BadSurvey>,
@@ -567,7 +688,7 @@ impl Coordinator {
             }
             self.grouper.remove(&path);
             self.surveys.remove(&path);
-            self.files.remove(&path);
+            self.forget(&path);
         }
         let kind = match self.roots.root_of(&path) {
             Some(root) => classify(root, &path),
@@ -617,6 +738,24 @@ impl Coordinator {
         self.files.insert(path.to_path_buf(), seen);
     }
 
+    /// Drops what the coordinator knows of a file: its settled record and its parsed taps.
+    fn forget(&mut self, path: &Path) -> Option<Seen> {
+        self.parsed.remove(path);
+        self.files.remove(path)
+    }
+
+    /// The taps of a set as they were read when they settled, when all eight are still
+    /// held; the worker reads the files again otherwise.
+    fn take_parsed(&mut self, set: &TapSet<PathBuf>) -> Option<Box<ParsedSet>> {
+        let taps: Vec<Option<(FileSig, TapRecording)>> = set
+            .members
+            .iter()
+            .map(|m| self.parsed.remove(&m.key))
+            .collect();
+        let taps: Vec<(FileSig, TapRecording)> = taps.into_iter().collect::<Option<_>>()?;
+        <ParsedSet>::try_from(taps).ok().map(Box::new)
+    }
+
     /// A good file for the grouper.
     fn wait_for_set(&mut self, name: TapName, path: PathBuf, sig: FileSig, now: Instant) {
         self.seen(&path, sig, now);
@@ -635,7 +774,7 @@ impl Coordinator {
         }
         self.book_held(now);
         for stale in self.grouper.take_stale() {
-            let sig = self.files.remove(&stale.file.key).map(|s| s.sig);
+            let sig = self.forget(&stale.file.key).map(|s| s.sig);
             self.set_aside(&stale.file.key, &stale.reason(), sig);
         }
         if now.duration_since(self.last_incomplete_check) >= Duration::from_secs(1) {
@@ -656,8 +795,14 @@ impl Coordinator {
             };
             match classify(root, &path) {
                 // Read to validate only: the worker reads the set again when it is complete.
+                // Kept, within a bound, for the worker: each file is parsed once.
                 Kind::Tap(name) => match read_tap_file(&path) {
-                    Ok(_) => self.wait_for_set(name, path, sig, now),
+                    Ok(tap) => {
+                        if self.parsed.len() < MAX_PARSED_TAPS {
+                            self.parsed.insert(path.clone(), (sig, tap));
+                        }
+                        self.wait_for_set(name, path, sig, now);
+                    }
                     Err(e) => self.set_aside(&path, &e.kind, Some(sig)),
                 },
                 Kind::Survey(name) => match read_survey(&path) {
@@ -798,7 +943,7 @@ impl Coordinator {
                 timings,
             } => {
                 for s in &sources {
-                    self.files.remove(s);
+                    self.forget(s);
                 }
                 if let (Some(ids), Some(control)) =
                     (self.jobs.remove(&result_name), &self.job_control)
@@ -836,7 +981,7 @@ impl Coordinator {
                     return;
                 }
                 for s in sources {
-                    self.files.remove(&s);
+                    self.forget(&s);
                     self.look(s);
                 }
             }
@@ -989,7 +1134,7 @@ impl Coordinator {
         };
         log::error!("{name}: {why}; the job goes to the dead-letter queue");
         for s in self.book.not_saved(name) {
-            self.files.remove(&s);
+            self.forget(&s);
             let _ = std::fs::remove_file(&s);
         }
         for id in ids {
@@ -1027,7 +1172,7 @@ impl Coordinator {
                 log::error!("{why}");
                 Metrics::add(&self.metrics.sets_failed, 1);
                 for s in self.book.not_saved(&name) {
-                    self.files.remove(&s);
+                    self.forget(&s);
                 }
             }
             Inbox::WorkerReport(WorkerReport::BadMembers {
@@ -1038,16 +1183,16 @@ impl Coordinator {
                 // Its survey file waits for the set to form again.
                 for s in self.book.not_saved(&name) {
                     if SurveyName::from_path(&s).is_some() {
-                        self.files.remove(&s);
+                        self.forget(&s);
                         self.look(s);
                     }
                 }
                 for e in rejected {
-                    let settled = self.files.remove(&e.path).map(|s| s.sig);
+                    let settled = self.forget(&e.path).map(|s| s.sig);
                     self.set_aside(&e.path, &e.kind, settled);
                 }
                 for (tap, path) in good {
-                    self.files.remove(&path);
+                    self.forget(&path);
                     if let Some(sig) = FileSig::of(&path) {
                         self.wait_for_set(tap, path, sig, Instant::now());
                     }
@@ -1117,26 +1262,48 @@ fn remove_temporary_files(temp_dir: &Path) {
     }
 }
 
-/// Reads, computes, saves and journals one set.
-fn work(
-    engine: &mut Engine,
+/// Whether none of a set's files changed since the coordinator parsed them (a `stat` each).
+fn unchanged(set: &TapSet<PathBuf>, parsed: &ParsedSet) -> bool {
+    set.members
+        .iter()
+        .zip(parsed)
+        .all(|(m, (sig, _))| FileSig::of(&m.key) == Some(*sig))
+}
+
+/// The taps of a set: those the coordinator parsed when the files settled, if none changed
+/// since, else read again.
+fn read_taps(
     set: &TapSet<PathBuf>,
-    warning: Option<&str>,
-    ctx: &WorkerCtx,
-) -> WorkerReport {
-    let name = set.result_name().json();
+    parsed: Option<Box<ParsedSet>>,
+) -> Result<SetRecording, BadMembers> {
+    if let Some(parsed) = parsed
+        && unchanged(set, &parsed)
+        && let Ok(taps) = SetRecording::from_taps(parsed.map(|(_, tap)| tap))
+    {
+        return Ok(taps);
+    }
+    read_set(set)
+}
+
+/// Reads a set's taps and survey; a set with a bad member goes back with its report.
+fn read_job(job: SetJob, ctx: &WorkerCtx) -> Result<ReadJob, WorkerReport> {
+    let SetJob {
+        set,
+        warning,
+        parsed,
+    } = job;
     let t0 = Instant::now();
-    let taps = match read_set(set) {
+    let taps = match read_taps(&set, parsed) {
         Ok(taps) => taps,
         Err(BadMembers { rejected, good }) => {
-            return WorkerReport::BadMembers {
-                name,
+            return Err(WorkerReport::BadMembers {
+                name: set.result_name().json(),
                 rejected,
                 good,
-            };
+            });
         }
     };
-    let mut warning = warning.map(str::to_string);
+    let mut warning = warning;
     let survey = match set.survey.as_deref().map(read_survey) {
         Some(Ok(survey)) => Some(survey),
         Some(Err(e)) => {
@@ -1148,23 +1315,88 @@ fn work(
         }
         None => None,
     };
-    let read = t0.elapsed();
+    Ok(ReadJob {
+        read: ReadSet { set, taps, survey },
+        warning,
+        took_read: t0.elapsed(),
+        took_estimate: Duration::ZERO,
+    })
+}
+
+/// Reads, computes, saves and journals one set on the worker's own engine.
+fn work(engine: &mut Engine, job: SetJob, ctx: &WorkerCtx) -> WorkerReport {
+    let job = match read_job(job, ctx) {
+        Ok(job) => job,
+        Err(report) => return report,
+    };
     let t1 = Instant::now();
-    let outputs = match compute_outputs(
+    let read = &job.read;
+    let outputs = compute_outputs(
         engine,
-        set,
-        &taps,
+        &read.set,
+        &read.taps,
         true,
-        survey.as_ref(),
-        warning.as_deref(),
-    ) {
+        read.survey.as_ref(),
+        job.warning.as_deref(),
+    );
+    save(&job, outputs, t1.elapsed(), ctx)
+}
+
+/// Builds, saves and journals a set the GPU thread estimated.
+fn finish_estimated(
+    cfg: &EngineConfig,
+    job: ReadJob,
+    est: Result<SetEstimate, String>,
+    ctx: &WorkerCtx,
+) -> WorkerReport {
+    let t1 = Instant::now();
+    let outputs = est
+        .map(|est| job.read.outputs(cfg, &est, true, job.warning.as_deref()))
+        .map_err(|why| anyhow::anyhow!("{}: {why}", job.read.set.result_name()));
+    save(&job, outputs, job.took_estimate + t1.elapsed(), ctx)
+}
+
+/// The GPU thread: estimates the sets the workers read in batches, each batch what is
+/// ready at that moment (at most [`RUN_GPU_BATCH`] sets), and hands them back to the
+/// workers. It ends when no worker can send it more.
+fn estimate_on_gpu(mut engine: Engine, sets: &Receiver<ReadJob>, done: &Sender<Estimated>) {
+    const { assert!(RUN_GPU_BATCH <= MAX_GPU_BATCH) };
+    while let Ok(first) = sets.recv() {
+        let mut batch = vec![first];
+        batch.extend(sets.try_iter().take(RUN_GPU_BATCH - 1));
+        let n = batch.len();
+        let t0 = Instant::now();
+        let estimated = estimate_ready(&mut engine, batch);
+        let took = t0.elapsed();
+        log::debug!(
+            "GPU: {n} sets in one batch, {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        );
+        for (mut job, est) in estimated {
+            job.took_estimate = took / n as u32;
+            if done.send(Box::new((job, est))).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Saves a computed set's outputs and journals it (computed, then saved).
+fn save(
+    job: &ReadJob,
+    outputs: anyhow::Result<SetOutputs>,
+    compute: Duration,
+    ctx: &WorkerCtx,
+) -> WorkerReport {
+    let set = &job.read.set;
+    let name = set.result_name().json();
+    let outputs = match outputs {
         Ok(outputs) => outputs,
         Err(e) => {
             let why = format!("{e:#}");
             return WorkerReport::Failed { name, why };
         }
     };
-    let compute = t1.elapsed();
     let sources: Vec<String> = set
         .members
         .iter()
@@ -1199,7 +1431,7 @@ fn work(
         return WorkerReport::Failed { name, why };
     }
     let timings = SetTimings {
-        read,
+        read: job.took_read,
         compute,
         save: t2.elapsed(),
         ..SetTimings::default()
@@ -1213,14 +1445,14 @@ fn work(
 /// `--role ingest`: reads a complete set (a bad file is set aside as in `run`), publishes it
 /// as one job and waits for the broker's confirm; journaled computed before and saved after,
 /// so the only step left is deleting the sources.
-fn enqueue(
-    set: &TapSet<PathBuf>,
-    publisher: &mut Option<JobPublisher>,
-    ctx: &WorkerCtx,
-) -> WorkerReport {
+fn enqueue(job: SetJob, publisher: &mut Option<JobPublisher>, ctx: &WorkerCtx) -> WorkerReport {
+    let set = &job.set;
     let name = set.result_name().json();
     let t0 = Instant::now();
-    if let Err(BadMembers { rejected, good }) = read_set(set) {
+    // Checked when they settled, unless the coordinator could not keep them or they changed.
+    if !job.parsed.as_ref().is_some_and(|p| unchanged(set, p))
+        && let Err(BadMembers { rejected, good }) = read_set(set)
+    {
         return WorkerReport::BadMembers {
             name,
             rejected,

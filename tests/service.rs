@@ -1025,6 +1025,86 @@ fn hundred_sets_at_once_are_all_processed() {
     }
 }
 
+/// `run --backend gpu` on a software adapter (llvmpipe in CI): one GPU context, the sets of a
+/// backlog estimated in batches, every set delivered and its velocities those of the truth.
+#[test]
+fn gpu_backend_batches_a_backlog_and_delivers_every_set() {
+    let mut site = Site::new("gpu-batch");
+    site.rust_log = "info,terawang::service=debug";
+    site.extra_env
+        .push(("TERAWANG_GPU_ALLOW_SOFTWARE".into(), "1".into()));
+    let _ftp = site.ftp();
+    let (files, truth) = sets(12, 23);
+    // The CPU's results of the same files, from `process`.
+    let cpu_in = site.root.join("cpu-in");
+    let cpu_out = site.root.join("cpu-out");
+    std::fs::create_dir_all(&cpu_in).unwrap();
+    std::fs::create_dir_all(&site.data).unwrap();
+    for f in &files {
+        std::fs::write(cpu_in.join(&f.file_name), &f.json).unwrap();
+        site.drop_file(f);
+    }
+    let cpu = Command::new(env!("CARGO_BIN_EXE_terawang"))
+        .args(["process", "--backend", "cpu", "--out"])
+        .args([&cpu_out, &cpu_in])
+        .output()
+        .unwrap();
+    assert!(cpu.status.success(), "{cpu:?}");
+    let mut cmd = site.command(true);
+    cmd.args(["--backend", "gpu", "--threads", "2"]);
+    let status = cmd.status().unwrap();
+    let log = site.log();
+    if !status.success() && log.contains("no usable GPU adapter") {
+        eprintln!(
+            "skipped: no GPU adapter, not even a software one (.ci/gpu-setup.sh installs one)"
+        );
+        return;
+    }
+    assert!(status.success(), "{status}; log:\n{log}");
+    assert!(log.contains("GPU: one gpu context"), "{log}");
+    let batches: Vec<usize> = log
+        .lines()
+        .filter_map(|l| l.split("GPU: ").nth(1)?.split(" sets in one batch").next())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(batches.iter().sum::<usize>(), 12, "{log}");
+    assert!(
+        batches.iter().any(|&n| n > 1),
+        "a backlog goes to the GPU in batches, got {batches:?}"
+    );
+    assert!(site.json_files_in_data().is_empty());
+    let got = site.published_names();
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    // The GPU's velocities are the CPU's, but for the odd ray where float rounding moves a
+    // correlation peak.
+    let velocities = |path: &Path| -> Vec<f64> {
+        // The plain result: the bare 8×8 matrix.
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (mut rays, mut equal) = (0, 0);
+    for name in &want {
+        let gpu = velocities(&site.result.join(name));
+        let cpu = velocities(&cpu_out.join(name));
+        rays += gpu.len();
+        equal += gpu
+            .iter()
+            .zip(&cpu)
+            .filter(|(g, c)| (*g - *c).abs() <= 0.005 * c.abs().max(1.0))
+            .count();
+    }
+    assert!(
+        equal * 100 >= rays * 98,
+        "{equal} of {rays} rays agree with the CPU within 0.5 %"
+    );
+}
+
 #[test]
 fn kill_9_midway_then_restart_delivers_everything() {
     let site = Site::new("kill9");
