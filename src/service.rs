@@ -85,6 +85,12 @@ pub struct RunSummary {
 /// How often the files still settling are looked at again (their events are seen at once).
 const SETTLE_CHECK_EVERY: Duration = Duration::from_millis(50);
 
+/// A device forms no set until none of its tap files arrived for this long (besides none
+/// still settling): a backlog copied in name order arrives in no order of time, and a set
+/// formed before an earlier one of its device had all its files would make that one a
+/// leftover.
+const DEVICE_QUIET: Duration = Duration::from_millis(500);
+
 /// How often an idle delivery thread checks that the sinks answer (for `/healthz`).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
@@ -291,6 +297,7 @@ pub fn run(
         report_tx,
     )?;
 
+    let missed_events = Arc::new(AtomicBool::new(false));
     let remote = match (&cfg.ftp, &source_folder) {
         (Some(ftp), Some(folder)) => {
             log::info!(
@@ -299,6 +306,7 @@ pub fn run(
                 roots.staging.display()
             );
             let tx = inbox_tx.clone();
+            let missed = missed_events.clone();
             let ftp = FtpConfig {
                 folder: folder.clone(),
                 upload_png: false,
@@ -316,9 +324,13 @@ pub fn run(
                 remote_cfg,
                 metrics.clone(),
                 move |p| {
-                    // Never lost: a path the inbox cannot take in time is found by the rescan.
-                    let _ =
-                        tx.send_timeout(Inbox::Watch(WatchEvent::Path(p)), Duration::from_secs(1));
+                    // Never lost: a path the inbox cannot take in time is found by a listing.
+                    if tx
+                        .send_timeout(Inbox::Watch(WatchEvent::Path(p)), Duration::from_secs(1))
+                        .is_err()
+                    {
+                        missed.store(true, Ordering::Relaxed);
+                    }
                 },
             )?)
         }
@@ -329,9 +341,12 @@ pub fn run(
         Role::Worker => None,
         Role::All | Role::Ingest => {
             let tx = inbox_tx.clone();
+            let missed = missed_events.clone();
             Some(
                 Watcher::start(&cfg.data_dir, move |event| {
-                    let _ = tx.try_send(Inbox::Watch(event));
+                    if tx.try_send(Inbox::Watch(event)).is_err() {
+                        missed.store(true, Ordering::Relaxed);
+                    }
                 })
                 .with_context(|| format!("DATA_DIR: cannot watch {}", cfg.data_dir.display()))?,
             )
@@ -487,6 +502,8 @@ pub fn run(
         job_control,
         roots: roots.clone(),
         book,
+        last_arrival: HashMap::new(),
+        missed_events,
         ignored: HashSet::new(),
         summary: RunSummary::default(),
         metrics: metrics.clone(),
@@ -636,6 +653,11 @@ struct Coordinator {
     jobs: HashMap<String, Vec<u64>>,
     job_control: Option<Sender<JobControl>>,
     book: SetBook<PathBuf>,
+    /// When a tap file of each device last arrived (or changed).
+    last_arrival: HashMap<Option<String>, Instant>,
+    /// Raised where a file event could not reach the inbox: the folders are listed again
+    /// before any set is formed.
+    missed_events: Arc<AtomicBool>,
     ignored: HashSet<PathBuf>,
     summary: RunSummary,
     metrics: Arc<Metrics>,
@@ -645,7 +667,11 @@ struct Coordinator {
 
 impl Coordinator {
     fn idle(&self) -> bool {
-        self.settle.is_empty() && self.held.is_empty() && self.book.is_idle()
+        // A device still in its quiet time may yet form sets.
+        self.settle.is_empty()
+            && self.last_arrival.is_empty()
+            && self.held.is_empty()
+            && self.book.is_idle()
     }
 
     /// Lists the data folder (and the staging folder of the FTP source) and looks at every
@@ -697,9 +723,14 @@ impl Coordinator {
         match kind {
             Kind::Tap(_) | Kind::Survey(_) => match not_a_regular_file(&path) {
                 Some(why) => self.set_aside(&path, &why, None),
-                None => self
-                    .settle
-                    .observe(&path, FileSig::of(&path), Instant::now()),
+                None => {
+                    let now = Instant::now();
+                    let sig = FileSig::of(&path);
+                    if let (Kind::Tap(name), Some(_)) = (&kind, sig) {
+                        self.last_arrival.insert(name.device.clone(), now);
+                    }
+                    self.settle.observe(&path, sig, now);
+                }
             },
             Kind::Ignored(why) => {
                 let is_rejected_dir = path.file_name().is_some_and(|n| n == REJECTED_DIR)
@@ -786,6 +817,10 @@ impl Coordinator {
     /// Looks at the settling files again, reads those that settled (a bad one is set aside)
     /// and takes out the complete sets.
     fn settle_and_group(&mut self, now: Instant) {
+        if self.missed_events.swap(false, Ordering::Relaxed) {
+            log::debug!("file events were dropped (the inbox was full): listing the folders");
+            self.scan();
+        }
         for p in self.settle.paths() {
             self.settle.observe(&p, FileSig::of(&p), now);
         }
@@ -825,12 +860,15 @@ impl Coordinator {
         }
         // A device with tap files still settling forms no set yet, so its sets form in the
         // order of their files' times however a backlog arrives.
+        self.last_arrival
+            .retain(|_, at| now.duration_since(*at) < DEVICE_QUIET);
         let arriving: HashSet<Option<String>> = self
             .settle
             .iter()
             .filter_map(|p| p.file_name()?.to_str())
             .filter_map(|n| TapName::parse(n).ok())
             .map(|t| t.device)
+            .chain(self.last_arrival.keys().cloned())
             .collect();
         for set in self.grouper.take_complete_of(|d| !arriving.contains(d)) {
             self.held.push((set, now));
@@ -1163,7 +1201,8 @@ impl Coordinator {
             }
             Inbox::Watch(WatchEvent::Path(p)) => self.look(p),
             Inbox::Watch(WatchEvent::Error(e)) => {
-                log::warn!("file events: {e}; the rescan finds what they missed");
+                log::warn!("file events: {e}; the folders are listed again");
+                self.missed_events.store(true, Ordering::Relaxed);
             }
             Inbox::WorkerReport(WorkerReport::Saved { name, timings }) => {
                 self.book.saved(&name, timings)

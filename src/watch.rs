@@ -100,7 +100,7 @@ impl Roots {
 pub enum WatchEvent {
     /// Something happened to this path: look at it.
     Path(PathBuf),
-    /// notify reported an error (events may have been lost; the rescan finds them).
+    /// notify reported an error or lost events: the folders are listed again.
     Error(String),
 }
 
@@ -121,6 +121,10 @@ impl Watcher {
                 Ok(event) => event,
                 Err(e) => return forward(WatchEvent::Error(e.to_string())),
             };
+            if event.need_rescan() {
+                // The kernel's event queue overflowed: events were lost.
+                return forward(WatchEvent::Error("the file event queue overflowed".into()));
+            }
             if matches!(event.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             {
                 return;

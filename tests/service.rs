@@ -1105,6 +1105,45 @@ fn gpu_backend_batches_a_backlog_and_delivers_every_set() {
     );
 }
 
+/// A backlog copied in by name, as a mirror does, arrives in no order of time: a device's
+/// later set can be complete before the files of its earlier ones arrive. Each set must
+/// still form, none of its files set aside as a leftover.
+#[test]
+fn a_backlog_arriving_newest_first_forms_every_set() {
+    let mut site = Site::new("newest-first");
+    site.settle_s = 0.0;
+    let _ftp = site.ftp();
+    let (mut files, truth) = sets(12, 29);
+    std::fs::create_dir_all(&site.data).unwrap();
+    let child = site.start(false);
+    wait_until("the service to watch", Duration::from_secs(20), || {
+        site.log().contains("watching")
+    });
+    let unix_s = |f: &SimFile| {
+        f.file_name
+            .rsplit('_')
+            .nth(1)
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    files.sort_by_key(|f| std::cmp::Reverse(unix_s(f)));
+    for f in &files {
+        site.drop_file(f);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    wait_until("the sources to go", Duration::from_secs(60), || {
+        site.json_files_in_data().is_empty()
+    });
+    let rejected = site.data.join("rejected");
+    let set_aside = std::fs::read_dir(&rejected).map_or(0, |d| d.count());
+    assert_eq!(set_aside, 0, "files set aside:\n{}", site.log());
+    let mut want: Vec<String> = truth.sets.iter().map(|s| s.result_file.clone()).collect();
+    want.sort();
+    assert_eq!(site.published_names(), want);
+    terminate(child, &site);
+}
+
 #[test]
 fn kill_9_midway_then_restart_delivers_everything() {
     let site = Site::new("kill9");
