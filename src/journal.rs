@@ -2,11 +2,20 @@
 //!
 //! A set moves Computed → Saved → Uploaded → Archived → Published → Announced → Deleted; the
 //! steps whose sink is off are skipped (Archived: the raw tap files copied to the FTP raw
-//! archive; Announced: the viewer's message on the graph queue). Each step is appended as one line (`<stage> <result-name> [<source>…]`) and
-//! fsynced *after* the step succeeded, so after a kill -9 the service redoes at most the step
-//! that was in flight: a result is uploaded or published again (same idempotent name), never
-//! lost, and the eight sources are deleted only once every sink has succeeded. A set the
-//! broker confirmed is journaled Published and is never published again.
+//! archive; Announced: the viewer's message on the graph queue). Each step is appended as one
+//! line (`<stage> <result-name> [<source>…]`) *after* the step succeeded, so after a kill -9
+//! the service redoes at most the step that was in flight: a result is uploaded or published
+//! again (same idempotent name), never lost, and the eight sources are deleted only once every
+//! sink has succeeded. A set the broker confirmed is journaled Published and is never
+//! published again.
+//!
+//! Only the lines after a message the broker confirmed (Published, Announced) are fsynced
+//! before the service goes on ([`Stage::needs_sync`]): a message sent twice reaches consumers
+//! twice. The other steps are safe to do again (the same bytes saved, uploaded or archived
+//! under the same name; deleting files that may be gone), so their lines reach the disk with
+//! the next fsync: a power loss before it makes the service redo those steps, never skip one.
+//! A kill -9 loses nothing either way (the lines are in the page cache). The result files
+//! themselves are fsynced before they are renamed into place.
 //!
 //! [`JournalState`] and [`next_step`] are pure; [`Journal`] adds the file.
 
@@ -34,6 +43,12 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Whether the line must be on disk before the service goes on: after a message the
+    /// broker confirmed, which must never be sent again. The other steps can be redone.
+    pub fn needs_sync(self) -> bool {
+        matches!(self, Stage::Published | Stage::Announced)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Stage::Computed => "computed",
@@ -285,11 +300,23 @@ impl Journal {
         })
     }
 
-    /// Appends and fsyncs one entry, then applies it. Every so many lines the file is
-    /// rewritten with the live sets only, so a long run keeps it small.
+    /// Appends one entry (fsynced when [`Stage::needs_sync`]), then applies it. Every so many
+    /// lines the file is rewritten with the live sets only, so a long run keeps it small.
     pub fn record(&mut self, e: &Entry) -> std::io::Result<()> {
+        self.append(e, e.stage.needs_sync())
+    }
+
+    /// Appends one entry and fsyncs it whatever its stage: for a step that must not be
+    /// redone after a power loss (`--role ingest`: the job the broker confirmed).
+    pub fn record_synced(&mut self, e: &Entry) -> std::io::Result<()> {
+        self.append(e, true)
+    }
+
+    fn append(&mut self, e: &Entry, sync: bool) -> std::io::Result<()> {
         self.file.write_all(e.to_line().as_bytes())?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
         self.state.apply(e);
         self.appended += 1;
         if self.appended >= self.compact_after {

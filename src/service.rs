@@ -1528,9 +1528,10 @@ fn enqueue(job: SetJob, publisher: &mut Option<JobPublisher>, ctx: &WorkerCtx) -
     let publisher = publisher.get_or_insert_with(|| JobPublisher::new(amqp, &ctx.cfg.job_queue));
     let t1 = Instant::now();
     let publish = || -> anyhow::Result<()> {
+        // The confirmed job must not be published again after a power loss: fsynced.
         let record = |stage, sources| {
             let mut j = ctx.journal.lock().unwrap_or_else(|e| e.into_inner());
-            j.record(&Entry {
+            j.record_synced(&Entry {
                 stage,
                 result_name: name.clone(),
                 sources,
