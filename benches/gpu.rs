@@ -2,8 +2,11 @@
 //! engine's gcc-phat batches (per set: 8 taps × 8 windows of 256 samples, 7 pairs per tap,
 //! n_fft 512). Throughput is in sets. The GPU takes a software adapter when no real one is
 //! present (its figures then say little); it is left out when there is no adapter at all.
+//! After criterion's figures it prints sets per second against the batch size for each
+//! backend, timed again in one pass (the best of a few runs each), and the crossover: the
+//! smallest batch at which the GPU delivers more sets per second than `cpu-simd`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use terawang::engine::{Correlator, CpuGcc, Kernel, PairBatch};
@@ -36,9 +39,11 @@ fn batch_of_sets(n_sets: usize, rng: &mut Rng) -> PairBatch {
 }
 
 fn correlators(c: &mut Criterion) {
+    let mut adapter = None;
     let gpu = match GpuGcc::new(N_FFT, true) {
         Ok(gpu) => {
             eprintln!("GPU adapter: {}", gpu.adapter_name());
+            adapter = Some(gpu.adapter_name().to_string());
             Some(gpu)
         }
         Err(e) => {
@@ -59,7 +64,7 @@ fn correlators(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     let mut rng = Rng::new(5);
-    for n_sets in [1, 8, 64, 256, 1024] {
+    for n_sets in BATCHES {
         let batch = batch_of_sets(n_sets, &mut rng);
         let mut out = vec![0.0; batch.out_len()];
         group.throughput(Throughput::Elements(n_sets as u64));
@@ -70,6 +75,69 @@ fn correlators(c: &mut Criterion) {
         }
     }
     group.finish();
+    summary(&mut backends, adapter.as_deref());
+}
+
+/// Sets per batch, as benched.
+const BATCHES: [usize; 5] = [1, 8, 64, 256, 1024];
+
+/// Prints sets per second against the batch size for each backend and the crossover batch
+/// size, all timed in this one pass.
+fn summary(backends: &mut [(&str, Box<dyn Correlator>)], adapter: Option<&str>) {
+    let mut rng = Rng::new(5);
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    for n_sets in BATCHES {
+        let batch = batch_of_sets(n_sets, &mut rng);
+        let mut out = vec![0.0; batch.out_len()];
+        for ((_, correlator), rates) in backends.iter_mut().zip(&mut rates) {
+            // The best of at least three runs, and of as many as fit in half a second.
+            let t0 = Instant::now();
+            let mut best = f64::INFINITY;
+            for run in 0.. {
+                if run >= 3 && t0.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                let t = Instant::now();
+                correlator.correlate(&batch, &mut out).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            rates.push(n_sets as f64 / best);
+        }
+    }
+    println!();
+    println!(
+        "sets per second by batch size (GPU adapter: {})",
+        adapter.unwrap_or("none")
+    );
+    print!("{:>8}", "sets");
+    for (name, _) in backends.iter() {
+        print!("{name:>14}");
+    }
+    println!();
+    for (k, n_sets) in BATCHES.iter().enumerate() {
+        print!("{n_sets:>8}");
+        for rates in &rates {
+            print!("{:>14.0}", rates[k]);
+        }
+        println!();
+    }
+    let column = |name: &str| backends.iter().position(|(n, _)| *n == name);
+    match (column("gpu"), column("cpu-simd")) {
+        (Some(gpu), Some(cpu)) => {
+            match BATCHES
+                .iter()
+                .zip(rates[gpu].iter().zip(&rates[cpu]))
+                .find(|(_, (g, c))| g > c)
+            {
+                Some((n, _)) => println!("crossover: the GPU is faster from {n} sets per batch"),
+                None => println!(
+                    "crossover: none up to {} sets per batch (cpu-simd is faster at every size)",
+                    BATCHES[BATCHES.len() - 1]
+                ),
+            }
+        }
+        _ => println!("crossover: no GPU adapter"),
+    }
 }
 
 criterion_group!(benches, correlators);
