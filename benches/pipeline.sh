@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sustained throughput of the whole service pipeline (watch → group → compute → save → FTP →
 # RabbitMQ → delete) with a real FTP server (pyftpdlib) and the local RabbitMQ on loopback:
-# `run --once` on a backlog, then the watching `run` on the same backlog renamed in, then a
-# plain FTP client uploading the same results (the server's own limit).
+# `run --once` on a backlog, the watching `run` on the same backlog renamed in, `run --once`
+# again, then a plain FTP client uploading the same results (the server's own limit).
 # Usage: benches/pipeline.sh [SETS] [THREADS]   (defaults 200, all cores)
 # Needs what .ci/service-setup.sh installs. Prints sets per second; asserts nothing.
 set -euo pipefail
@@ -34,9 +34,6 @@ python3 -m pyftpdlib -i 127.0.0.1 -p "$FTP_PORT" -w -u bench -P bench -d "$WORK/
 FTP_PID=$!
 sleep 1
 
-"$BIN" simulate --sets "$SETS" --seed 5 --out "$WORK/sim" >/dev/null
-rm "$WORK/sim/truth.json"
-mv "$WORK"/sim/*.json "$WORK/site/data_mentah/"
 
 cd "$WORK/site"
 now() { python3 -c 'import time; print(time.perf_counter())'; }
@@ -44,19 +41,36 @@ export FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
     RABBITMQ_HOST=127.0.0.1 RABBITMQ_VHOST="$VHOST" RABBITMQ_QUEUE=bench_queue \
     FILE_SETTLE_SECONDS=0 RUST_LOG=warn
 
-# 1. run --once on the backlog.
-start=$(now)
-"$BIN" run --once --threads "$THREADS"
-end=$(now)
-left=$(find data_mentah -maxdepth 1 -name '*.json' | wc -l)
-uploaded=$(find "$WORK/ftp" -name 'result_*.json' | wc -l)
-once=$(python3 -c "print($SETS / ($end - $start))")
+# A fresh backlog of the same sets in data_mentah/ (or renamed in by the caller from sim/).
+backlog() {
+    rm -rf "$WORK/ftp/result" temp_data hasil_proses_lokal "$WORK/sim"
+    "$BIN" simulate --sets "$SETS" --seed 5 --out "$WORK/sim" >/dev/null
+    rm "$WORK/sim/truth.json"
+    # Every run publishes into an empty queue.
+    rabbitmqctl -q purge_queue -p "$VHOST" bench_queue >/dev/null 2>&1 || true
+}
+queued() { rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="bench_queue"{print $2}'; }
+
+# 1. and 3. run --once on the backlog, before and after the watching run: a run after many
+#    files were created and deleted can be slower on the same disk, so the watching run is
+#    compared with the mean of the two.
+run_once() {
+    backlog
+    mv "$WORK"/sim/*.json data_mentah/
+    local start end
+    start=$(now)
+    "$BIN" run --once --threads "$THREADS"
+    end=$(now)
+    left=$(find data_mentah -maxdepth 1 -name '*.json' | wc -l)
+    uploaded=$(find "$WORK/ftp" -name 'result_*.json' | wc -l)
+    echo "run --once: uploaded $uploaded, sources left $left, messages $(queued)" >&2
+    python3 -c "print($SETS / ($end - $start))"
+}
+once_before=$(run_once)
 
 # 2. The watching service: started on an empty folder, the same backlog renamed in at once;
 #    timed until every source is deleted (every set saved, uploaded, published, confirmed).
-rm -rf "$WORK/ftp/result" temp_data hasil_proses_lokal
-"$BIN" simulate --sets "$SETS" --seed 5 --out "$WORK/sim" >/dev/null
-rm "$WORK/sim/truth.json"
+backlog
 "$BIN" run --threads "$THREADS" &
 RUN_PID=$!
 sleep 2
@@ -66,7 +80,9 @@ while [ -n "$(find data_mentah -maxdepth 1 -name '*.json' -print -quit)" ]; do s
 end=$(now)
 kill "$RUN_PID"; wait "$RUN_PID" || true
 watch=$(python3 -c "print($SETS / ($end - $start))")
-queued=$(rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="bench_queue"{print $2}')
+echo "run (watching): messages $(queued)" >&2
+
+once_after=$(run_once)
 
 # 3. The FTP server's own limit: a plain client uploading the same results over one
 #    connection, as the service does (STOR to a temporary name, then RNFR/RNTO).
@@ -91,11 +107,11 @@ PY
 
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
 echo "sets: $SETS, engine threads: $THREADS"
-echo "run --once: uploaded $uploaded, sources left $left; messages after both runs: $queued"
-python3 - "$once" "$watch" "$ftp_rate" <<'PY'
+python3 - "$once_before" "$once_after" "$watch" "$ftp_rate" <<'PY'
 import sys
-once, watch, ftp = map(float, sys.argv[1:])
-print(f"run --once          {once:7.1f} sets/s")
+before, after, watch, ftp = map(float, sys.argv[1:])
+once = (before + after) / 2
+print(f"run --once          {once:7.1f} sets/s  (mean of {before:.1f} before and {after:.1f} after)")
 print(f"run (watching)      {watch:7.1f} sets/s  ({watch / once:.0%} of --once)")
 print(f"plain FTP client    {ftp:7.1f} uploads/s over one connection (the server's own limit)")
 PY
