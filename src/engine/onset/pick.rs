@@ -235,7 +235,18 @@ const HINGE_STEPS: usize = 200;
 /// line would extrapolate too early; with fewer than three rising points it is left out.
 pub(super) fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
     let n_rising = points.iter().filter(|&&(t, _)| t >= hi).count();
-    let quadratic = n_rising >= QUADRATIC_FROM;
+    hinge_fit_with(points, lo, hi, n_rising >= QUADRATIC_FROM, HINGE_STEPS)
+}
+
+/// [`hinge_fit`] with the quadratic term on or off and `steps` candidate onsets across
+/// `[lo, hi]`.
+pub(super) fn hinge_fit_with(
+    points: &[(f64, f64)],
+    lo: f64,
+    hi: f64,
+    quadratic: bool,
+    steps: usize,
+) -> f64 {
     let residual = |t_a: f64| {
         let (mut s11, mut s12, mut s22, mut y1, mut y2, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for &(t, y) in points {
@@ -260,8 +271,8 @@ pub(super) fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
         }
     };
     let mut best = (hi, f64::MAX);
-    for s in 0..=HINGE_STEPS {
-        let t_a = lo + (hi - lo) * s as f64 / HINGE_STEPS as f64;
+    for s in 0..=steps {
+        let t_a = lo + (hi - lo) * s as f64 / steps as f64;
         let r = residual(t_a);
         if r < best.1 {
             best = (t_a, r);
