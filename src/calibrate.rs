@@ -381,8 +381,10 @@ mod tests {
                 "{truth}: bias {after} µs at lead {}",
                 c.lead
             );
+            // Half a sample (13.5 µs) wrong, less the picker's own bias on these specimens,
+            // whose rays of a class all sample their rise at one phase (up to −5.6 µs).
             assert!(
-                before.abs() > 8.0,
+                before.abs() > 6.75,
                 "{truth}: bias {before} µs at the default"
             );
         }
