@@ -1117,7 +1117,7 @@ mod tests {
     }
 
     /// Matrices with rays missing in one or both directions, and the decays above.
-    fn varied_matrices() -> Vec<(f64, [[f64; N_SENSORS]; N_SENSORS])> {
+    pub(crate) fn varied_matrices() -> Vec<(f64, [[f64; N_SENSORS]; N_SENSORS])> {
         let mut rng = crate::rng::Rng::new(3);
         let mut out = Vec::new();
         for (k, d) in decays().into_iter().enumerate() {
