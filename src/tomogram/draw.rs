@@ -307,11 +307,14 @@ fn cross_section(cv: &mut Canvas, grid: &Grid, lo: f64, per_velocity: f64) {
         inks(&columns, &blended, span.clone(), (lo, per_velocity), line);
         // Where the blended row cannot serve, the general path.
         for (inner, run) in &columns.stretches {
-            if inner.is_some_and(|k| blends(&blended, k)) {
+            let (from, to) = (run.start.max(span.start), run.end.min(span.end));
+            if from >= to || inner.is_some_and(|k| blends(&blended, k)) {
                 continue;
             }
-            for k in run.start.max(span.start)..run.end.min(span.end) {
-                line[k] = match grid.bilinear(r0, fr, columns.c0[k], columns.fc[k]) {
+            // One `c0` per stretch.
+            let corners = grid.corners(r0, columns.c0[from]);
+            for k in from..to {
+                line[k] = match bilinear(corners, fr, columns.fc[k]) {
                     Some(v) => scale_ink((v - lo) * per_velocity),
                     None => NO_DATA,
                 };
@@ -426,40 +429,45 @@ impl Grid {
         }
     }
 
-    /// Bilinear value between the cell centres that exist around row `r0 + fr`, column
-    /// `c0 + fc` (`r0`, `c0` whole numbers, `fr`, `fc` in [0, 1)).
+    /// The four cells around the points between rows `r0` and `r0 + 1` and columns `c0` and
+    /// `c0 + 1` (whole numbers): top left, top right, bottom left, bottom right; `None` where
+    /// missing or off the grid.
     #[inline(always)]
-    fn bilinear(&self, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+    fn corners(&self, r0: f64, c0: f64) -> [Option<f64>; 4] {
         let n = self.n;
-        // Inside the grid with all four cells present (almost every pixel), the weights sum
-        // to 1 up to rounding, and the division below is left out.
-        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
-            let k = r0 as usize * self.n_side + c0 as usize;
-            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
-                self.cells[k],
-                self.cells[k + 1],
-                self.cells[k + self.n_side],
-                self.cells[k + self.n_side + 1],
-            ) {
-                let (wr, wc) = (1.0 - fr, 1.0 - fc);
-                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+        std::array::from_fn(|q| {
+            let (r, c) = (r0 + (q / 2) as f64, c0 + (q % 2) as f64);
+            if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                None
+            } else {
+                self.cells[r as usize * self.n_side + c as usize]
             }
-        }
-        let (mut s, mut w) = (0.0, 0.0);
-        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
-            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
-                let (r, c) = (r0 + dr, c0 + dc);
-                if r < 0.0 || c < 0.0 || r >= n || c >= n {
-                    continue;
-                }
-                if let Some(v) = self.cells[r as usize * self.n_side + c as usize] {
-                    s += wr * wc * v;
-                    w += wr * wc;
-                }
-            }
-        }
-        (w > 1e-9).then(|| s / w)
+        })
     }
+}
+
+/// Bilinear value between the cell centres that exist among `corners` ([`Grid::corners`]) at
+/// `fr` of the way down and `fc` of the way right (in [0, 1)).
+#[inline(always)]
+fn bilinear(corners: [Option<f64>; 4], fr: f64, fc: f64) -> Option<f64> {
+    let (wr, wc) = (1.0 - fr, 1.0 - fc);
+    // All four cells present (almost every pixel): the weights sum to 1 up to rounding, and
+    // the division below is left out.
+    if let [Some(v00), Some(v01), Some(v10), Some(v11)] = corners {
+        return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+    }
+    let (mut s, mut w) = (0.0, 0.0);
+    for (q, v) in corners.into_iter().enumerate() {
+        let (wr, wc) = (
+            if q < 2 { wr } else { fr },
+            if q % 2 == 0 { wc } else { fc },
+        );
+        if let Some(v) = v {
+            s += wr * wc * v;
+            w += wr * wc;
+        }
+    }
+    (w > 1e-9).then(|| s / w)
 }
 
 /// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
@@ -486,16 +494,19 @@ fn hatch_low_coverage(cv: &mut Canvas, t: &Tomogram) {
     };
     let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
     let cols: Vec<Option<usize>> = (px0..=px1).map(|px| cell(px, cx - RADIUS_PX)).collect();
+    let hatched: Vec<bool> = (0..t.n * t.n)
+        .map(|k| t.velocity_m_s[k / t.n][k % t.n].is_some() && t.low_coverage(k / t.n, k % t.n))
+        .collect();
     for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
         let Some(r) = cell(py, cy - RADIUS_PX) else {
             continue;
         };
+        let hatched = &hatched[r * t.n..(r + 1) * t.n];
         // The first pixel of this row on a hatch line (x + y a multiple of the pitch).
         let first = px0 + (HATCH_PITCH - (px0 + py).rem_euclid(HATCH_PITCH)) % HATCH_PITCH;
         for px in (first..=px1).step_by(HATCH_PITCH as usize) {
             if let Some(c) = cols[(px - px0) as usize]
-                && t.velocity_m_s[r][c].is_some()
-                && t.low_coverage(r, c)
+                && hatched[c]
             {
                 cv.set(px, py, GREY);
             }
@@ -646,6 +657,39 @@ mod tests {
         assert_eq!(at(0.99, 0.99), [255, 255, 255]);
     }
 
+    /// The bilinear value at row `r0 + fr`, column `c0 + fc` as first written.
+    fn reference_bilinear(grid: &Grid, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+        let n = grid.n;
+        // Inside the grid with all four cells present (almost every pixel), the weights sum
+        // to 1 up to rounding, and the division below is left out.
+        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
+            let k = r0 as usize * grid.n_side + c0 as usize;
+            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
+                grid.cells[k],
+                grid.cells[k + 1],
+                grid.cells[k + grid.n_side],
+                grid.cells[k + grid.n_side + 1],
+            ) {
+                let (wr, wc) = (1.0 - fr, 1.0 - fc);
+                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+            }
+        }
+        let (mut s, mut w) = (0.0, 0.0);
+        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
+            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
+                let (r, c) = (r0 + dr, c0 + dc);
+                if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                    continue;
+                }
+                if let Some(v) = grid.cells[r as usize * grid.n_side + c as usize] {
+                    s += wr * wc * v;
+                    w += wr * wc;
+                }
+            }
+        }
+        (w > 1e-9).then(|| s / w)
+    }
+
     /// The cross-section as first written, one pixel after the other: [`cross_section`]
     /// must colour every pixel the same.
     fn reference_cross_section(cv: &mut Canvas, grid: &Grid, lo: f64, per_velocity: f64) {
@@ -677,7 +721,7 @@ mod tests {
                     let (a, b) = (blended[k], blended[k + 1]);
                     (!(a.is_nan() || b.is_nan())).then_some((1.0 - fc) * a + fc * b)
                 });
-                let ink = match blend.or_else(|| grid.bilinear(r0, fr, c0, fc)) {
+                let ink = match blend.or_else(|| reference_bilinear(grid, r0, fr, c0, fc)) {
                     Some(v) => scale_ink(frac(v)),
                     None => NO_DATA,
                 };
@@ -707,7 +751,9 @@ mod tests {
                     if u < 0.08 {
                         *v = None;
                     } else if u < 0.09 {
-                        *v = Some([f64::INFINITY, 1e300, -40.0, 0.0][(u * 1e4) as usize % 4]);
+                        *v = Some(
+                            [f64::INFINITY, 1e300, -40.0, 0.0, f64::NAN][(u * 1e4) as usize % 5],
+                        );
                     } else if v.is_some() {
                         *v = Some(rng.uniform(200.0, 2500.0));
                     }
