@@ -597,10 +597,10 @@ fn sirt(times_s: &[f64], plan: &TomogramPlan, diameter_m: f64, cfg: &TomogramCon
         // SAFETY: the CPU has AVX2, checked just above.
         unsafe { iterate_avx2(times_s, plan, cfg, bounds, &mut slowness) };
     } else {
-        iterate(times_s, plan, cfg, bounds, &mut slowness);
+        iterate::<false>(times_s, plan, cfg, bounds, &mut slowness);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    iterate(times_s, plan, cfg, bounds, &mut slowness);
+    iterate::<false>(times_s, plan, cfg, bounds, &mut slowness);
     let velocity_m_s = (0..n)
         .map(|row| {
             (0..n)
@@ -618,9 +618,9 @@ fn sirt(times_s: &[f64], plan: &TomogramPlan, diameter_m: f64, cfg: &TomogramCon
     }
 }
 
-/// [`iterate`] compiled for AVX2 (four lanes where the baseline has two). Each cell's value
-/// is formed by the same operations in the same order as in [`iterate`] (no fused
-/// multiply-add), so the results are the same bits.
+/// [`iterate`] compiled for AVX2 (four lanes where the baseline has two), its box sums along
+/// the rows by [`box_rows_avx2`]. Each cell's value is formed by the same operations in the
+/// same order as in [`iterate`] (no fused multiply-add), so the results are the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn iterate_avx2(
@@ -630,12 +630,13 @@ fn iterate_avx2(
     bounds: (f64, f64),
     slowness: &mut [f64],
 ) {
-    iterate(times_s, plan, cfg, bounds, slowness)
+    iterate::<true>(times_s, plan, cfg, bounds, slowness)
 }
 
-/// The SIRT iterations on `slowness`, each clamped to `bounds` (s/m).
+/// The SIRT iterations on `slowness`, each clamped to `bounds` (s/m); with `AVX2` (only
+/// from [`iterate_avx2`]) the row sums by [`box_rows_avx2`].
 #[inline(always)]
-fn iterate(
+fn iterate<const AVX2: bool>(
     times_s: &[f64],
     plan: &TomogramPlan,
     cfg: &TomogramConfig,
@@ -648,6 +649,7 @@ fn iterate(
     let radius_cells = plan.radius_cells;
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
+    let mut strips = if AVX2 { vec![0.0; 32 * n] } else { Vec::new() };
     for _ in 0..cfg.iterations {
         for (ray, &time_s) in rays.iter().zip(times_s) {
             let cells = &plan.cells[ray.cells.clone()];
@@ -681,6 +683,22 @@ fn iterate(
             *p = d * w;
         }
         for pass in 0..passes {
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 {
+                // SAFETY: `AVX2` is set only by `iterate_avx2`, called once the CPU has it.
+                unsafe {
+                    box_rows_avx2(
+                        n,
+                        radius_cells,
+                        &bufs.product,
+                        &mut bufs.row_sums,
+                        &mut strips,
+                    )
+                };
+            } else {
+                box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
             let last = pass + 1 == passes;
             let SmoothBuffers {
@@ -792,6 +810,139 @@ fn box_rows(n: usize, radius: usize, src: &[f64], dst: &mut [f64]) {
     for row0 in full..n {
         box_rows_block::<1>(n, radius, row0, src, dst);
     }
+}
+
+/// [`box_rows`] with AVX2, four rows in the four lanes of a vector: each strip of four rows
+/// is transposed (4×4 blocks) so that one column of the strip is one vector, summed column
+/// after column with the additions and subtractions of [`box_rows_block`] in the same order
+/// (so the same bits), and transposed back into `dst`. Four strips go together (16 rows), so
+/// four running sums overlap in the pipeline; the rows left go a strip at a time, then
+/// through [`box_rows_block`]. `strips`: [`BOX_ROWS_STRIPS`]·8n long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn box_rows_avx2(n: usize, radius: usize, src: &[f64], dst: &mut [f64], strips: &mut [f64]) {
+    const S: usize = BOX_ROWS_STRIPS;
+    assert!(src.len() >= n * n && dst.len() >= n * n && strips.len() >= S * 8 * n);
+    let mut row0 = 0;
+    while row0 + 4 * S <= n {
+        box_rows_strips::<S>(n, radius, row0, src, dst, strips);
+        row0 += 4 * S;
+    }
+    while row0 + 4 <= n {
+        box_rows_strips::<1>(n, radius, row0, src, dst, strips);
+        row0 += 4;
+    }
+    for row0 in row0..n {
+        box_rows_block::<1>(n, radius, row0, src, dst);
+    }
+}
+
+/// Strips of four rows that [`box_rows_avx2`] sums together.
+const BOX_ROWS_STRIPS: usize = 4;
+
+/// [`box_rows_avx2`] for rows `row0 .. row0 + 4S` (`S` strips of four), `strips` `8Sn` long:
+/// the transposed strips, then their sums, each strip `4n` values (`[column][lane]`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn box_rows_strips<const S: usize>(
+    n: usize,
+    radius: usize,
+    row0: usize,
+    src: &[f64],
+    dst: &mut [f64],
+    strips: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    assert!((row0 + 4 * S) * n <= src.len().min(dst.len()) && strips.len() >= 8 * S * n);
+    let (across, sums) = strips.split_at_mut(4 * S * n);
+    let full_cols = n / 4 * 4;
+    for s in 0..S {
+        let rows: [&[f64]; 4] = std::array::from_fn(|l| {
+            let r = row0 + 4 * s + l;
+            &src[r * n..(r + 1) * n]
+        });
+        let out = &mut across[4 * s * n..4 * (s + 1) * n];
+        for c in (0..full_cols).step_by(4) {
+            // SAFETY: c + 4 <= n, each row's length, and 4c + 16 <= 4n, out's.
+            let t = unsafe {
+                transpose4(std::array::from_fn(|l| {
+                    _mm256_loadu_pd(rows[l].as_ptr().add(c))
+                }))
+            };
+            for (k, v) in t.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_pd(out.as_mut_ptr().add(4 * (c + k)), v) };
+            }
+        }
+        for c in full_cols..n {
+            for l in 0..4 {
+                out[4 * c + l] = rows[l][c];
+            }
+        }
+    }
+    // SAFETY: every column index below is < n, so each vector lies in its strip (4n values).
+    unsafe {
+        let column = |s: usize, c: usize| _mm256_loadu_pd(across.as_ptr().add(4 * (s * n + c)));
+        let mut acc = [_mm256_setzero_pd(); S];
+        for k in 0..radius.min(n - 1) {
+            for s in 0..S {
+                acc[s] = _mm256_add_pd(acc[s], column(s, k));
+            }
+        }
+        for i in 0..n {
+            if i + radius < n {
+                for s in 0..S {
+                    acc[s] = _mm256_add_pd(acc[s], column(s, i + radius));
+                }
+            }
+            if i > radius {
+                for s in 0..S {
+                    acc[s] = _mm256_sub_pd(acc[s], column(s, i - radius - 1));
+                }
+            }
+            for s in 0..S {
+                _mm256_storeu_pd(sums.as_mut_ptr().add(4 * (s * n + i)), acc[s]);
+            }
+        }
+    }
+    // Back: each strip of sums is n rows of four; its transpose is four output rows.
+    for s in 0..S {
+        let sums = &sums[4 * s * n..4 * (s + 1) * n];
+        let first = row0 + 4 * s;
+        for c in (0..full_cols).step_by(4) {
+            // SAFETY: 4c + 16 <= 4n, and (first + 3)·n + c + 4 <= (row0 + 4S)·n <= dst's length.
+            unsafe {
+                let r: [__m256d; 4] =
+                    std::array::from_fn(|k| _mm256_loadu_pd(sums.as_ptr().add(4 * (c + k))));
+                for (l, v) in transpose4(r).into_iter().enumerate() {
+                    _mm256_storeu_pd(dst.as_mut_ptr().add((first + l) * n + c), v);
+                }
+            }
+        }
+        for c in full_cols..n {
+            for l in 0..4 {
+                dst[(first + l) * n + c] = sums[4 * c + l];
+            }
+        }
+    }
+}
+
+/// A 4×4 block of doubles transposed: lane `l` of `out[k]` is lane `k` of `r[l]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose4(r: [std::arch::x86_64::__m256d; 4]) -> [std::arch::x86_64::__m256d; 4] {
+    use std::arch::x86_64::*;
+    let lo01 = _mm256_unpacklo_pd(r[0], r[1]);
+    let hi01 = _mm256_unpackhi_pd(r[0], r[1]);
+    let lo23 = _mm256_unpacklo_pd(r[2], r[3]);
+    let hi23 = _mm256_unpackhi_pd(r[2], r[3]);
+    [
+        _mm256_permute2f128_pd(lo01, lo23, 0x20),
+        _mm256_permute2f128_pd(hi01, hi23, 0x20),
+        _mm256_permute2f128_pd(lo01, lo23, 0x31),
+        _mm256_permute2f128_pd(hi01, hi23, 0x31),
+    ]
 }
 
 /// [`box_rows`] for rows `row0 .. row0 + L`.
@@ -1164,6 +1315,37 @@ mod tests {
                     g.iter().flatten().map(|v| v.map(f64::to_bits)).collect()
                 };
                 assert_eq!(bits(&cached.velocity_m_s), bits(&expected), "{cfg:?}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn box_rows_avx2_matches_the_scalar_twin_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let mut rng = crate::rng::Rng::new(11);
+        // Sizes around multiples of four and sixteen (the strips of four, summed four
+        // together), radii from none to past the field.
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 20, 23, 27, 64, 66, 97] {
+            for radius in [0, 1, 2, 3, 5, n / 2, n, n + 3] {
+                let src: Vec<f64> = (0..n * n)
+                    .map(|k| match k % 17 {
+                        0 => 0.0,
+                        3 => -rng.unit() * 1e-9,
+                        _ => rng.uniform(-1.0, 1.0) * 10f64.powi((k % 7) as i32 - 3),
+                    })
+                    .collect();
+                let mut expected = vec![f64::NAN; n * n];
+                box_rows(n, radius, &src, &mut expected);
+                let mut got = vec![f64::NAN; n * n];
+                let mut strips = vec![0.0; BOX_ROWS_STRIPS * 8 * n];
+                // SAFETY: the CPU has AVX2, checked above.
+                unsafe { box_rows_avx2(n, radius, &src, &mut got, &mut strips) };
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expected), "n {n}, radius {radius}");
             }
         }
     }
