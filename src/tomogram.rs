@@ -649,16 +649,17 @@ fn iterate<const AVX2: bool>(
     let radius_cells = plan.radius_cells;
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
-    let mut strips = if AVX2 { vec![0.0; 32 * n] } else { Vec::new() };
+    let mut strips = if AVX2 {
+        vec![0.0; BOX_ROWS_STRIPS * 8 * n]
+    } else {
+        Vec::new()
+    };
+    let mut predicted = vec![0.0; rays.len()];
     for _ in 0..cfg.iterations {
-        for (ray, &time_s) in rays.iter().zip(times_s) {
+        predict_times(plan, slowness, &mut predicted);
+        for ((ray, &time_s), &predicted) in rays.iter().zip(times_s).zip(&predicted) {
             let cells = &plan.cells[ray.cells.clone()];
             let lengths = &plan.lengths[ray.cells.clone()];
-            let predicted: f64 = cells
-                .iter()
-                .zip(lengths)
-                .map(|(&c, &l)| l * slowness[c as usize])
-                .sum();
             let residual_slowness = (time_s - predicted) / ray.length_m;
             for (&c, &l) in cells.iter().zip(lengths) {
                 correction[c as usize] += l * residual_slowness;
@@ -732,6 +733,36 @@ fn iterate<const AVX2: bool>(
                 }
             }
         }
+    }
+}
+
+/// `out[k]`: the travel time of the plan's ray `k` through `slowness`, the sum of length ×
+/// slowness over its cells, in their order and from −0.0 as `Iterator::sum` adds. Four rays
+/// are summed together so that their chains of additions overlap (each ray's sum is a chain:
+/// one addition waits for the one before).
+#[inline(always)]
+fn predict_times(plan: &TomogramPlan, slowness: &[f64], out: &mut [f64]) {
+    let term = |k: usize| plan.lengths[k] * slowness[plan.cells[k] as usize];
+    let mut groups = plan.rays.chunks_exact(4);
+    let mut outs = out.chunks_exact_mut(4);
+    for (rays, out) in (&mut groups).zip(&mut outs) {
+        let starts: [usize; 4] = std::array::from_fn(|q| rays[q].cells.start);
+        let common = rays.iter().map(|r| r.cells.len()).min().unwrap_or(0);
+        let mut acc = [-0.0f64; 4];
+        for j in 0..common {
+            for q in 0..4 {
+                acc[q] += term(starts[q] + j);
+            }
+        }
+        for q in 0..4 {
+            for k in starts[q] + common..rays[q].cells.end {
+                acc[q] += term(k);
+            }
+            out[q] = acc[q];
+        }
+    }
+    for (ray, out) in groups.remainder().iter().zip(outs.into_remainder()) {
+        *out = ray.cells.clone().map(term).sum();
     }
 }
 
