@@ -649,11 +649,14 @@ fn iterate<const AVX2: bool>(
     let radius_cells = plan.radius_cells;
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
-    let mut strips = if AVX2 {
-        vec![0.0; BOX_ROWS_STRIPS * 8 * n]
+    // The strips start on a cache line, so that no 32-byte load or store of them straddles two.
+    let mut strips_buf = if AVX2 {
+        vec![0.0; BOX_ROWS_STRIPS * 8 * n + 8]
     } else {
         Vec::new()
     };
+    let line = strips_buf.as_ptr().align_offset(64).min(strips_buf.len());
+    let strips = &mut strips_buf[line..];
     let mut predicted = vec![0.0; rays.len()];
     for _ in 0..cfg.iterations {
         predict_times(plan, slowness, &mut predicted);
@@ -688,13 +691,7 @@ fn iterate<const AVX2: bool>(
             if AVX2 {
                 // SAFETY: `AVX2` is set only by `iterate_avx2`, called once the CPU has it.
                 unsafe {
-                    box_rows_avx2(
-                        n,
-                        radius_cells,
-                        &bufs.product,
-                        &mut bufs.row_sums,
-                        &mut strips,
-                    )
+                    box_rows_avx2(n, radius_cells, &bufs.product, &mut bufs.row_sums, strips)
                 };
             } else {
                 box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
