@@ -649,14 +649,7 @@ fn iterate<const AVX2: bool>(
     let radius_cells = plan.radius_cells;
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
-    // The strips start on a cache line, so that no 32-byte load or store of them straddles two.
-    let mut strips_buf = if AVX2 {
-        vec![0.0; BOX_ROWS_STRIPS * 8 * n + 8]
-    } else {
-        Vec::new()
-    };
-    let line = strips_buf.as_ptr().align_offset(64).min(strips_buf.len());
-    let strips = &mut strips_buf[line..];
+    let mut strips = Aligned::zeros(if AVX2 { BOX_ROWS_STRIPS * 8 * n } else { 0 });
     let mut predicted = vec![0.0; rays.len()];
     for _ in 0..cfg.iterations {
         predict_times(plan, slowness, &mut predicted);
@@ -691,7 +684,13 @@ fn iterate<const AVX2: bool>(
             if AVX2 {
                 // SAFETY: `AVX2` is set only by `iterate_avx2`, called once the CPU has it.
                 unsafe {
-                    box_rows_avx2(n, radius_cells, &bufs.product, &mut bufs.row_sums, strips)
+                    box_rows_avx2(
+                        n,
+                        radius_cells,
+                        &bufs.product,
+                        &mut bufs.row_sums,
+                        &mut strips,
+                    )
                 };
             } else {
                 box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
@@ -1009,18 +1008,47 @@ fn box_rows_block<const L: usize>(
 
 /// Buffers of [`box_sum_2d`] and the smoothing, `n·n` long (`acc`: `n`).
 struct SmoothBuffers {
-    product: Vec<f64>,
-    row_sums: Vec<f64>,
+    product: Aligned,
+    row_sums: Aligned,
     acc: Vec<f64>,
 }
 
 impl SmoothBuffers {
     fn new(n: usize) -> Self {
         SmoothBuffers {
-            product: vec![0.0; n * n],
-            row_sums: vec![0.0; n * n],
+            product: Aligned::zeros(n * n),
+            row_sums: Aligned::zeros(n * n),
             acc: vec![0.0; n],
         }
+    }
+}
+
+/// Values that start on a cache line, so that no 32-byte load or store of rows of 64 values
+/// straddles two: a vector with room to skip to one.
+struct Aligned {
+    buf: Vec<f64>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Aligned {
+        let buf = vec![0.0; len + 8];
+        let start = buf.as_ptr().align_offset(64).min(8);
+        Aligned { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f64] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
