@@ -597,10 +597,10 @@ fn sirt(times_s: &[f64], plan: &TomogramPlan, diameter_m: f64, cfg: &TomogramCon
         // SAFETY: the CPU has AVX2, checked just above.
         unsafe { iterate_avx2(times_s, plan, cfg, bounds, &mut slowness) };
     } else {
-        iterate(times_s, plan, cfg, bounds, &mut slowness);
+        iterate::<false>(times_s, plan, cfg, bounds, &mut slowness);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    iterate(times_s, plan, cfg, bounds, &mut slowness);
+    iterate::<false>(times_s, plan, cfg, bounds, &mut slowness);
     let velocity_m_s = (0..n)
         .map(|row| {
             (0..n)
@@ -618,9 +618,9 @@ fn sirt(times_s: &[f64], plan: &TomogramPlan, diameter_m: f64, cfg: &TomogramCon
     }
 }
 
-/// [`iterate`] compiled for AVX2 (four lanes where the baseline has two). Each cell's value
-/// is formed by the same operations in the same order as in [`iterate`] (no fused
-/// multiply-add), so the results are the same bits.
+/// [`iterate`] compiled for AVX2 (four lanes where the baseline has two), its box sums along
+/// the rows by [`box_rows_avx2`]. Each cell's value is formed by the same operations in the
+/// same order as in [`iterate`] (no fused multiply-add), so the results are the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn iterate_avx2(
@@ -630,12 +630,13 @@ fn iterate_avx2(
     bounds: (f64, f64),
     slowness: &mut [f64],
 ) {
-    iterate(times_s, plan, cfg, bounds, slowness)
+    iterate::<true>(times_s, plan, cfg, bounds, slowness)
 }
 
-/// The SIRT iterations on `slowness`, each clamped to `bounds` (s/m).
+/// The SIRT iterations on `slowness`, each clamped to `bounds` (s/m); with `AVX2` (only
+/// from [`iterate_avx2`]) the row sums by [`box_rows_avx2`].
 #[inline(always)]
-fn iterate(
+fn iterate<const AVX2: bool>(
     times_s: &[f64],
     plan: &TomogramPlan,
     cfg: &TomogramConfig,
@@ -648,15 +649,13 @@ fn iterate(
     let radius_cells = plan.radius_cells;
     let mut correction = vec![0.0; n * n];
     let mut bufs = SmoothBuffers::new(n);
+    let mut strips = Aligned::zeros(if AVX2 { BOX_ROWS_STRIPS * 8 * n } else { 0 });
+    let mut predicted = vec![0.0; rays.len()];
     for _ in 0..cfg.iterations {
-        for (ray, &time_s) in rays.iter().zip(times_s) {
+        predict_times(plan, slowness, &mut predicted);
+        for ((ray, &time_s), &predicted) in rays.iter().zip(times_s).zip(&predicted) {
             let cells = &plan.cells[ray.cells.clone()];
             let lengths = &plan.lengths[ray.cells.clone()];
-            let predicted: f64 = cells
-                .iter()
-                .zip(lengths)
-                .map(|(&c, &l)| l * slowness[c as usize])
-                .sum();
             let residual_slowness = (time_s - predicted) / ray.length_m;
             for (&c, &l) in cells.iter().zip(lengths) {
                 correction[c as usize] += l * residual_slowness;
@@ -681,6 +680,22 @@ fn iterate(
             *p = d * w;
         }
         for pass in 0..passes {
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 {
+                // SAFETY: `AVX2` is set only by `iterate_avx2`, called once the CPU has it.
+                unsafe {
+                    box_rows_avx2(
+                        n,
+                        radius_cells,
+                        &bufs.product,
+                        &mut bufs.row_sums,
+                        &mut strips,
+                    )
+                };
+            } else {
+                box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             box_rows(n, radius_cells, &bufs.product, &mut bufs.row_sums);
             let last = pass + 1 == passes;
             let SmoothBuffers {
@@ -714,6 +729,36 @@ fn iterate(
                 }
             }
         }
+    }
+}
+
+/// `out[k]`: the travel time of the plan's ray `k` through `slowness`, the sum of length ×
+/// slowness over its cells, in their order and from −0.0 as `Iterator::sum` adds. Four rays
+/// are summed together so that their chains of additions overlap (each ray's sum is a chain:
+/// one addition waits for the one before).
+#[inline(always)]
+fn predict_times(plan: &TomogramPlan, slowness: &[f64], out: &mut [f64]) {
+    let term = |k: usize| plan.lengths[k] * slowness[plan.cells[k] as usize];
+    let mut groups = plan.rays.chunks_exact(4);
+    let mut outs = out.chunks_exact_mut(4);
+    for (rays, out) in (&mut groups).zip(&mut outs) {
+        let starts: [usize; 4] = std::array::from_fn(|q| rays[q].cells.start);
+        let common = rays.iter().map(|r| r.cells.len()).min().unwrap_or(0);
+        let mut acc = [-0.0f64; 4];
+        for j in 0..common {
+            for q in 0..4 {
+                acc[q] += term(starts[q] + j);
+            }
+        }
+        for q in 0..4 {
+            for k in starts[q] + common..rays[q].cells.end {
+                acc[q] += term(k);
+            }
+            out[q] = acc[q];
+        }
+    }
+    for (ray, out) in groups.remainder().iter().zip(outs.into_remainder()) {
+        *out = ray.cells.clone().map(term).sum();
     }
 }
 
@@ -794,6 +839,139 @@ fn box_rows(n: usize, radius: usize, src: &[f64], dst: &mut [f64]) {
     }
 }
 
+/// [`box_rows`] with AVX2, four rows in the four lanes of a vector: each strip of four rows
+/// is transposed (4×4 blocks) so that one column of the strip is one vector, summed column
+/// after column with the additions and subtractions of [`box_rows_block`] in the same order
+/// (so the same bits), and transposed back into `dst`. Four strips go together (16 rows), so
+/// four running sums overlap in the pipeline; the rows left go a strip at a time, then
+/// through [`box_rows_block`]. `strips`: [`BOX_ROWS_STRIPS`]·8n long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn box_rows_avx2(n: usize, radius: usize, src: &[f64], dst: &mut [f64], strips: &mut [f64]) {
+    const S: usize = BOX_ROWS_STRIPS;
+    assert!(src.len() >= n * n && dst.len() >= n * n && strips.len() >= S * 8 * n);
+    let mut row0 = 0;
+    while row0 + 4 * S <= n {
+        box_rows_strips::<S>(n, radius, row0, src, dst, strips);
+        row0 += 4 * S;
+    }
+    while row0 + 4 <= n {
+        box_rows_strips::<1>(n, radius, row0, src, dst, strips);
+        row0 += 4;
+    }
+    for row0 in row0..n {
+        box_rows_block::<1>(n, radius, row0, src, dst);
+    }
+}
+
+/// Strips of four rows that [`box_rows_avx2`] sums together.
+const BOX_ROWS_STRIPS: usize = 4;
+
+/// [`box_rows_avx2`] for rows `row0 .. row0 + 4S` (`S` strips of four), `strips` `8Sn` long:
+/// the transposed strips, then their sums, each strip `4n` values (`[column][lane]`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn box_rows_strips<const S: usize>(
+    n: usize,
+    radius: usize,
+    row0: usize,
+    src: &[f64],
+    dst: &mut [f64],
+    strips: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    assert!((row0 + 4 * S) * n <= src.len().min(dst.len()) && strips.len() >= 8 * S * n);
+    let (across, sums) = strips.split_at_mut(4 * S * n);
+    let full_cols = n / 4 * 4;
+    for s in 0..S {
+        let rows: [&[f64]; 4] = std::array::from_fn(|l| {
+            let r = row0 + 4 * s + l;
+            &src[r * n..(r + 1) * n]
+        });
+        let out = &mut across[4 * s * n..4 * (s + 1) * n];
+        for c in (0..full_cols).step_by(4) {
+            // SAFETY: c + 4 <= n, each row's length, and 4c + 16 <= 4n, out's.
+            let t = unsafe {
+                transpose4(std::array::from_fn(|l| {
+                    _mm256_loadu_pd(rows[l].as_ptr().add(c))
+                }))
+            };
+            for (k, v) in t.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_pd(out.as_mut_ptr().add(4 * (c + k)), v) };
+            }
+        }
+        for c in full_cols..n {
+            for l in 0..4 {
+                out[4 * c + l] = rows[l][c];
+            }
+        }
+    }
+    // SAFETY: every column index below is < n, so each vector lies in its strip (4n values).
+    unsafe {
+        let column = |s: usize, c: usize| _mm256_loadu_pd(across.as_ptr().add(4 * (s * n + c)));
+        let mut acc = [_mm256_setzero_pd(); S];
+        for k in 0..radius.min(n - 1) {
+            for s in 0..S {
+                acc[s] = _mm256_add_pd(acc[s], column(s, k));
+            }
+        }
+        for i in 0..n {
+            if i + radius < n {
+                for s in 0..S {
+                    acc[s] = _mm256_add_pd(acc[s], column(s, i + radius));
+                }
+            }
+            if i > radius {
+                for s in 0..S {
+                    acc[s] = _mm256_sub_pd(acc[s], column(s, i - radius - 1));
+                }
+            }
+            for s in 0..S {
+                _mm256_storeu_pd(sums.as_mut_ptr().add(4 * (s * n + i)), acc[s]);
+            }
+        }
+    }
+    // Back: each strip of sums is n rows of four; its transpose is four output rows.
+    for s in 0..S {
+        let sums = &sums[4 * s * n..4 * (s + 1) * n];
+        let first = row0 + 4 * s;
+        for c in (0..full_cols).step_by(4) {
+            // SAFETY: 4c + 16 <= 4n, and (first + 3)·n + c + 4 <= (row0 + 4S)·n <= dst's length.
+            unsafe {
+                let r: [__m256d; 4] =
+                    std::array::from_fn(|k| _mm256_loadu_pd(sums.as_ptr().add(4 * (c + k))));
+                for (l, v) in transpose4(r).into_iter().enumerate() {
+                    _mm256_storeu_pd(dst.as_mut_ptr().add((first + l) * n + c), v);
+                }
+            }
+        }
+        for c in full_cols..n {
+            for l in 0..4 {
+                dst[(first + l) * n + c] = sums[4 * c + l];
+            }
+        }
+    }
+}
+
+/// A 4×4 block of doubles transposed: lane `l` of `out[k]` is lane `k` of `r[l]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose4(r: [std::arch::x86_64::__m256d; 4]) -> [std::arch::x86_64::__m256d; 4] {
+    use std::arch::x86_64::*;
+    let lo01 = _mm256_unpacklo_pd(r[0], r[1]);
+    let hi01 = _mm256_unpackhi_pd(r[0], r[1]);
+    let lo23 = _mm256_unpacklo_pd(r[2], r[3]);
+    let hi23 = _mm256_unpackhi_pd(r[2], r[3]);
+    [
+        _mm256_permute2f128_pd(lo01, lo23, 0x20),
+        _mm256_permute2f128_pd(hi01, hi23, 0x20),
+        _mm256_permute2f128_pd(lo01, lo23, 0x31),
+        _mm256_permute2f128_pd(hi01, hi23, 0x31),
+    ]
+}
+
 /// [`box_rows`] for rows `row0 .. row0 + L`.
 #[inline(always)]
 fn box_rows_block<const L: usize>(
@@ -830,18 +1008,47 @@ fn box_rows_block<const L: usize>(
 
 /// Buffers of [`box_sum_2d`] and the smoothing, `n·n` long (`acc`: `n`).
 struct SmoothBuffers {
-    product: Vec<f64>,
-    row_sums: Vec<f64>,
+    product: Aligned,
+    row_sums: Aligned,
     acc: Vec<f64>,
 }
 
 impl SmoothBuffers {
     fn new(n: usize) -> Self {
         SmoothBuffers {
-            product: vec![0.0; n * n],
-            row_sums: vec![0.0; n * n],
+            product: Aligned::zeros(n * n),
+            row_sums: Aligned::zeros(n * n),
             acc: vec![0.0; n],
         }
+    }
+}
+
+/// Values that start on a cache line, so that no 32-byte load or store of rows of 64 values
+/// straddles two: a vector with room to skip to one.
+struct Aligned {
+    buf: Vec<f64>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Aligned {
+        let buf = vec![0.0; len + 8];
+        let start = buf.as_ptr().align_offset(64).min(8);
+        Aligned { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f64] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -1117,7 +1324,7 @@ mod tests {
     }
 
     /// Matrices with rays missing in one or both directions, and the decays above.
-    fn varied_matrices() -> Vec<(f64, [[f64; N_SENSORS]; N_SENSORS])> {
+    pub(crate) fn varied_matrices() -> Vec<(f64, [[f64; N_SENSORS]; N_SENSORS])> {
         let mut rng = crate::rng::Rng::new(3);
         let mut out = Vec::new();
         for (k, d) in decays().into_iter().enumerate() {
@@ -1164,6 +1371,37 @@ mod tests {
                     g.iter().flatten().map(|v| v.map(f64::to_bits)).collect()
                 };
                 assert_eq!(bits(&cached.velocity_m_s), bits(&expected), "{cfg:?}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn box_rows_avx2_matches_the_scalar_twin_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let mut rng = crate::rng::Rng::new(11);
+        // Sizes around multiples of four and sixteen (the strips of four, summed four
+        // together), radii from none to past the field.
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 20, 23, 27, 64, 66, 97] {
+            for radius in [0, 1, 2, 3, 5, n / 2, n, n + 3] {
+                let src: Vec<f64> = (0..n * n)
+                    .map(|k| match k % 17 {
+                        0 => 0.0,
+                        3 => -rng.unit() * 1e-9,
+                        _ => rng.uniform(-1.0, 1.0) * 10f64.powi((k % 7) as i32 - 3),
+                    })
+                    .collect();
+                let mut expected = vec![f64::NAN; n * n];
+                box_rows(n, radius, &src, &mut expected);
+                let mut got = vec![f64::NAN; n * n];
+                let mut strips = vec![0.0; BOX_ROWS_STRIPS * 8 * n];
+                // SAFETY: the CPU has AVX2, checked above.
+                unsafe { box_rows_avx2(n, radius, &src, &mut got, &mut strips) };
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expected), "n {n}, radius {radius}");
             }
         }
     }

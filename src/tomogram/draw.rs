@@ -14,6 +14,8 @@
 //! reference and faster are green, then yellow, orange and red down to magenta at
 //! [`SLOWEST_SHOWN`] of the reference; slower cells are magenta too.
 
+use std::ops::Range;
+
 use super::Tomogram;
 use super::font::{GLYPH_H, GLYPH_W, glyph};
 
@@ -223,15 +225,164 @@ fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * (GLYPH_W as i64 + 1) * scale - scale
 }
 
-/// A pixel column of the cross-section: its unit x, and the grid column `c0` (whole) plus
-/// `fc` where it falls between the cell centres.
-struct Column {
-    px: i64,
-    x: f64,
-    c0: f64,
-    fc: f64,
-    /// `c0` as an index when it and `c0 + 1` are grid columns.
-    inner: Option<usize>,
+/// The pixel columns of the cross-section (those on the canvas), as arrays the row loop reads
+/// in step: each column's unit x, the grid column `c0` (whole) at or left of it plus `fc`
+/// where it falls between the cell centres, and the stretches of columns that blend the same
+/// two grid columns.
+struct Columns {
+    /// Pixel x of the first column.
+    px0: usize,
+    x: Vec<f64>,
+    c0: Vec<f64>,
+    fc: Vec<f64>,
+    /// `1 − fc`, the weight of grid column `c0`.
+    w0: Vec<f64>,
+    /// Consecutive columns of equal `c0`, in order and covering all columns: `Some(c0)` where
+    /// `c0` and `c0 + 1` are grid columns (the blended row can serve), `None` where not.
+    stretches: Vec<(Option<usize>, Range<usize>)>,
+}
+
+impl Columns {
+    /// The columns from the cross-section's left edge to its right, for `grid`.
+    fn new(grid: &Grid) -> Self {
+        let (cx, _) = CENTRE;
+        let px0 = ((cx - RADIUS_PX) as i64).max(0);
+        let px1 = ((cx + RADIUS_PX) as i64).min(WIDTH as i64 - 1);
+        let x: Vec<f64> = (px0..=px1)
+            .map(|px| (px as f64 + 0.5 - cx) / RADIUS_PX)
+            .collect();
+        let gc: Vec<f64> = x.iter().map(|&x| grid.col_of(x)).collect();
+        let c0: Vec<f64> = gc.iter().map(|g| g.floor()).collect();
+        let fc: Vec<f64> = gc.iter().zip(&c0).map(|(g, c)| g - c).collect();
+        let w0 = fc.iter().map(|f| 1.0 - f).collect();
+        let inner = |c: f64| (c >= 0.0 && c + 1.0 < grid.n).then_some(c as usize);
+        let mut stretches: Vec<(Option<usize>, Range<usize>)> = Vec::new();
+        for (k, &c) in c0.iter().enumerate() {
+            match stretches.last_mut() {
+                Some((_, run)) if c0[run.start] == c => run.end = k + 1,
+                _ => stretches.push((inner(c), k..k + 1)),
+            }
+        }
+        Columns {
+            px0: px0 as usize,
+            x,
+            c0,
+            fc,
+            w0,
+            stretches,
+        }
+    }
+}
+
+/// Colours the cross-section: each pixel inside the outline takes the tomogram's velocity,
+/// bilinear between the cell centres around it ([`Grid::bilinear`]), as a level of the scale
+/// where `(v − lo)·per_velocity` is the fraction of it; [`NO_DATA`] where no cell is near.
+///
+/// Separably, per pixel row: the two grid rows around it are blended once per grid column
+/// (NaN where a cell is missing), spread over the pixel columns between the cell centres, and
+/// every pixel blends two columns in one pass that vectorises ([`scale_inks`]). Pixels whose
+/// grid columns are not both there take the general path after.
+fn cross_section(cv: &mut Canvas, grid: &Grid, lo: f64, per_velocity: f64) {
+    let (_, cy) = CENTRE;
+    let columns = Columns::new(grid);
+    let n_cols = columns.x.len();
+    let mut blended = vec![f64::NAN; grid.n_side];
+    let inks = scale_inks_fn();
+    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+        if !(0..HEIGHT as i64).contains(&py) {
+            continue;
+        }
+        let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+        let gr = grid.row_of(y);
+        let r0 = gr.floor();
+        let fr = gr - r0;
+        grid.blend_rows(r0, fr, &mut blended);
+        // The pixels inside the outline, x² + y² ≤ 1, are one run of columns (x rises).
+        let yy = y * y;
+        let x = &columns.x;
+        let start = x.partition_point(|&x| x < 0.0 && x * x + yy > 1.0);
+        let end = x.partition_point(|&x| x < 0.0 || x * x + yy <= 1.0);
+        let span = start..end.max(start);
+        let line = &mut cv.px[py as usize * WIDTH + columns.px0..][..n_cols];
+        inks(&columns, &blended, span.clone(), (lo, per_velocity), line);
+        // Where the blended row cannot serve, the general path.
+        for (inner, run) in &columns.stretches {
+            let (from, to) = (run.start.max(span.start), run.end.min(span.end));
+            if from >= to || inner.is_some_and(|k| blends(&blended, k)) {
+                continue;
+            }
+            // One `c0` per stretch.
+            let corners = grid.corners(r0, columns.c0[from]);
+            for k in from..to {
+                line[k] = match bilinear(corners, fr, columns.fc[k]) {
+                    Some(v) => scale_ink((v - lo) * per_velocity),
+                    None => NO_DATA,
+                };
+            }
+        }
+    }
+}
+
+/// Whether grid columns `k` and `k + 1` of a blended row are both there.
+#[inline(always)]
+fn blends(blended: &[f64], k: usize) -> bool {
+    !(blended[k].is_nan() || blended[k + 1].is_nan())
+}
+
+/// The signature of [`scale_inks`].
+type ScaleInks = fn(&Columns, &[f64], Range<usize>, (f64, f64), &mut [Ink]);
+
+/// [`scale_inks`] compiled for AVX2 where the CPU has it, else as the baseline builds it.
+fn scale_inks_fn() -> ScaleInks {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        return |columns, blended, span, scale, line| {
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { scale_inks_avx2(columns, blended, span, scale, line) }
+        };
+    }
+    scale_inks
+}
+
+/// [`scale_inks`] compiled for AVX2 (four lanes where the baseline has two): the same
+/// operations in the same order (no fused multiply-add), so the same levels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scale_inks_avx2(
+    columns: &Columns,
+    blended: &[f64],
+    span: Range<usize>,
+    scale: (f64, f64),
+    line: &mut [Ink],
+) {
+    scale_inks(columns, blended, span, scale, line)
+}
+
+/// The pixels of one row of the cross-section in `span` (column indices) whose two grid
+/// columns are both in the blended row: `line[x]` takes the level on the scale of
+/// `w0[x]·blended[k] + fc[x]·blended[k + 1]`, where the scale's fraction of a velocity `v` is
+/// `(v − lo)·per_velocity` (`scale` = (lo, per_velocity)). The other pixels are left as they
+/// are.
+#[inline(always)]
+fn scale_inks(
+    columns: &Columns,
+    blended: &[f64],
+    span: Range<usize>,
+    (lo, per_velocity): (f64, f64),
+    line: &mut [Ink],
+) {
+    for (inner, run) in &columns.stretches {
+        let Some(k) = *inner else { continue };
+        let (from, to) = (run.start.max(span.start), run.end.min(span.end));
+        if from >= to || !blends(blended, k) {
+            continue;
+        }
+        let (a, b) = (blended[k], blended[k + 1]);
+        let (w0, w1) = (&columns.w0[from..to], &columns.fc[from..to]);
+        for ((out, w0), w1) in line[from..to].iter_mut().zip(w0).zip(w1) {
+            *out = scale_ink((w0 * a + w1 * b - lo) * per_velocity);
+        }
+    }
 }
 
 /// The tomogram's cells in one flat row-major array; its velocity at a point is bilinear
@@ -278,40 +429,45 @@ impl Grid {
         }
     }
 
-    /// Bilinear value between the cell centres that exist around row `r0 + fr`, column
-    /// `c0 + fc` (`r0`, `c0` whole numbers, `fr`, `fc` in [0, 1)).
+    /// The four cells around the points between rows `r0` and `r0 + 1` and columns `c0` and
+    /// `c0 + 1` (whole numbers): top left, top right, bottom left, bottom right; `None` where
+    /// missing or off the grid.
     #[inline(always)]
-    fn bilinear(&self, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+    fn corners(&self, r0: f64, c0: f64) -> [Option<f64>; 4] {
         let n = self.n;
-        // Inside the grid with all four cells present (almost every pixel), the weights sum
-        // to 1 up to rounding, and the division below is left out.
-        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
-            let k = r0 as usize * self.n_side + c0 as usize;
-            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
-                self.cells[k],
-                self.cells[k + 1],
-                self.cells[k + self.n_side],
-                self.cells[k + self.n_side + 1],
-            ) {
-                let (wr, wc) = (1.0 - fr, 1.0 - fc);
-                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+        std::array::from_fn(|q| {
+            let (r, c) = (r0 + (q / 2) as f64, c0 + (q % 2) as f64);
+            if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                None
+            } else {
+                self.cells[r as usize * self.n_side + c as usize]
             }
-        }
-        let (mut s, mut w) = (0.0, 0.0);
-        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
-            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
-                let (r, c) = (r0 + dr, c0 + dc);
-                if r < 0.0 || c < 0.0 || r >= n || c >= n {
-                    continue;
-                }
-                if let Some(v) = self.cells[r as usize * self.n_side + c as usize] {
-                    s += wr * wc * v;
-                    w += wr * wc;
-                }
-            }
-        }
-        (w > 1e-9).then(|| s / w)
+        })
     }
+}
+
+/// Bilinear value between the cell centres that exist among `corners` ([`Grid::corners`]) at
+/// `fr` of the way down and `fc` of the way right (in [0, 1)).
+#[inline(always)]
+fn bilinear(corners: [Option<f64>; 4], fr: f64, fc: f64) -> Option<f64> {
+    let (wr, wc) = (1.0 - fr, 1.0 - fc);
+    // All four cells present (almost every pixel): the weights sum to 1 up to rounding, and
+    // the division below is left out.
+    if let [Some(v00), Some(v01), Some(v10), Some(v11)] = corners {
+        return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+    }
+    let (mut s, mut w) = (0.0, 0.0);
+    for (q, v) in corners.into_iter().enumerate() {
+        let (wr, wc) = (
+            if q < 2 { wr } else { fr },
+            if q % 2 == 0 { wc } else { fc },
+        );
+        if let Some(v) = v {
+            s += wr * wc * v;
+            w += wr * wc;
+        }
+    }
+    (w > 1e-9).then(|| s / w)
 }
 
 /// The top of the colour scale: the [`REFERENCE_PERCENTILE`] of the cells' velocities.
@@ -331,23 +487,29 @@ pub fn reference_velocity(t: &Tomogram) -> f64 {
 fn hatch_low_coverage(cv: &mut Canvas, t: &Tomogram) {
     let (cx, cy) = CENTRE;
     let cell_px = 2.0 * RADIUS_PX / t.n as f64;
+    // The grid column of each pixel column, or row of each pixel row, if on the grid.
+    let cell = |p: i64, from: f64| {
+        let k = ((p as f64 + 0.5 - from) / cell_px).floor();
+        (0.0..t.n as f64).contains(&k).then_some(k as usize)
+    };
+    let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
+    let cols: Vec<Option<usize>> = (px0..=px1).map(|px| cell(px, cx - RADIUS_PX)).collect();
+    let hatched: Vec<bool> = (0..t.n * t.n)
+        .map(|k| t.velocity_m_s[k / t.n][k % t.n].is_some() && t.low_coverage(k / t.n, k % t.n))
+        .collect();
     for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
-        let row = ((py as f64 + 0.5 - (cy - RADIUS_PX)) / cell_px).floor();
-        if !(0.0..t.n as f64).contains(&row) {
+        let Some(r) = cell(py, cy - RADIUS_PX) else {
             continue;
-        }
-        let mut px = (cx - RADIUS_PX) as i64;
+        };
+        let hatched = &hatched[r * t.n..(r + 1) * t.n];
         // The first pixel of this row on a hatch line (x + y a multiple of the pitch).
-        px += (HATCH_PITCH - (px + py).rem_euclid(HATCH_PITCH)) % HATCH_PITCH;
-        while px <= (cx + RADIUS_PX) as i64 {
-            let col = ((px as f64 + 0.5 - (cx - RADIUS_PX)) / cell_px).floor();
-            if (0.0..t.n as f64).contains(&col) {
-                let (r, c) = (row as usize, col as usize);
-                if t.velocity_m_s[r][c].is_some() && t.low_coverage(r, c) {
-                    cv.set(px, py, GREY);
-                }
+        let first = px0 + (HATCH_PITCH - (px0 + py).rem_euclid(HATCH_PITCH)) % HATCH_PITCH;
+        for px in (first..=px1).step_by(HATCH_PITCH as usize) {
+            if let Some(c) = cols[(px - px0) as usize]
+                && hatched[c]
+            {
+                cv.set(px, py, GREY);
             }
-            px += HATCH_PITCH;
         }
     }
 }
@@ -361,7 +523,6 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let fastest = reference_velocity(t);
     let lo = SLOWEST_SHOWN * fastest;
     let per_velocity = 1.0 / (fastest - lo).max(1e-9);
-    let frac = |v: f64| (v - lo) * per_velocity;
 
     // The font has capitals only (and the `m` and `s` of the units): a device label in lower
     // case ("set-a") would come out mixed.
@@ -379,58 +540,9 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     cv.text(20, 64, &legend, 2, GREY);
 
     // The cross-section.
-    let (cx, cy) = CENTRE;
-    let grid = Grid::new(t);
-    let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
-    // Per column: the unit x and where it falls between the cell centres.
-    let columns: Vec<Column> = (px0..=px1)
-        .map(|px| {
-            let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
-            let gc = grid.col_of(x);
-            let c0 = gc.floor();
-            Column {
-                px,
-                x,
-                c0,
-                fc: gc - c0,
-                // Both neighbouring grid columns exist: the blended row can serve.
-                inner: (c0 >= 0.0 && c0 + 1.0 < grid.n).then_some(c0 as usize),
-            }
-        })
-        .collect();
-    let mut blended = vec![f64::NAN; t.n];
-    for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
-        if !(0..HEIGHT as i64).contains(&py) {
-            continue;
-        }
-        let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
-        let gr = grid.row_of(y);
-        let r0 = gr.floor();
-        let fr = gr - r0;
-        // Separably: the two grid rows around this pixel row blended once per grid column
-        // (NaN where a cell is missing), then each pixel blends two columns. Pixels near a
-        // missing cell take the general path.
-        grid.blend_rows(r0, fr, &mut blended);
-        // The pixels inside the outline, x² + y² ≤ 1, are one run of columns (x rises).
-        let yy = y * y;
-        let start = columns.partition_point(|c| c.x < 0.0 && c.x * c.x + yy > 1.0);
-        let end = columns.partition_point(|c| c.x < 0.0 || c.x * c.x + yy <= 1.0);
-        let line = &mut cv.px[py as usize * WIDTH..(py as usize + 1) * WIDTH];
-        for c in &columns[start..end.max(start)] {
-            let blend = c.inner.and_then(|k| {
-                let (a, b) = (blended[k], blended[k + 1]);
-                (!(a.is_nan() || b.is_nan())).then_some((1.0 - c.fc) * a + c.fc * b)
-            });
-            let ink = match blend.or_else(|| grid.bilinear(r0, fr, c.c0, c.fc)) {
-                Some(v) => scale_ink(frac(v)),
-                None => NO_DATA,
-            };
-            if (0..WIDTH as i64).contains(&c.px) {
-                line[c.px as usize] = ink;
-            }
-        }
-    }
+    cross_section(&mut cv, &Grid::new(t), lo, per_velocity);
     hatch_low_coverage(&mut cv, t);
+    let (cx, cy) = CENTRE;
     cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
 
     // Sensors, numbered 1–8 outside the outline.
@@ -543,6 +655,184 @@ mod tests {
         assert!(s[1] > s[0] && s[1] > s[2], "sound wood drawn as {s:?}");
         // Outside the trunk stays white.
         assert_eq!(at(0.99, 0.99), [255, 255, 255]);
+    }
+
+    /// The bilinear value at row `r0 + fr`, column `c0 + fc` as first written.
+    fn reference_bilinear(grid: &Grid, r0: f64, fr: f64, c0: f64, fc: f64) -> Option<f64> {
+        let n = grid.n;
+        // Inside the grid with all four cells present (almost every pixel), the weights sum
+        // to 1 up to rounding, and the division below is left out.
+        if r0 >= 0.0 && c0 >= 0.0 && r0 + 1.0 < n && c0 + 1.0 < n {
+            let k = r0 as usize * grid.n_side + c0 as usize;
+            if let (Some(v00), Some(v01), Some(v10), Some(v11)) = (
+                grid.cells[k],
+                grid.cells[k + 1],
+                grid.cells[k + grid.n_side],
+                grid.cells[k + grid.n_side + 1],
+            ) {
+                let (wr, wc) = (1.0 - fr, 1.0 - fc);
+                return Some(wr * wc * v00 + wr * fc * v01 + fr * wc * v10 + fr * fc * v11);
+            }
+        }
+        let (mut s, mut w) = (0.0, 0.0);
+        for (dr, wr) in [(0.0, 1.0 - fr), (1.0, fr)] {
+            for (dc, wc) in [(0.0, 1.0 - fc), (1.0, fc)] {
+                let (r, c) = (r0 + dr, c0 + dc);
+                if r < 0.0 || c < 0.0 || r >= n || c >= n {
+                    continue;
+                }
+                if let Some(v) = grid.cells[r as usize * grid.n_side + c as usize] {
+                    s += wr * wc * v;
+                    w += wr * wc;
+                }
+            }
+        }
+        (w > 1e-9).then(|| s / w)
+    }
+
+    /// The cross-section as first written, one pixel after the other: [`cross_section`]
+    /// must colour every pixel the same.
+    fn reference_cross_section(cv: &mut Canvas, grid: &Grid, lo: f64, per_velocity: f64) {
+        let frac = |v: f64| (v - lo) * per_velocity;
+        let (cx, cy) = CENTRE;
+        let (px0, px1) = ((cx - RADIUS_PX) as i64, (cx + RADIUS_PX) as i64);
+        // (px, x, c0, fc, c0 as an index when it and c0 + 1 are grid columns)
+        let columns: Vec<(i64, f64, f64, f64, Option<usize>)> = (px0..=px1)
+            .map(|px| {
+                let x = (px as f64 + 0.5 - cx) / RADIUS_PX;
+                let gc = grid.col_of(x);
+                let c0 = gc.floor();
+                let inner = (c0 >= 0.0 && c0 + 1.0 < grid.n).then_some(c0 as usize);
+                (px, x, c0, gc - c0, inner)
+            })
+            .collect();
+        let mut blended = vec![f64::NAN; grid.n_side];
+        for py in (cy - RADIUS_PX) as i64..=(cy + RADIUS_PX) as i64 {
+            let y = (cy - (py as f64 + 0.5)) / RADIUS_PX;
+            let gr = grid.row_of(y);
+            let r0 = gr.floor();
+            let fr = gr - r0;
+            grid.blend_rows(r0, fr, &mut blended);
+            for &(px, x, c0, fc, inner) in &columns {
+                if x * x + y * y > 1.0 {
+                    continue;
+                }
+                let blend = inner.and_then(|k| {
+                    let (a, b) = (blended[k], blended[k + 1]);
+                    (!(a.is_nan() || b.is_nan())).then_some((1.0 - fc) * a + fc * b)
+                });
+                let ink = match blend.or_else(|| reference_bilinear(grid, r0, fr, c0, fc)) {
+                    Some(v) => scale_ink(frac(v)),
+                    None => NO_DATA,
+                };
+                cv.set(px, py, ink);
+            }
+        }
+    }
+
+    /// Reconstructed tomograms (decays, lost rays, other grids), and grids of seeded random
+    /// velocities with holes inside the trunk and odd values (infinite, huge, negative), so
+    /// that every path of the pixel loop is taken.
+    fn varied_tomograms() -> Vec<Tomogram> {
+        use crate::tomogram::TomogramConfig;
+        let mut rng = crate::rng::Rng::new(17);
+        let mut out = Vec::new();
+        for (k, n) in [64, 64, 80, 97].into_iter().enumerate() {
+            let (diameter, m) = crate::tomogram::tests::varied_matrices()[k];
+            let cfg = TomogramConfig {
+                n,
+                ..TomogramConfig::default()
+            };
+            let t = super::super::reconstruct(&m, diameter, &cfg).unwrap();
+            let mut holed = t.clone();
+            for row in &mut holed.velocity_m_s {
+                for v in row.iter_mut() {
+                    let u = rng.unit();
+                    if u < 0.08 {
+                        *v = None;
+                    } else if u < 0.09 {
+                        *v = Some(
+                            [f64::INFINITY, 1e300, -40.0, 0.0, f64::NAN][(u * 1e4) as usize % 5],
+                        );
+                    } else if v.is_some() {
+                        *v = Some(rng.uniform(200.0, 2500.0));
+                    }
+                }
+            }
+            out.extend([t, holed]);
+        }
+        out
+    }
+
+    #[test]
+    fn cross_section_colours_every_pixel_as_the_pixel_by_pixel_reference() {
+        for t in varied_tomograms() {
+            let fastest = reference_velocity(&t);
+            let lo = SLOWEST_SHOWN * fastest;
+            let per_velocity = 1.0 / (fastest - lo).max(1e-9);
+            let grid = Grid::new(&t);
+            let (mut fast, mut reference) = (Canvas::new(), Canvas::new());
+            cross_section(&mut fast, &grid, lo, per_velocity);
+            reference_cross_section(&mut reference, &grid, lo, per_velocity);
+            let differ = fast.px.iter().zip(&reference.px).filter(|(a, b)| a != b);
+            assert_eq!(differ.count(), 0, "n = {}", t.n);
+            // Not a blank canvas: the trunk is drawn, with several levels of the scale.
+            let mut levels = reference.px.clone();
+            levels.sort_unstable();
+            levels.dedup();
+            assert!(levels.len() > 20, "{} levels", levels.len());
+        }
+    }
+
+    #[test]
+    fn scale_inks_simd_matches_the_scalar_twin_and_the_pixel_formula() {
+        let mut rng = crate::rng::Rng::new(5);
+        let odd = [
+            f64::NAN,
+            f64::INFINITY,
+            -f64::INFINITY,
+            0.0,
+            -0.0,
+            1e300,
+            -1e300,
+        ];
+        let scale = (600.0, 1.0 / 900.0);
+        let mut coloured = 0;
+        for t in varied_tomograms() {
+            let grid = Grid::new(&t);
+            let columns = Columns::new(&grid);
+            let n_cols = columns.x.len();
+            for _ in 0..50 {
+                // A blended row of any values, some missing or odd, and any span.
+                let blended: Vec<f64> = (0..t.n)
+                    .map(|_| match rng.unit() {
+                        u if u < 0.1 => odd[(u * 70.0) as usize],
+                        _ => rng.uniform(-500.0, 3000.0),
+                    })
+                    .collect();
+                let (a, b) = ((rng.unit() * n_cols as f64) as usize, rng.unit() * 1.2);
+                let span = a..(a + (b * n_cols as f64) as usize).min(n_cols);
+                let before: Vec<Ink> = (0..n_cols).map(|_| (rng.unit() * 256.0) as Ink).collect();
+                let mut expected = before.clone();
+                for (inner, run) in &columns.stretches {
+                    let Some(k) = *inner else { continue };
+                    for x in run.start.max(span.start)..run.end.min(span.end) {
+                        if !(blended[k].is_nan() || blended[k + 1].is_nan()) {
+                            let v = columns.w0[x] * blended[k] + columns.fc[x] * blended[k + 1];
+                            expected[x] = scale_ink((v - scale.0) * scale.1);
+                            coloured += 1;
+                        }
+                    }
+                }
+                let mut scalar = before.clone();
+                scale_inks(&columns, &blended, span.clone(), scale, &mut scalar);
+                assert_eq!(scalar, expected, "scalar, {span:?}");
+                let mut dispatched = before.clone();
+                scale_inks_fn()(&columns, &blended, span.clone(), scale, &mut dispatched);
+                assert_eq!(dispatched, expected, "dispatched, {span:?}");
+            }
+        }
+        assert!(coloured > 30_000, "{coloured}");
     }
 
     #[test]
