@@ -382,10 +382,22 @@ pub fn run(
     let n_fft = n_fft_for(&engine_cfg);
     let backend_error = |e| anyhow::anyhow!("--backend {}: {e}", opts.backend);
     // The first correlator settles `auto`. A GPU is one context for the process, fed in
-    // batches by its own thread; the CPU is one correlator per worker.
-    let first = make_correlator(opts.backend, n_fft, false).map_err(backend_error)?;
+    // batches by its own thread; the CPU is one correlator per worker. An ingest computes
+    // nothing: it never opens a GPU.
+    let backend = if ingest {
+        if opts.backend != BackendChoice::Cpu {
+            log::info!(
+                "--role ingest computes nothing: --backend {} is not used",
+                opts.backend
+            );
+        }
+        BackendChoice::Cpu
+    } else {
+        opts.backend
+    };
+    let first = make_correlator(backend, n_fft, false).map_err(backend_error)?;
     let (gpu, mut correlators) = match settled(first.as_ref()) {
-        BackendChoice::Gpu if !ingest => (Some(first), Vec::new()),
+        BackendChoice::Gpu => (Some(first), Vec::new()),
         _ => {
             let mut rest =
                 make_correlators(BackendChoice::Cpu, n_fft, threads - 1).map_err(backend_error)?;
