@@ -105,7 +105,8 @@ struct RunArgs {
     /// (exit code 4 when a set stays undelivered).
     #[arg(long)]
     once: bool,
-    /// Compute backend: `auto` uses a real GPU when present, else the CPU.
+    /// Compute backend: `auto` uses a real GPU when present, else the CPU. A GPU is one
+    /// context for the process; the sets ready together (up to 64) go into one dispatch.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     backend: BackendChoice,
     /// Settings file; defaults to ./.env when present. Real environment variables win.
