@@ -2,11 +2,13 @@
 //!
 //! One owner decides, thin threads do the I/O. The coordinator (this function's thread) owns
 //! every file and set: notify's callback forwards paths into its inbox (bounded; an event
-//! dropped when it is full is found by the periodic rescan); it settles files ([`Settle`]),
-//! reads each one once it settled (a bad one is set aside at once), groups them
-//! ([`Grouper`]), and keeps every complete set in a [`SetBook`], the pure state machine of a
-//! set's life, which says what comes next. `engine-N` workers read, compute, save and journal
-//! the sets it hands them and report back; the `delivery` thread ([`Delivery`]) does the
+//! dropped when it is full makes it list the folders before it forms the next set); it
+//! settles files ([`Settle`]), reads each one once it settled (a bad one is set aside at once,
+//! a good one's taps are kept for its set), groups them ([`Grouper`]), and keeps every complete
+//! set in a [`SetBook`], the pure state machine of a set's life, which says what comes next.
+//! `engine-N` workers compute (with a GPU: read and hand to the `gpu` thread, which estimates
+//! the sets ready together in one dispatch), save and journal the sets it hands them and
+//! report back; the `delivery` thread ([`Delivery`]) does the
 //! upload, publish and deletion steps it hands out one at a time and reports back. Nothing
 //! else keeps state about a set.
 //!
@@ -841,8 +843,8 @@ impl Coordinator {
                 continue;
             };
             match classify(root, &path) {
-                // Read to validate only: the worker reads the set again when it is complete.
-                // Kept, within a bound, for the worker: each file is parsed once.
+                // Read to validate, and kept (within a bound) for the worker: each file is
+                // parsed once.
                 Kind::Tap(name) => match read_tap_file(&path) {
                     Ok(tap) => {
                         if self.parsed.len() < MAX_PARSED_TAPS {
@@ -870,8 +872,9 @@ impl Coordinator {
                 Kind::Ignored(_) => {}
             }
         }
-        // A device with tap files still settling forms no set yet, so its sets form in the
-        // order of their files' times however a backlog arrives.
+        // A device with tap files still settling, or arrived within DEVICE_QUIET, forms no
+        // set yet, so its sets form in the order of their files' times however a backlog
+        // arrives.
         self.last_arrival
             .retain(|_, at| now.duration_since(*at) < DEVICE_QUIET);
         let arriving: HashSet<Option<String>> = self
