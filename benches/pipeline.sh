@@ -9,37 +9,13 @@ set -euo pipefail
 
 SETS=${1:-200}
 THREADS=${2:-$(nproc)}
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-WORK=$(mktemp -d)
-VHOST="terawang-bench-$$"
-FTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() {
-    [ -n "${FTP_PID:-}" ] && kill "$FTP_PID" 2>/dev/null || true
-    rabbitmqctl -q delete_vhost "$VHOST" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-cd "$ROOT"
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
-
-rabbitmqctl -q add_vhost "$VHOST" >/dev/null
-rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
-mkdir -p "$WORK/ftp" "$WORK/site/data_mentah"
-python3 -c "import pyftpdlib" 2>/dev/null || { echo "needs pyftpdlib: pip install pyftpdlib" >&2; exit 1; }
-python3 -m pyftpdlib -i 127.0.0.1 -p "$FTP_PORT" -w -u bench -P bench -d "$WORK/ftp" \
-    >"$WORK/ftp.log" 2>&1 &
-FTP_PID=$!
-sleep 1
-
+BENCH_NAME=bench
+# shellcheck source=benches/servers.sh
+source "$(dirname "$0")/servers.sh"
+mkdir -p "$WORK/site/data_mentah"
 
 cd "$WORK/site"
-now() { python3 -c 'import time; print(time.perf_counter())'; }
-export FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
-    RABBITMQ_HOST=127.0.0.1 RABBITMQ_VHOST="$VHOST" RABBITMQ_QUEUE=bench_queue \
-    FILE_SETTLE_SECONDS=0 RUST_LOG=warn
+export RABBITMQ_QUEUE=bench_queue FILE_SETTLE_SECONDS=0 RUST_LOG=warn
 
 # A fresh backlog of the same sets in data_mentah/ (or renamed in by the caller from sim/).
 backlog() {

@@ -11,39 +11,13 @@ SETS=${1:-400}
 shift || true
 COUNTS=("${@:-1 2 4}")
 [ $# -eq 0 ] && COUNTS=(1 2 4)
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
-WORK=$(mktemp -d)
-VHOST="terawang-scale-$$"
-FTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -n "${FTP_PID:-}" ] && kill "$FTP_PID" 2>/dev/null || true
-    rabbitmqctl -q delete_vhost "$VHOST" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-cd "$ROOT"
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
-python3 -c "import pyftpdlib" 2>/dev/null || { echo "needs pyftpdlib: pip install pyftpdlib" >&2; exit 1; }
-
-rabbitmqctl -q add_vhost "$VHOST" >/dev/null
-rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
-mkdir -p "$WORK/ftp"
-python3 -m pyftpdlib -i 127.0.0.1 -p "$FTP_PORT" -w -u bench -P bench -d "$WORK/ftp" \
-    >"$WORK/ftp.log" 2>&1 &
-FTP_PID=$!
-sleep 1
+BENCH_NAME=scale
+# shellcheck source=benches/servers.sh
+source "$(dirname "$0")/servers.sh"
 "$BIN" simulate --sets "$SETS" --seed 7 --out "$WORK/sim" >/dev/null
 rm "$WORK/sim/truth.json"
 
-export FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
-    RABBITMQ_HOST=127.0.0.1 RABBITMQ_VHOST="$VHOST" RABBITMQ_QUEUE=bench_results \
-    RABBITMQ_JOB_QUEUE=bench_jobs RUST_LOG=warn
-now() { python3 -c 'import time; print(time.perf_counter())'; }
+export RABBITMQ_QUEUE=bench_results RABBITMQ_JOB_QUEUE=bench_jobs RUST_LOG=warn
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
 for n in "${COUNTS[@]}"; do
     rm -rf "$WORK/ftp/result" "$WORK"/w*
