@@ -2,6 +2,7 @@
 # work folder, a RabbitMQ vhost of its own on the local broker and a pyftpdlib FTP server on
 # a free loopback port, exports the settings that point the service at them, and removes it
 # all on exit. Set BENCH_NAME before sourcing; background processes to stop go in PIDS.
+# TERAWANG_BIN: the binary to time (default: this tree's release build).
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 WORK=$(mktemp -d)
@@ -17,8 +18,13 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$ROOT"
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
+# TERAWANG_BIN times another build (an older one, to compare) instead of this tree's.
+if [ -n "${TERAWANG_BIN:-}" ]; then
+    BIN=$(realpath "$TERAWANG_BIN")
+else
+    cargo build --release --quiet
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/terawang"
+fi
 python3 -c "import pyftpdlib" 2>/dev/null || { echo "needs pyftpdlib: pip install pyftpdlib" >&2; exit 1; }
 
 rabbitmqctl -q add_vhost "$VHOST" >/dev/null

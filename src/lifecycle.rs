@@ -1,5 +1,5 @@
 //! A set's life, owned in one place: [`SetBook`] decides every transition of every complete
-//! set, and the threads that do the I/O (the engine workers, the delivery thread) only carry
+//! set, and the threads that do the I/O (the engine workers, the delivery threads) only carry
 //! out what it hands them and report back to it.
 //!
 //! ```text
@@ -12,10 +12,12 @@
 //! Pure: no I/O, no clock of its own (the caller passes `now`). The delivery steps follow
 //! [`next_step`] over the configured [`Sinks`]; each step has its own [`Backoff`], so a sink
 //! that is down holds only the sets that need it, and with `once` a set whose sink failed is
-//! given up for this run (the journal keeps it). One step is in flight at a time: the
-//! delivery thread is one connection to each server. The journal lines are written by the
-//! thread that did the step, after it succeeded; resuming from the journal enters a set here
-//! at its stage ([`SetBook::resumed`]).
+//! given up for this run (the journal keeps it). Each [`Lane`] (the FTP server, RabbitMQ, the
+//! local disk) is one delivery thread with its own connections and carries one step at a
+//! time, so one set's upload, another's publish and a third's delete overlap, while each set
+//! still takes its steps one after the other. The journal lines are written by the thread that
+//! did the step, after it succeeded; resuming from the journal enters a set here at its stage
+//! ([`SetBook::resumed`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -50,7 +52,32 @@ pub struct SetTimings {
     pub computed_here: bool,
 }
 
-/// One step for the delivery thread to do.
+/// A delivery thread: the steps that talk to one kind of server, one at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// The upload and the raw archive.
+    Ftp,
+    /// The result's message and the viewer's.
+    Amqp,
+    /// Deleting the sources (and, for copies staged from the FTP source folder, their files on
+    /// the server, over a connection of its own).
+    Local,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Ftp, Lane::Amqp, Lane::Local];
+
+    /// The lane that carries `step`.
+    pub fn of(step: Step) -> Lane {
+        match step {
+            Step::Upload | Step::Archive => Lane::Ftp,
+            Step::Publish | Step::Announce => Lane::Amqp,
+            Step::DeleteSources | Step::Save | Step::Done => Lane::Local,
+        }
+    }
+}
+
+/// One step for a delivery thread to do (the one of [`Lane::of`] its step).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Order<K> {
     pub result_name: String,
@@ -58,7 +85,7 @@ pub struct Order<K> {
     pub sources: Vec<K>,
 }
 
-/// What the delivery thread found.
+/// What a delivery thread found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepResult {
     /// Done and journaled.
@@ -72,7 +99,7 @@ pub enum StepResult {
 /// What the caller must do after a decision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event<K> {
-    /// Hand this step to the delivery thread.
+    /// Hand this step to its lane's delivery thread.
     Do(Order<K>),
     /// The step failed; it is tried again in `wait`.
     Retry {
@@ -95,8 +122,8 @@ pub enum Event<K> {
         result_name: String,
         sources: Vec<K>,
     },
-    /// Nothing to deliver: have the delivery thread check that the sinks answer, then call
-    /// [`SetBook::step_done`].
+    /// Nothing to deliver: have every lane check that its sinks answer, then call
+    /// [`SetBook::step_done`] for each.
     Probe,
 }
 
@@ -127,8 +154,8 @@ pub struct SetBook<K> {
     /// Sets waiting for a delivery step, by step, oldest first.
     waiting: HashMap<Step, VecDeque<String>>,
     backoff: HashMap<Step, Backoff>,
-    /// What the delivery thread is doing.
-    busy: Option<Busy>,
+    /// What each busy lane is doing.
+    busy: HashMap<Lane, Busy>,
     /// How often an idle delivery thread checks the sinks (never with `once`), and when next.
     probe_every: Option<Duration>,
     next_probe: Option<Instant>,
@@ -169,7 +196,7 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
                 .iter()
                 .map(|&s| (s, Backoff::new(retry_base, retry_max)))
                 .collect(),
-            busy: None,
+            busy: HashMap::new(),
             probe_every,
             next_probe: None,
         }
@@ -266,21 +293,26 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
         }
     }
 
-    /// The next thing to do for delivery at `now`, if the delivery thread is free: a step
-    /// whose backoff allows it, or (with `once`) giving up a set whose sink already failed.
+    /// The next thing to do for delivery at `now`, on a lane that is free: a step whose
+    /// backoff allows it, or (with `once`) giving up a set whose sink already failed. Call it
+    /// until it returns `None`: each free lane may get a step.
     pub fn next_order(&mut self, now: Instant) -> Option<Event<K>> {
-        if self.busy.is_some() {
-            return None;
-        }
         if let Some(every) = self.probe_every
+            && self.busy.is_empty()
             && self.waiting.values().all(VecDeque::is_empty)
             && self.next_probe.is_none_or(|t| now >= t)
         {
             self.next_probe = Some(now + every);
-            self.busy = Some(Busy::Probe);
+            for lane in Lane::ALL {
+                self.busy.insert(lane, Busy::Probe);
+            }
             return Some(Event::Probe);
         }
         for step in STEPS {
+            let lane = Lane::of(step);
+            if self.busy.contains_key(&lane) {
+                continue;
+            }
             let ready = self.backoff[&step].ready(now);
             if !ready && !self.once {
                 continue;
@@ -297,7 +329,7 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
                 });
             }
             let sources = self.sets.get(&name).map(|l| l.sources.clone())?;
-            self.busy = Some(Busy::Step(name.clone(), step));
+            self.busy.insert(lane, Busy::Step(name.clone(), step));
             return Some(Event::Do(Order {
                 result_name: name,
                 step,
@@ -307,14 +339,15 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
         None
     }
 
-    /// The delivery thread finished the step in flight. `took` is how long it ran.
+    /// `lane` finished the step (or the probe) in flight. `took` is how long it ran.
     pub fn step_done(
         &mut self,
+        lane: Lane,
         result: StepResult,
         took: Duration,
         now: Instant,
     ) -> Option<Event<K>> {
-        let (name, step) = match self.busy.take()? {
+        let (name, step) = match self.busy.remove(&lane)? {
             Busy::Step(name, step) => (name, step),
             Busy::Probe => return None,
         };
@@ -400,7 +433,7 @@ impl<K: Clone + Eq + Hash> SetBook<K> {
 
     /// Nothing queued, computing or being delivered (sets given up by `once` do not count).
     pub fn is_idle(&self) -> bool {
-        self.counts() == Counts::default() && self.busy.is_none()
+        self.counts() == Counts::default() && self.busy.is_empty()
     }
 
     /// Where a set is, if it is held here.
@@ -465,7 +498,8 @@ mod tests {
             let o = order(b.next_order(t0));
             assert_eq!(b.next_order(t0), None, "one step at a time");
             steps.push(o.step);
-            if let Some(e) = b.step_done(StepResult::Done, Duration::from_millis(2), t0) {
+            let took = Duration::from_millis(2);
+            if let Some(e) = b.step_done(Lane::of(o.step), StepResult::Done, took, t0) {
                 break e;
             }
         };
@@ -501,12 +535,21 @@ mod tests {
             ("result_B_1.json", Step::Publish),
             "the set nearest its end goes first"
         );
-        let e = b.step_done(StepResult::Failed("down".into()), Duration::ZERO, t0);
-        assert!(matches!(e, Some(Event::Retry { wait, .. }) if wait == Duration::from_secs(1)));
-        // The broker is backing off; the upload of A still goes.
+        // The FTP lane is free: A's upload goes while B's publish is in flight.
         let o = order(b.next_order(t0));
         assert_eq!((o.result_name.as_str(), o.step), (a.as_str(), Step::Upload));
-        assert_eq!(b.step_done(StepResult::Done, Duration::ZERO, t0), None);
+        assert_eq!(b.next_order(t0), None, "each lane carries one step");
+        let e = b.step_done(
+            Lane::Amqp,
+            StepResult::Failed("down".into()),
+            Duration::ZERO,
+            t0,
+        );
+        assert!(matches!(e, Some(Event::Retry { wait, .. }) if wait == Duration::from_secs(1)));
+        assert_eq!(
+            b.step_done(Lane::Ftp, StepResult::Done, Duration::ZERO, t0),
+            None
+        );
         assert_eq!(b.next_order(t0), None, "both now wait for the broker");
         assert_eq!(b.next_wake(), Some(t0 + Duration::from_secs(1)));
         let later = t0 + Duration::from_secs(1);
@@ -521,7 +564,12 @@ mod tests {
         b.resumed("r1.json".into(), vec!["a".into()], Stage::Saved);
         b.resumed("r2.json".into(), vec!["b".into()], Stage::Saved);
         order(b.next_order(t0));
-        let e = b.step_done(StepResult::Failed("no FTP".into()), Duration::ZERO, t0);
+        let e = b.step_done(
+            Lane::Ftp,
+            StepResult::Failed("no FTP".into()),
+            Duration::ZERO,
+            t0,
+        );
         assert!(matches!(e, Some(Event::Undelivered { .. })), "{e:?}");
         // The second set is not tried against the same failed sink.
         assert!(matches!(b.next_order(t0), Some(Event::Undelivered { .. })));
@@ -535,7 +583,7 @@ mod tests {
         let mut b = book(false);
         b.resumed("r1.json".into(), vec!["a".into()], Stage::Saved);
         order(b.next_order(t0));
-        let e = b.step_done(StepResult::ResultMissing, Duration::ZERO, t0);
+        let e = b.step_done(Lane::Ftp, StepResult::ResultMissing, Duration::ZERO, t0);
         assert_eq!(
             e,
             Some(Event::Released {
@@ -562,16 +610,29 @@ mod tests {
             Some(every),
         );
         assert_eq!(b.next_order(t0), Some(Event::Probe));
-        assert_eq!(b.next_order(t0), None, "busy probing");
+        assert_eq!(b.next_order(t0), None, "every lane is probing");
         b.resumed("r.json".into(), vec!["a".into()], Stage::Saved);
-        assert_eq!(b.step_done(StepResult::Done, Duration::ZERO, t0), None);
+        assert_eq!(
+            b.step_done(Lane::Ftp, StepResult::Done, Duration::ZERO, t0),
+            None
+        );
         assert_eq!(
             order(b.next_order(t0)).step,
             Step::Upload,
-            "work comes before probes"
+            "work comes before probes, on the lane that is free"
         );
-        while b.step_done(StepResult::Done, Duration::ZERO, t0).is_none() {
-            order(b.next_order(t0));
+        for lane in [Lane::Amqp, Lane::Local] {
+            assert_eq!(
+                b.step_done(lane, StepResult::Done, Duration::ZERO, t0),
+                None
+            );
+        }
+        let mut lane = Lane::Ftp;
+        while b
+            .step_done(lane, StepResult::Done, Duration::ZERO, t0)
+            .is_none()
+        {
+            lane = Lane::of(order(b.next_order(t0)).step);
         }
         assert_eq!(
             b.next_order(t0),
@@ -595,8 +656,60 @@ mod tests {
         b.resumed("r.json".into(), vec!["a".to_string()], Stage::Saved);
         assert_eq!(order(b.next_order(t0)).step, Step::DeleteSources);
         assert!(matches!(
-            b.step_done(StepResult::Done, Duration::ZERO, t0),
+            b.step_done(Lane::Local, StepResult::Done, Duration::ZERO, t0),
             Some(Event::Delivered { .. })
         ));
+    }
+
+    #[test]
+    fn sets_at_different_steps_overlap_on_the_lanes_and_each_keeps_its_order() {
+        let t0 = Instant::now();
+        let mut b = book(false);
+        b.resumed("r1.json".into(), vec!["a".into()], Stage::Published);
+        b.resumed("r2.json".into(), vec!["b".into()], Stage::Uploaded);
+        b.resumed("r3.json".into(), vec!["c".into()], Stage::Saved);
+        b.resumed("r4.json".into(), vec!["d".into()], Stage::Saved);
+        let mut in_flight = Vec::new();
+        while let Some(e) = b.next_order(t0) {
+            let o = order(Some(e));
+            in_flight.push((o.result_name, o.step));
+        }
+        assert_eq!(
+            in_flight,
+            [
+                ("r1.json".to_string(), Step::DeleteSources),
+                ("r2.json".to_string(), Step::Publish),
+                ("r3.json".to_string(), Step::Upload),
+            ],
+            "one step per lane, the set nearest its end first"
+        );
+        // r3's upload done: its publish waits for the broker's lane, r4's upload goes.
+        assert_eq!(
+            b.step_done(Lane::Ftp, StepResult::Done, Duration::ZERO, t0),
+            None
+        );
+        let o = order(b.next_order(t0));
+        assert_eq!((o.result_name.as_str(), o.step), ("r4.json", Step::Upload));
+        assert_eq!(b.next_order(t0), None);
+        assert_eq!(
+            b.step_done(Lane::Amqp, StepResult::Done, Duration::ZERO, t0),
+            None
+        );
+        let o = order(b.next_order(t0));
+        assert_eq!(
+            (o.result_name.as_str(), o.step),
+            ("r3.json", Step::Publish),
+            "r2 is done with the broker; r3 published before r4, which is still uploading"
+        );
+        assert!(matches!(
+            b.step_done(Lane::Local, StepResult::Done, Duration::ZERO, t0),
+            Some(Event::Delivered { result_name, .. }) if result_name == "r1.json"
+        ));
+        let o = order(b.next_order(t0));
+        assert_eq!(
+            (o.result_name.as_str(), o.step),
+            ("r2.json", Step::DeleteSources)
+        );
+        assert!(!b.is_idle());
     }
 }

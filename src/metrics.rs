@@ -5,7 +5,7 @@
 //! blocks a stage for longer than a copy). [`MetricsServer`] is the small HTTP listener
 //! (tiny_http, thread `metrics`); dropping it stops and joins it. `/healthz` answers 200 while
 //! the folder watcher and every configured sink are alive, and 503 with the reasons otherwise:
-//! a sink is dead from its last failed attempt (a delivery or the delivery thread's periodic
+//! a sink is dead from its last failed attempt (a delivery or a delivery thread's periodic
 //! probe) until its next success.
 
 use std::collections::BTreeMap;

@@ -39,7 +39,7 @@ use crate::engine::{Engine, EngineConfig, SetEstimate, n_fft_for};
 use crate::group::{Grouper, Pending, TapSet};
 use crate::job::{Incoming, Job, JobConsumer, JobControl, JobFile, JobPublisher};
 use crate::journal::{Entry, Journal, Sinks, Stage};
-use crate::lifecycle::{Event, SetBook, SetTimings};
+use crate::lifecycle::{Event, Lane, SetBook, SetTimings};
 use crate::metrics::{Metrics, MetricsServer, SinkKind, StageTimer};
 use crate::process::{
     BadMembers, MAX_GPU_BATCH, ReadSet, compute_outputs, estimate_ready, read_set,
@@ -960,18 +960,12 @@ impl Coordinator {
         }
     }
 
-    /// Hands the delivery thread its next step, and carries out what the book decides.
+    /// Hands each free delivery lane its next step, and carries out what the book decides.
     fn deliver(&mut self, delivery: &Delivery) {
         while let Some(event) = self.book.next_order(Instant::now()) {
             match event {
-                Event::Do(order) => {
-                    delivery.send(DeliveryMsg::Do(order));
-                    return;
-                }
-                Event::Probe => {
-                    delivery.send(DeliveryMsg::Probe);
-                    return;
-                }
+                Event::Do(order) => delivery.send(Lane::of(order.step), DeliveryMsg::Do(order)),
+                Event::Probe => delivery.probe(),
                 other => self.apply(other),
             }
         }
@@ -1253,7 +1247,8 @@ impl Coordinator {
                 }
             }
             Inbox::Report(r) => {
-                if let Some(event) = self.book.step_done(r.result, r.took, Instant::now()) {
+                let now = Instant::now();
+                if let Some(event) = self.book.step_done(r.lane, r.result, r.took, now) {
                     self.apply(event);
                 }
             }

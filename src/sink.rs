@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{AmqpConfig, FtpConfig};
 use crate::journal::{Entry, Journal, Step, stage_after};
-use crate::lifecycle::{Order, StepResult};
+use crate::lifecycle::{Lane, Order, StepResult};
 use crate::metrics::{Metrics, SinkKind};
 use crate::remote::delete_remote;
 use crate::result::ResultName;
@@ -304,7 +304,7 @@ fn declare_error(e: amiquip::Error, cfg: &AmqpConfig) -> anyhow::Error {
     }
 }
 
-/// The delivery thread's inbox: one step at a time, decided by the set's owner
+/// A delivery thread's inbox: one step at a time, decided by the set's owner
 /// ([`crate::lifecycle::SetBook`]).
 pub enum DeliveryMsg {
     Do(Order<PathBuf>),
@@ -314,14 +314,16 @@ pub enum DeliveryMsg {
     Stop,
 }
 
-/// What a step came to, with how long it took.
+/// What a step came to, on which lane, with how long it took.
 #[derive(Debug)]
 pub struct DeliveryReport {
+    pub lane: Lane,
     pub result: StepResult,
     pub took: Duration,
 }
 
-/// Settings of the delivery thread.
+/// Settings of the delivery threads.
+#[derive(Clone)]
 pub struct DeliveryConfig {
     pub result_dir: PathBuf,
     pub ftp: Option<FtpConfig>,
@@ -331,12 +333,18 @@ pub struct DeliveryConfig {
     pub roots: Roots,
 }
 
-/// How long dropping [`Delivery`] waits for a step in progress (a hanging server).
+/// How long dropping [`Delivery`] waits for the steps in progress (a hanging server).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// Handle of the delivery thread; dropping it stops and joins the thread. A thread stuck on a
-/// hanging server past `STOP_GRACE` is left behind: nothing it does unjournaled is lost.
+/// Handle of the delivery threads, one per [`Lane`], each with its own connections; dropping
+/// it stops and joins them. A thread stuck on a hanging server past `STOP_GRACE` is left
+/// behind: nothing it does unjournaled is lost.
 pub struct Delivery {
+    lanes: Vec<LaneThread>,
+}
+
+struct LaneThread {
+    lane: Lane,
     tx: Sender<DeliveryMsg>,
     thread: Option<std::thread::JoinHandle<()>>,
     finished: Receiver<()>,
@@ -348,74 +356,77 @@ impl Delivery {
         journal: Arc<Mutex<Journal>>,
         reports: Sender<DeliveryReport>,
     ) -> std::io::Result<Delivery> {
-        // The owner hands out one step at a time, so the inbox stays short.
-        let (tx, rx) = crossbeam_channel::bounded(16);
-        let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("delivery".into())
-            .spawn(move || {
-                // Dropped when the loop ends, however it ends.
-                let _finished = finished_tx;
-                let archive = cfg.ftp.as_ref().and_then(|f| {
-                    let folder = f.archive_folder.clone()?;
-                    Some(FtpSink::new(FtpConfig {
-                        folder,
-                        upload_png: false,
-                        ..f.clone()
-                    }))
-                });
-                let graph = cfg.amqp.as_ref().and_then(|a| {
-                    let queue = a.graph_queue.clone()?;
-                    Some(AmqpSink::new(AmqpConfig { queue, ..a.clone() }))
-                });
-                let source = cfg.ftp.as_ref().and_then(|f| {
-                    let folder = f.source_folder.clone()?;
-                    Some(FtpSink::new(FtpConfig {
-                        folder,
-                        upload_png: false,
-                        ..f.clone()
-                    }))
-                });
-                Driver {
-                    ftp: cfg.ftp.clone().map(FtpSink::new),
-                    source,
-                    amqp: cfg.amqp.clone().map(AmqpSink::new),
-                    archive,
-                    graph,
-                    cfg,
-                    journal,
-                }
-                .run(rx, reports);
-            })?;
-        Ok(Delivery {
-            tx,
-            thread: Some(thread),
-            finished,
-        })
+        let mut lanes = Vec::new();
+        for lane in Lane::ALL {
+            // The owner hands each lane one step at a time, so the inbox stays short.
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
+            let (cfg, journal, reports) = (cfg.clone(), journal.clone(), reports.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("delivery-{}", lane_name(lane)))
+                .spawn(move || {
+                    // Dropped when the loop ends, however it ends.
+                    let _finished = finished_tx;
+                    Driver::new(lane, cfg, journal).run(rx, reports);
+                })?;
+            lanes.push(LaneThread {
+                lane,
+                tx,
+                thread: Some(thread),
+                finished,
+            });
+        }
+        Ok(Delivery { lanes })
     }
 
-    pub fn send(&self, msg: DeliveryMsg) {
-        let _ = self.tx.send(msg);
+    /// Hands `msg` to `lane`'s thread.
+    pub fn send(&self, lane: Lane, msg: DeliveryMsg) {
+        if let Some(l) = self.lanes.iter().find(|l| l.lane == lane) {
+            let _ = l.tx.send(msg);
+        }
+    }
+
+    /// Has every lane check its sinks; each reports back.
+    pub fn probe(&self) {
+        for l in &self.lanes {
+            let _ = l.tx.send(DeliveryMsg::Probe);
+        }
+    }
+}
+
+fn lane_name(lane: Lane) -> &'static str {
+    match lane {
+        Lane::Ftp => "ftp",
+        Lane::Amqp => "amqp",
+        Lane::Local => "local",
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        let _ = self.tx.send_timeout(DeliveryMsg::Stop, STOP_GRACE);
-        if let Err(RecvTimeoutError::Timeout) = self.finished.recv_timeout(STOP_GRACE) {
-            log::warn!(
-                "delivery is still waiting on a server; leaving it, the journal keeps its set"
-            );
-            return;
+        let deadline = Instant::now() + STOP_GRACE;
+        for l in &self.lanes {
+            let _ = l.tx.send_deadline(DeliveryMsg::Stop, deadline);
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for l in &mut self.lanes {
+            if let Err(RecvTimeoutError::Timeout) = l.finished.recv_deadline(deadline) {
+                log::warn!(
+                    "delivery ({}) is still waiting on a server; leaving it, the journal keeps its set",
+                    lane_name(l.lane)
+                );
+                continue;
+            }
+            if let Some(t) = l.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
 
-/// Does the steps: the I/O only, each journaled after it succeeded.
+/// Does one lane's steps: the I/O only, each journaled after it succeeded. It holds the
+/// connections of its lane's sinks only.
 struct Driver {
+    lane: Lane,
     cfg: DeliveryConfig,
     journal: Arc<Mutex<Journal>>,
     ftp: Option<FtpSink>,
@@ -429,6 +440,46 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(lane: Lane, cfg: DeliveryConfig, journal: Arc<Mutex<Journal>>) -> Driver {
+        // Another folder of the same FTP server, over a connection of its own.
+        let ftp_folder = |folder: &Option<String>| {
+            let f = cfg.ftp.as_ref()?;
+            Some(FtpSink::new(FtpConfig {
+                folder: folder.clone()?,
+                upload_png: false,
+                ..f.clone()
+            }))
+        };
+        let (mut ftp, mut archive, mut amqp, mut graph, mut source) =
+            (None, None, None, None, None);
+        match lane {
+            Lane::Ftp => {
+                ftp = cfg.ftp.clone().map(FtpSink::new);
+                archive = ftp_folder(&cfg.ftp.as_ref().and_then(|f| f.archive_folder.clone()));
+            }
+            Lane::Amqp => {
+                amqp = cfg.amqp.clone().map(AmqpSink::new);
+                graph = cfg.amqp.as_ref().and_then(|a| {
+                    let queue = a.graph_queue.clone()?;
+                    Some(AmqpSink::new(AmqpConfig { queue, ..a.clone() }))
+                });
+            }
+            Lane::Local => {
+                source = ftp_folder(&cfg.ftp.as_ref().and_then(|f| f.source_folder.clone()));
+            }
+        }
+        Driver {
+            lane,
+            ftp,
+            source,
+            amqp,
+            archive,
+            graph,
+            cfg,
+            journal,
+        }
+    }
+
     fn run(mut self, rx: Receiver<DeliveryMsg>, reports: Sender<DeliveryReport>) {
         for msg in rx {
             let started = Instant::now();
@@ -441,6 +492,7 @@ impl Driver {
                 DeliveryMsg::Do(order) => self.step(&order),
             };
             let report = DeliveryReport {
+                lane: self.lane,
                 result,
                 took: started.elapsed(),
             };
