@@ -156,7 +156,7 @@ pub struct SetBook<K> {
     backoff: HashMap<Step, Backoff>,
     /// What each busy lane is doing.
     busy: HashMap<Lane, Busy>,
-    /// How often an idle delivery thread checks the sinks (never with `once`), and when next.
+    /// How often idle delivery threads check the sinks (never with `once`), and when next.
     probe_every: Option<Duration>,
     next_probe: Option<Instant>,
 }

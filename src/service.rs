@@ -8,9 +8,9 @@
 //! set in a [`SetBook`], the pure state machine of a set's life, which says what comes next.
 //! `engine-N` workers compute (with a GPU: read and hand to the `gpu` thread, which estimates
 //! the sets ready together in one dispatch), save and journal the sets it hands them and
-//! report back; the `delivery` thread ([`Delivery`]) does the
-//! upload, publish and deletion steps it hands out one at a time and reports back. Nothing
-//! else keeps state about a set.
+//! report back; the `delivery-ftp`, `delivery-amqp` and `delivery-local` threads
+//! ([`Delivery`], one per [`Lane`]) do the upload, publish and deletion steps it hands each of
+//! them one at a time, and report back. Nothing else keeps state about a set.
 //!
 //! An entry named like a tap that is not a regular file (a link, a FIFO, a folder) is set
 //! aside without being opened. A leftover that can never join a set (see [`crate::group`])
@@ -93,7 +93,7 @@ const SETTLE_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// leftover.
 const DEVICE_QUIET: Duration = Duration::from_millis(500);
 
-/// How often an idle delivery thread checks that the sinks answer (for `/healthz`).
+/// How often idle delivery threads check that the sinks answer (for `/healthz`).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 enum Inbox {
