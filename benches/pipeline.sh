@@ -2,7 +2,8 @@
 # Sustained throughput of the whole service pipeline (watch → group → compute → save → FTP →
 # RabbitMQ → delete) with a real FTP server (pyftpdlib) and the local RabbitMQ on loopback:
 # `run --once` on a backlog, the watching `run` on the same backlog renamed in, `run --once`
-# again, then a plain FTP client uploading the same results (the server's own limit).
+# again, the delivery alone on saved sets, then a plain FTP client uploading the same results
+# (the server's own limit).
 # Usage: benches/pipeline.sh [SETS] [THREADS]   (defaults 200, all cores)
 # Needs what .ci/service-setup.sh installs. Prints sets per second; asserts nothing.
 set -euo pipefail
@@ -60,7 +61,23 @@ echo "run (watching): messages $(queued)" >&2
 
 once_after=$(run_once)
 
-# 3. The FTP server's own limit: a plain client uploading the same results over one
+# 4. Delivery alone: the backlog saved by a run whose FTP server is unreachable (each set
+#    given up at its upload, the journal keeps it), then a run that only uploads, publishes
+#    and deletes: what the delivery threads sustain without the engine.
+delivery_only() {
+    backlog
+    mv "$WORK"/sim/*.json data_mentah/
+    FTP_PORT=1 "$BIN" run --once --threads "$THREADS" 2>/dev/null || true
+    local start end
+    start=$(now)
+    "$BIN" run --once --threads "$THREADS"
+    end=$(now)
+    left=$(find data_mentah -maxdepth 1 -name '*.json' | wc -l)
+    echo "delivery alone: sources left $left, messages $(queued)" >&2
+    python3 -c "print($SETS / ($end - $start))"
+}
+delivery=$(delivery_only)
+# 5. The FTP server's own limit: a plain client uploading the same results over one
 #    connection, as the service does (STOR to a temporary name, then RNFR/RNTO).
 ftp_rate=$(python3 - "$FTP_PORT" hasil_proses_lokal <<'PY'
 import ftplib, io, os, sys, time
@@ -83,11 +100,12 @@ PY
 
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
 echo "sets: $SETS, engine threads: $THREADS"
-python3 - "$once_before" "$once_after" "$watch" "$ftp_rate" <<'PY'
+python3 - "$once_before" "$once_after" "$watch" "$ftp_rate" "$delivery" <<'PY'
 import sys
-before, after, watch, ftp = map(float, sys.argv[1:])
+before, after, watch, ftp, delivery = map(float, sys.argv[1:])
 once = (before + after) / 2
 print(f"run --once          {once:7.1f} sets/s  (mean of {before:.1f} before and {after:.1f} after)")
 print(f"run (watching)      {watch:7.1f} sets/s  ({watch / once:.0%} of --once)")
+print(f"delivery alone      {delivery:7.1f} sets/s  (saved sets resumed: upload, publish, delete)")
 print(f"plain FTP client    {ftp:7.1f} uploads/s over one connection (the server's own limit)")
 PY
