@@ -9,7 +9,8 @@
 //! side than most of its class picked a later lobe (its first one stayed under its threshold),
 //! and the alignment may move it back to the first. The level is common to the class, so its
 //! error is too: with eight evenly spaced sensors an error common to the diameters draws a
-//! slow or fast core in the tomogram. A class whose waveforms do not agree ([`waveforms_differ`]) keeps its picks.
+//! slow or fast core in the tomogram. A class whose waveforms do not agree
+//! ([`waveforms_differ`]) keeps its picks.
 
 use super::baseline::Baseline;
 use super::lsq::solve_differences;
