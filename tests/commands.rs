@@ -304,9 +304,9 @@ fn a_device_that_records_before_the_impact_measures_it() {
 }
 
 /// The simulator's `shared` model. The velocity bounds at 40 and 30 dB are the goals
-/// (median ≤ 3 %, p90 ≤ 8 %; today 1.9 / 5.7 % and 1.8 / 6.1 %). The ToF median goal (2 µs)
+/// (median ≤ 3 %, p90 ≤ 8 %; today 1.8 / 5.8 % and 1.8 / 6.1 %). The ToF median goal (2 µs)
 /// is not met (README: the trigger prior alone leaves 1.9 µs): its bounds are guards about
-/// 1 µs above today's 4.5 and 4.5 µs, to catch regressions, not to prove the goal.
+/// 1 µs above today's 4.2 and 4.2 µs, to catch regressions, not to prove the goal.
 #[test]
 fn accuracy_on_the_simulator_grid() {
     use terawang::simulate::WaveModel::Shared;
@@ -337,8 +337,8 @@ fn accuracy_on_the_simulator_grid() {
 /// from the amplifier alone). The goals (median ≤ 3 %, p90 ≤ 8 % at 40 dB) are not
 /// met on it: most rays show their first arrival on one or two samples only, with a shape of
 /// their own, so the class alignment cannot sharpen them (docs/accuracy.md). The bounds are
-/// guards about 1.25 times today's figures (40 dB: median 3.2 %, p90 11.6 %; 30 dB: 3.9 %,
-/// 14.4 %). The engine before the noise-relative threshold, the coherence gate and the robust
+/// guards about 1.25 times the figures of their time (40 dB: median 3.2 %, p90 11.6 %; 30 dB:
+/// 3.9 %, 14.4 %; today 3.0 %, 11.3 % and 3.7 %, 13.8 %). The engine before the noise-relative threshold, the coherence gate and the robust
 /// tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {
@@ -356,8 +356,9 @@ fn accuracy_on_the_field_model() {
 /// A weak first arrival (5–8 % of the main phase, 20–100 noise sigmas) only 2–4 samples
 /// before the loud main phase (`field-close`): it is picked, not the main phase (which was
 /// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only; the
-/// p90 goal (8 %) is not met (docs/accuracy.md, the floor). Today 40 dB: median 3.2 %, p90
-/// 11.1 %; 30 dB: 3.3 %, 11.2 %; the bounds are guards about 1.25 times those.
+/// p90 goal (8 %) is not met (docs/accuracy.md, the floor). At 40 dB: median 3.2 %, p90
+/// 11.1 %; 30 dB: 3.3 %, 11.2 %; the bounds are guards about 1.25 times those (today 2.9 %,
+/// 11.1 % and 3.0 %, 11.1 %).
 #[test]
 fn accuracy_on_a_weak_arrival_close_before_the_main_phase() {
     use terawang::simulate::WaveModel::FieldClose;
@@ -372,9 +373,9 @@ fn accuracy_on_a_weak_arrival_close_before_the_main_phase() {
 }
 
 /// Dispersive wood (`dispersive`): the first arrival's rise lengthens with the travel time.
-/// At 40 dB the goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.8 %, 6.2 %); at 30 dB
-/// the p90 goal holds (≤ 10 %; today 8.8 %), the median (4.0 % on these sets, 3.7 % on
-/// `evaluate`'s) sits at the goal of 4 %: the picks come out about 10 µs late on the smooth
+/// At 40 dB the goals hold (median ≤ 3 %, p90 ≤ 8 %; today 2.7 %, 6.0 %); at 30 dB
+/// the p90 goal holds (≤ 10 %; today 8.0 %), the median (3.9 % on these sets, 3.4 % on
+/// `evaluate`'s) sits near the goal of 4 %: the picks come out about 10 µs late on the smooth
 /// rises (docs/accuracy.md). Its bound is a guard.
 #[test]
 fn accuracy_on_dispersive_wood() {

@@ -12,7 +12,7 @@
 //! before each file's first sample.
 
 use super::lsq::{Equation, solve_robust};
-use super::{Picks, resample, waveforms_differ};
+use super::{COHERENT_VALUE, Picks, resample, waveforms_differ};
 use crate::engine::gcc::{self, PairBatch};
 use crate::engine::{Prepared, median};
 use crate::geometry::N_SENSORS;
@@ -72,15 +72,16 @@ pub(super) fn plan_reciprocal(
 }
 
 /// `lead_j − lead_i` from the GCC-PHAT lag between the reciprocal recordings, where the
-/// correlation has a sharp peak near the picks' difference and the waveforms agree.
+/// correlation has a sharp peak near the picks' difference and the waveforms agree, each
+/// with its correlation's peak value.
 pub(super) fn reciprocal_equations(
     reciprocal: &[ReciprocalPlan],
     picks: &Picks,
     dt: f64,
     batch: &PairBatch,
     corr: &[f32],
-) -> Vec<Equation> {
-    let mut gcc_equations: Vec<Equation> = Vec::new();
+) -> Vec<(Equation, f64)> {
+    let mut gcc_equations: Vec<(Equation, f64)> = Vec::new();
     for r in reciprocal {
         let (Some(a), Some(b)) = (picks[r.i][r.j], picks[r.j][r.i]) else {
             continue;
@@ -94,10 +95,52 @@ pub(super) fn reciprocal_equations(
             .filter(|p| !p.on_edge && p.sharpness >= MIN_SHARPNESS)
             .filter(|p| !waveforms_differ(p.value, a.snr.min(b.snr)))
         {
-            gcc_equations.push((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT));
+            gcc_equations.push(((r.i, r.j, p.lag * dt, RECIPROCAL_GCC_WEIGHT), p.value));
         }
     }
     gcc_equations
+}
+
+/// No arrival comes after a sample that already shows it, in either recording of a path:
+/// where the reciprocal correlation measured `α_ij − α_ji` (`gcc_equations`), a pick later
+/// than the other direction's first risen sample carried over by that difference is moved
+/// back to it. The two recordings are sampled at different phases (their taps' leads differ),
+/// so the other one's first risen sample can fall inside this one's last interval. Only the
+/// upper bound is used: a slow rise can stay within the noise past a "quiet" sample. Pairs
+/// whose picks changed since `correlated` (picked again after the correlations were cut) are
+/// left alone.
+pub(super) fn bound_by_reciprocals(
+    picks: &mut Picks,
+    correlated: &Picks,
+    gcc_equations: &[(Equation, f64)],
+    dt: f64,
+) {
+    for &((i, j, d, _), value) in gcc_equations {
+        // Only where the two recordings carry one waveform whatever their SNR: on a real tree
+        // the big later phases dominate the windows and the lag need not be the first
+        // arrivals' (the real set's reciprocal pairs correlate at 0.09–0.6).
+        if value < COHERENT_VALUE {
+            continue;
+        }
+        let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
+            continue;
+        };
+        if correlated[i][j] != Some(a) || correlated[j][i] != Some(b) {
+            continue;
+        }
+        let latest = a.bracket_us.1.min(b.bracket_us.1 + d);
+        // A bound more than a sample before a pick is no sampling phase: one of the two
+        // picks (or the correlation) is off, and moving the other would hide it.
+        if a.t_us - latest >= dt || b.t_us - (latest - d) >= dt {
+            continue;
+        }
+        if let Some(p) = picks[i][j].as_mut() {
+            p.t_us = p.t_us.min(latest);
+        }
+        if let Some(p) = picks[j][i].as_mut() {
+            p.t_us = p.t_us.min(latest - d);
+        }
+    }
 }
 
 /// The eight leads (µs before each file's first sample) from `gcc_equations` and the
@@ -321,6 +364,42 @@ mod tests {
             solve_leads(&[], 26.0, 13.0, &NONE).lead_us,
             [13.0; N_SENSORS]
         );
+    }
+
+    #[test]
+    fn a_pick_after_the_other_directions_first_risen_sample_is_moved_back_to_it() {
+        use crate::engine::onset::pick::Pick;
+        const DT: f64 = 27.0;
+        let pick = |t_us: f64, quiet: f64| Pick {
+            t_us,
+            snr: 50.0,
+            clipped: false,
+            hidden_arrival: false,
+            bracket_us: (quiet, quiet + DT),
+            polarity: 1.0,
+        };
+        // 0→1 rises between 108 and 135 µs (picked at the middle, 121.5); 1→0, whose file
+        // starts 10 µs later (α_01 − α_10 = 10 µs), between 81 and 108 µs: its first risen
+        // sample, at 118 µs in 0→1's time, shows the arrival came before it.
+        let mut picks: Picks = [[None; N_SENSORS]; N_SENSORS];
+        picks[0][1] = Some(pick(121.5, 108.0));
+        picks[1][0] = Some(pick(94.5, 81.0));
+        let correlated = picks;
+        let coherent = [((0, 1, 10.0, RECIPROCAL_GCC_WEIGHT), 0.9)];
+        let mut bounded = picks;
+        bound_by_reciprocals(&mut bounded, &correlated, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 118.0);
+        assert_eq!(bounded[1][0].unwrap().t_us, 94.5);
+        // Recordings that do not carry one waveform say nothing about each other's arrival.
+        let incoherent = [((0, 1, 10.0, RECIPROCAL_GCC_WEIGHT), 0.5)];
+        let mut kept = picks;
+        bound_by_reciprocals(&mut kept, &correlated, &incoherent, DT);
+        assert_eq!(kept, picks);
+        // A bound more than a sample before the pick: one of them is off; neither moves.
+        let far = [((0, 1, -30.0, RECIPROCAL_GCC_WEIGHT), 0.9)];
+        let mut kept = picks;
+        bound_by_reciprocals(&mut kept, &correlated, &far, DT);
+        assert_eq!(kept, picks);
     }
 
     #[test]

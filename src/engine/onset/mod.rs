@@ -29,7 +29,9 @@ pub mod pick;
 pub mod stack;
 
 use self::baseline::{Baseline, baseline, noise_to_peak};
-use self::leads::{ReciprocalPlan, plan_reciprocal, reciprocal_equations, tap_leads};
+use self::leads::{
+    ReciprocalPlan, bound_by_reciprocals, plan_reciprocal, reciprocal_equations, tap_leads,
+};
 use self::pick::{Pick, pick, pick_from};
 use self::stack::{ClassPlan, plan_classes, refine_class};
 use super::gcc::PairBatch;
@@ -128,7 +130,8 @@ pub fn solve(
     // Relative tap instants: lead_j − lead_i = α_ij − α_ji (picks) and the GCC-PHAT lag
     // between the reciprocal recordings.
     let dt = grid_dt(set);
-    let gcc_equations = reciprocal_equations(&plan.reciprocal, &picks, dt, batch, corr);
+    let gcc_valued = reciprocal_equations(&plan.reciprocal, &picks, dt, batch, corr);
+    let gcc_equations: Vec<_> = gcc_valued.iter().map(|&(e, _)| e).collect();
     let mean_lead = cfg.trigger_lead * dt;
     let measured = plan.impacts.map(|t| t.map(|t| -t));
     let leads_from = |picks: &Picks| {
@@ -141,6 +144,7 @@ pub fn solve(
             &measured,
         )
     };
+    let correlated = picks;
     let solved = leads_from(&picks);
     let mut leads = solved.lead_us;
     let mut from_onset = solved.from_onset;
@@ -180,6 +184,7 @@ pub fn solve(
         leads = solved.lead_us;
         from_onset = solved.from_onset;
     }
+    bound_by_reciprocals(&mut picks, &correlated, &gcc_valued, dt);
     est.tap_lead_us = leads;
     est.tap_instant_source = from_onset.map(|onset| {
         if onset {

@@ -51,6 +51,8 @@ pub struct Pick {
     /// The last sample before the rise and the first one of it (µs): samples that stand
     /// [`RISE_SIGMAS`] out of the noise are arrivals already, so the onset is before the second.
     pub bracket_us: (f64, f64),
+    /// The side the rise leaves the rest level to: +1 or −1.
+    pub polarity: f64,
 }
 
 /// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
@@ -172,6 +174,7 @@ pub fn pick_from(
         clipped,
         hidden_arrival: loud_before >= HIDDEN_SAMPLES,
         bracket_us: (t_us[k_s - 1], t_us[k_s]),
+        polarity,
     })
 }
 

@@ -5,9 +5,12 @@
 //! their relative arrivals; a least-squares fit ([`solve_differences`]) gives them all, and
 //! the onset of the class's stacked waveform gives their common level: a hinge fitted to the
 //! stacked rises where the rays carry one waveform ([`shares_one_waveform`]), else where the
-//! stacked curve crosses a level. The level is common to the class, so its error is too: with
-//! eight evenly spaced sensors an error common to the diameters draws a slow or fast core in
-//! the tomogram. A class whose waveforms do not agree ([`waveforms_differ`]) keeps its picks.
+//! stacked curve crosses a level. Where the rays carry one waveform, a ray picked on the other
+//! side than most of its class picked a later lobe (its first one stayed under its threshold),
+//! and the alignment may move it back to the first. The level is common to the class, so its
+//! error is too: with eight evenly spaced sensors an error common to the diameters draws a
+//! slow or fast core in the tomogram. A class whose waveforms do not agree
+//! ([`waveforms_differ`]) keeps its picks.
 
 use super::baseline::Baseline;
 use super::lsq::solve_differences;
@@ -33,6 +36,12 @@ const CLASS_NEIGHBOURS: usize = 6;
 const MIN_CLASS_RAYS: usize = 3;
 /// How far (in samples) a ray-to-ray lag is searched beyond the difference of the two picks.
 const CLASS_LAG_SLACK: f64 = 1.5;
+/// How far (in samples) the lag between two rays picked on lobes of opposite sign is searched
+/// beyond the difference of their picks.
+const FLIPPED_LAG_SLACK: f64 = 3.5;
+/// How far (in samples) the class alignment may move a ray picked on a later lobe than most of
+/// its class's rays (the other sign) before its pick, where the class carries one waveform.
+const FLIPPED_MOVE: f64 = 3.5;
 /// The least GCC-PHAT peak value of a ray-to-ray correlation that makes an equation.
 const MIN_CLASS_VALUE: f64 = 0.2;
 
@@ -116,29 +125,62 @@ pub(super) fn refine_class(
     let rays = &class.rays;
     let dt = grid_dt(set);
     let pick_of = |(i, j): (usize, usize)| picks[i][j].map_or(0.0, |p| p.t_us);
-    let mut equations = Vec::new();
-    for &(a, b, pair) in &class.pairs {
+    let equation = |a: usize, b: usize, pair: u32, slack: f64| {
         let (pa, pb) = (pick_of(rays[a]), pick_of(rays[b]));
         let (ta, tb) = (class.starts[a], class.starts[b]);
         let expect = ((pb - tb) - (pa - ta)) / dt;
-        let lo = (expect - CLASS_LAG_SLACK).floor() as isize;
-        let hi = (expect + CLASS_LAG_SLACK).ceil() as isize;
-        if let Some(p) = gcc::find_peak(batch.correlation(corr, pair), lo, hi)
+        let lo = (expect - slack).floor() as isize;
+        let hi = (expect + slack).ceil() as isize;
+        gcc::find_peak(batch.correlation(corr, pair), lo, hi)
             .filter(|p| !p.on_edge && p.value > MIN_CLASS_VALUE)
-        {
-            equations.push((a, b, tb - ta + p.lag * dt, p.value));
+            .map(|p| (a, b, tb - ta + p.lag * dt, p.value))
+    };
+    let mut found: Vec<Option<(usize, usize, f64, f64)>> = class
+        .pairs
+        .iter()
+        .map(|&(a, b, pair)| equation(a, b, pair, CLASS_LAG_SLACK))
+        .collect();
+    let mut snrs: Vec<f64> = rays
+        .iter()
+        .filter_map(|&(i, j)| picks[i][j].map(|p| p.snr))
+        .collect();
+    let median_snr = median(&mut snrs).unwrap_or(0.0);
+    // The side most of the class's picks rise to. Where the rays carry one waveform (judged
+    // on the pairs picked on the same side), a ray picked on the other side picked a later
+    // lobe, its first one having stayed under its threshold: the difference of the two
+    // picks does not bound the lag between two such rays, and its own bracket does not
+    // bound its arrival from below.
+    let polarity_of = |(i, j): (usize, usize)| picks[i][j].map_or(0.0, |p| p.polarity);
+    let majority: f64 = rays.iter().map(|&r| polarity_of(r)).sum::<f64>().signum();
+    let mut flipped: Vec<bool> = rays
+        .iter()
+        .map(|&r| majority != 0.0 && polarity_of(r) == -majority)
+        .collect();
+    if flipped.contains(&true) {
+        let mut same: Vec<f64> = class
+            .pairs
+            .iter()
+            .zip(&found)
+            .filter(|(p, _)| flipped[p.0] == flipped[p.1])
+            .map(|(_, e)| e.map_or(0.0, |e| e.3))
+            .collect();
+        if shares_one_waveform(median(&mut same).unwrap_or(0.0), median_snr) {
+            for (&(a, b, pair), e) in class.pairs.iter().zip(found.iter_mut()) {
+                if flipped[a] != flipped[b] {
+                    *e = equation(a, b, pair, FLIPPED_LAG_SLACK);
+                }
+            }
+        } else {
+            flipped.fill(false);
         }
     }
+    let equations: Vec<(usize, usize, f64, f64)> = found.into_iter().flatten().collect();
     let x = solve_differences(rays.len(), &equations);
     // Pairs that gave no equation count as incoherent.
     let mut values: Vec<f64> = equations.iter().map(|e| e.3).collect();
     values.resize(class.pairs.len(), 0.0);
     let coherence = median(&mut values).unwrap_or(0.0);
-    let mut snrs: Vec<f64> = rays
-        .iter()
-        .filter_map(|&(i, j)| picks[i][j].map(|p| p.snr))
-        .collect();
-    if waveforms_differ(coherence, median(&mut snrs).unwrap_or(0.0)) {
+    if waveforms_differ(coherence, median_snr) {
         return;
     }
     let mut offsets: Vec<f64> = rays.iter().zip(&x).map(|(&r, &x)| pick_of(r) - x).collect();
@@ -156,8 +198,7 @@ pub(super) fn refine_class(
         guess: median_level,
         dt,
     };
-    let one_waveform =
-        shares_one_waveform(coherence, median(&mut snrs).unwrap_or(0.0)) && stack.phases_spread();
+    let one_waveform = shares_one_waveform(coherence, median_snr) && stack.phases_spread();
     let level = if one_waveform {
         stack.fitted_onset()
     } else {
@@ -165,15 +206,17 @@ pub(super) fn refine_class(
     }
     .unwrap_or(median_level);
     // Each ray's own pick brackets its arrival: after its last quiet sample (less a little
-    // slack for a slow rise) and no later than its first risen one.
-    let inside = |p: &Pick, refined: f64| {
+    // slack for a slow rise) and no later than its first risen one. A ray picked on a later
+    // lobe has its first lobe among its "quiet" samples: only its first risen one bounds it.
+    let inside = |p: &Pick, refined: f64, flipped: bool| {
         let (quiet, risen) = p.bracket_us;
-        refined <= risen && refined >= quiet - BRACKET_SLACK * dt
+        refined <= risen && (flipped || refined >= quiet - BRACKET_SLACK * dt)
     };
     let n_inside = |level: f64| {
         rays.iter()
             .zip(&x)
-            .filter(|&(&(i, j), &x)| picks[i][j].is_some_and(|p| inside(&p, x + level)))
+            .zip(&flipped)
+            .filter(|&((&(i, j), &x), &f)| picks[i][j].is_some_and(|p| inside(&p, x + level, f)))
             .count()
     };
     // Beyond half a sample from the median of the class's picks, the level crossed on noise
@@ -189,14 +232,24 @@ pub(super) fn refine_class(
     } else {
         level
     };
-    for (&(i, j), &x) in rays.iter().zip(&x) {
+    let moves = |p: &Pick, refined: f64, flipped: bool, dt_us: f64| {
+        let near = (refined - p.t_us).abs() < dt_us
+            || (flipped
+                && one_waveform
+                && refined < p.t_us
+                && p.t_us - refined < FLIPPED_MOVE * dt_us);
+        near && inside(p, refined, flipped)
+    };
+    for ((&(i, j), &x), &f) in rays.iter().zip(&x).zip(&flipped) {
         if let Some(p) = picks[i][j].as_mut() {
             let refined = x + level;
-            // A ray the correlations disagree with by over a sample keeps its pick, and so
-            // does one they would put after its first sample that stands out of the noise:
-            // no arrival comes after a sample that already shows it (the correlations of
-            // waveforms that differ beyond their first arrival lock onto later phases).
-            if (refined - p.t_us).abs() < set[i].dt_us && inside(p, refined) {
+            // A ray the correlations disagree with by over a sample keeps its pick (but for one
+            // picked on a later lobe of its class's one waveform, which they may move earlier
+            // by up to FLIPPED_MOVE samples), and so does one they would put after its first
+            // sample that stands out of the noise: no arrival comes after a sample that already
+            // shows it (the correlations of waveforms that differ beyond their first arrival
+            // lock onto later phases).
+            if moves(p, refined, f, set[i].dt_us) {
                 p.t_us = refined;
             }
         }
