@@ -74,13 +74,16 @@ pub fn colour(f: f64) -> [u8; 3] {
 /// scale. A level is 1/502 of the scale from any fraction, so a channel differs from the exact
 /// [`colour`] by at most 3 of 255 (the steepest stretch of the scale changes a channel by 230
 /// over 0.25 of it).
-fn palette() -> Vec<u8> {
-    FIXED
-        .iter()
-        .copied()
-        .chain((0..SCALE_LEVELS).map(|k| colour(k as f64 / (SCALE_LEVELS - 1) as f64)))
-        .flatten()
-        .collect()
+fn palette() -> &'static [u8] {
+    static PALETTE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PALETTE.get_or_init(|| {
+        FIXED
+            .iter()
+            .copied()
+            .chain((0..SCALE_LEVELS).map(|k| colour(k as f64 / (SCALE_LEVELS - 1) as f64)))
+            .flatten()
+            .collect()
+    })
 }
 
 /// The palette level nearest to `f` (clamped to [0, 1]; not finite: 0).
@@ -207,17 +210,7 @@ impl Canvas {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut out, WIDTH as u32, HEIGHT as u32);
-            enc.set_color(png::ColorType::Indexed);
-            enc.set_depth(png::BitDepth::Eight);
-            enc.set_palette(palette());
-            let mut w = enc.write_header().expect("writing to memory cannot fail");
-            w.write_image_data(&self.px)
-                .expect("the buffer matches the header");
-        }
-        out
+        super::indexed_png::encode(WIDTH, HEIGHT, palette(), &self.px)
     }
 }
 
