@@ -81,7 +81,7 @@ const TABLED_RUN: usize = 1024;
 struct Codes {
     /// Per symbol: the code, bit-reversed, with its length in bits 16...
     lit: [u32; 286],
-    /// Per run length (index 0 unused): the bits of [`put_run_slow`] and their number.
+    /// Per run length (index 0 unused): the bits of [`run_pieces`] joined, and their number.
     runs: Vec<(u64, u32)>,
 }
 
@@ -91,53 +91,78 @@ fn codes() -> &'static Codes {
         let lit = lit_codes();
         let runs = (0..=TABLED_RUN as u32)
             .map(|run| {
-                if run == 0 {
-                    return (0, 0);
+                let (mut acc, mut n) = (0u64, 0u32);
+                if run > 0 {
+                    run_pieces(&lit, run, |bits, nbits| {
+                        acc |= bits << n;
+                        n += nbits;
+                    });
                 }
-                let mut bits = Bits {
-                    out: Vec::new(),
-                    acc: 0,
-                    n: 0,
-                };
-                put_run_slow(&mut bits, &lit, run);
-                assert!(
-                    bits.out.is_empty() && bits.n <= 56,
-                    "a tabled run fits a write"
-                );
-                (bits.acc, bits.n)
+                assert!(n <= 56, "a tabled run fits one write");
+                (acc, n)
             })
             .collect();
         Codes { lit, runs }
     })
 }
 
-/// LSB-first bits into a byte vector, eight bytes at a time.
+/// LSB-first bits into a byte buffer: every write stores eight bytes at `pos` and moves on by
+/// the whole bytes it completed, so it never branches on the bits.
 struct Bits {
+    /// Written up to `pos`; the rest is room (zeros or bytes to be overwritten).
     out: Vec<u8>,
+    pos: usize,
+    /// Bits not yet whole bytes, fewer than 8, also stored at `out[pos]`.
     acc: u64,
     n: u32,
 }
 
 impl Bits {
-    /// Appends the low `nbits` (≤ 56) of `bits`; the bits above are zero.
+    fn new(capacity: usize) -> Self {
+        Bits {
+            out: vec![0; capacity.max(8)],
+            pos: 0,
+            acc: 0,
+            n: 0,
+        }
+    }
+
+    /// Makes room for `bytes` more bytes.
+    fn reserve(&mut self, bytes: usize) {
+        let need = self.pos + bytes + 8;
+        if self.out.len() < need {
+            self.out.resize(need.max(2 * self.out.len()), 0);
+        }
+    }
+
+    /// Appends the low `nbits` (≤ 56) of `bits`; the bits above are zero. The caller has
+    /// reserved room.
     #[inline(always)]
     fn put(&mut self, bits: u64, nbits: u32) {
         self.acc |= bits << self.n;
         self.n += nbits;
-        if self.n >= 64 {
-            self.out.extend_from_slice(&self.acc.to_le_bytes());
-            self.n -= 64;
-            // `nbits − n` is in 1..=56 here: the bits that did not fit.
-            self.acc = bits >> (nbits - self.n);
-        }
+        self.out[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let whole = self.n / 8;
+        self.pos += whole as usize;
+        // At most 63 bits, so at most 7 whole bytes: the shift stays below 64.
+        self.acc >>= 8 * whole;
+        self.n %= 8;
     }
 
-    /// Pads to a whole byte with zeros and writes what is left.
-    fn flush(&mut self) {
-        let bytes = self.n.div_ceil(8) as usize;
-        self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
-        self.acc = 0;
-        self.n = 0;
+    /// Appends whole bytes (at a byte boundary).
+    fn put_bytes(&mut self, bytes: &[u8]) {
+        debug_assert_eq!(self.n, 0);
+        self.reserve(bytes.len());
+        self.out[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.pos += bytes.len();
+    }
+
+    /// Pads to a whole byte with zeros and returns the bytes.
+    fn finish(mut self) -> Vec<u8> {
+        self.reserve(0);
+        self.pos += self.n.div_ceil(8) as usize;
+        self.out.truncate(self.pos);
+        self.out
     }
 }
 
@@ -148,28 +173,28 @@ fn code(lit: &[u32; 286], sym: usize) -> (u64, u32) {
     (u64::from(c & 0xffff), c >> 16)
 }
 
-/// fdeflate's `write_run`: a literal zero, then `run − 1` more as matches at distance 1
-/// (lengths of 258 while at least 258 are left, then one match, or up to four more literal
-/// zeros), each match followed by the one-bit code of distance 1.
-fn put_run_slow(bits: &mut Bits, lit: &[u32; 286], mut run: u32) {
+/// fdeflate's `write_run`, piece by piece: a literal zero, then `run − 1` more as matches at
+/// distance 1 (lengths of 258 while at least 258 are left, then one match, or up to four more
+/// literal zeros), each match followed by the one-bit code of distance 1.
+fn run_pieces(lit: &[u32; 286], mut run: u32, mut emit: impl FnMut(u64, u32)) {
     let (c0, l0) = code(lit, 0);
-    bits.put(c0, l0);
+    emit(c0, l0);
     run -= 1;
     let (c285, l285) = code(lit, 285);
     while run >= 258 {
-        bits.put(c285, l285 + 1);
+        emit(c285, l285 + 1);
         run -= 258;
     }
     if run > 4 {
         let (sym, extra_bits) = length_symbol(run);
         let (c, l) = code(lit, sym);
-        bits.put(c, l);
+        emit(c, l);
         // fdeflate masks `run − 3`, which equals `run − base` for every length symbol.
         let extra = u64::from((run - 3) & ((1 << extra_bits) - 1));
-        bits.put(extra, extra_bits + 1);
+        emit(extra, extra_bits + 1);
     } else {
         // The zero byte's code is all zeros.
-        bits.put(0, run * l0);
+        emit(0, run * l0);
     }
 }
 
@@ -177,37 +202,34 @@ fn put_run_slow(bits: &mut Bits, lit: &[u32; 286], mut run: u32) {
 fn put_run(bits: &mut Bits, codes: &Codes, run: u32) {
     match codes.runs.get(run as usize) {
         Some(&(b, n)) => bits.put(b, n),
-        None => put_run_slow(bits, &codes.lit, run),
+        None => {
+            bits.reserve(run as usize / 200 + 16);
+            run_pieces(&codes.lit, run, |b, n| bits.put(b, n));
+        }
     }
 }
 
-/// Literals `bytes` (at most 4) in one write.
+/// Of the four bytes `b`, the literals of those whose bit is set in `keep`, in one write
+/// (the others cost nothing: their code and length are masked to zero).
 #[inline(always)]
-fn put_literals4(bits: &mut Bits, lit: &[u32; 286], bytes: &[u8]) {
-    let (mut acc, mut n) = (0u64, 0u32);
-    for &b in bytes {
-        let (c, l) = code(lit, b as usize);
-        acc |= c << n;
-        n += l;
-    }
-    bits.put(acc, n);
-}
-
-#[inline(always)]
-fn put_literals(bits: &mut Bits, lit: &[u32; 286], bytes: &[u8]) {
-    if bytes.len() <= 4 {
-        put_literals4(bits, lit, bytes);
-    } else {
-        put_literals4(bits, lit, &bytes[..4]);
-        put_literals4(bits, lit, &bytes[4..]);
-    }
+fn put_literals4(bits: &mut Bits, lit: &[u32; 286], b: [u8; 4], keep: u32) {
+    let c = |k: usize| lit[b[k] as usize] & 0u32.wrapping_sub((keep >> k) & 1);
+    let (c0, c1, c2, c3) = (c(0), c(1), c(2), c(3));
+    let (l0, l1, l2, l3) = (c0 >> 16, c1 >> 16, c2 >> 16, c3 >> 16);
+    let word = |c: u32| u64::from(c & 0xffff);
+    let acc = word(c0) | word(c1) << l0 | word(c2) << (l0 + l1) | word(c3) << (l0 + l1 + l2);
+    bits.put(acc, l0 + l1 + l2 + l3);
 }
 
 /// fdeflate's `Compressor::write_data` on one filtered row. Per 8 bytes: all zero extends
 /// the run; otherwise a pending run takes the chunk's leading zeros and is written, the
 /// bytes up to the chunk's trailing zeros are literals (zeros among them too), and those
-/// trailing zeros start the next run. A run still open at the row's end is written there.
+/// trailing zeros start the next run. A run still open at the row's end is written there,
+/// then the bytes after the last whole chunk as literals.
 fn put_row(bits: &mut Bits, codes: &Codes, row: &[u8]) {
+    // At most 12 bits a byte, and a run's codes are shorter than its bytes'.
+    bits.reserve(row.len() * 3 / 2 + 16);
+    let lit = &codes.lit;
     let mut run = 0u32;
     let mut chunks = row.chunks_exact(8);
     for chunk in &mut chunks {
@@ -220,16 +242,26 @@ fn put_row(bits: &mut Bits, codes: &Codes, row: &[u8]) {
         if run > 0 {
             let leading = word.trailing_zeros() / 8;
             put_run(bits, codes, run + leading);
-            start = leading as usize;
+            start = leading;
         }
         run = word.leading_zeros() / 8;
-        put_literals(bits, &codes.lit, &chunk[start..8 - run as usize]);
+        // The chunk's bytes start..8 − run.
+        let keep = (0xffu32 << start) & (0xffu32 >> run);
+        put_literals4(bits, lit, [chunk[0], chunk[1], chunk[2], chunk[3]], keep);
+        put_literals4(
+            bits,
+            lit,
+            [chunk[4], chunk[5], chunk[6], chunk[7]],
+            keep >> 4,
+        );
     }
     if run > 0 {
         put_run(bits, codes, run);
     }
     for four in chunks.remainder().chunks(4) {
-        put_literals4(bits, &codes.lit, four);
+        let mut b = [0u8; 4];
+        b[..four.len()].copy_from_slice(four);
+        put_literals4(bits, lit, b, (1 << four.len()) - 1);
     }
 }
 
@@ -292,12 +324,8 @@ pub fn encode(width: usize, height: usize, palette: &[u8], pixels: &[u8]) -> Vec
     // The zlib stream: header, one block of rows, end of block, Adler-32 of the filtered rows.
     // A byte costs at most 12 bits and a row's run less than its bytes, so 1.5 bytes per byte
     // and a little per row bound it.
-    let mut bits = Bits {
-        out: Vec::with_capacity(64 + (width + 1) * height * 3 / 2 + 8 * height),
-        acc: 0,
-        n: 0,
-    };
-    bits.out.extend_from_slice(&HEADER[..53]);
+    let mut bits = Bits::new(64 + (width + 1) * height / 4);
+    bits.put_bytes(&HEADER[..53]);
     bits.put(u64::from(HEADER[53]), 5);
     let mut adler = simd_adler32::Adler32::new();
     let mut filtered = vec![0u8; width + 1];
@@ -311,9 +339,9 @@ pub fn encode(width: usize, height: usize, palette: &[u8], pixels: &[u8]) -> Vec
         put_row(&mut bits, codes, &filtered);
     }
     let (c256, l256) = code(&codes.lit, 256);
+    bits.reserve(8);
     bits.put(c256, l256);
-    bits.flush();
-    let mut stream = bits.out;
+    let mut stream = bits.finish();
     stream.extend_from_slice(&adler.finish().to_be_bytes());
     if stream.len() > stored_size((width + 1) * height) {
         stream = stored_stream(width, pixels);
@@ -377,6 +405,8 @@ mod tests {
             (300, 4),
             (720, 6),
             (1000, 3),
+            // Runs longer than the table's (1024), coded piece by piece.
+            (2100, 3),
         ] {
             let n = w * h;
             cases.push((w, h, vec![0; n]));
