@@ -281,7 +281,7 @@ mod tests {
                 .iter()
                 .map(|&n| {
                     (0..n)
-                        .map(|_| (rng.next_u64() % 3 > 0).then(|| rng.next_u64() as u8))
+                        .map(|_| (!rng.next_u64().is_multiple_of(3)).then(|| rng.next_u64() as u8))
                         .collect()
                 })
                 .collect();
@@ -302,7 +302,7 @@ mod tests {
                 Some(v) => tenths(out, *v),
                 None => out.extend_from_slice(b"null"),
             });
-            grid(o.key("b"), &b, 2, |out, v| scalar(out, v));
+            grid(o.key("b"), &b, 2, scalar);
             scalar(o.key("c"), &value.c);
             scalar(o.key("d"), value.d);
             float(o.key("e"), value.e);

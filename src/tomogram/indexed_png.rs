@@ -317,7 +317,7 @@ pub fn encode(width: usize, height: usize, palette: &[u8], pixels: &[u8]) -> Vec
     assert!(width > 0 && height > 0, "an image side is 0");
     assert_eq!(pixels.len(), width * height, "pixels for {width}×{height}");
     assert!(
-        !palette.is_empty() && palette.len() % 3 == 0 && palette.len() <= 3 * 256,
+        !palette.is_empty() && palette.len().is_multiple_of(3) && palette.len() <= 3 * 256,
         "a palette of RGB triples, at most 256"
     );
     let codes = codes();
