@@ -209,16 +209,22 @@ fn put_run(bits: &mut Bits, codes: &Codes, run: u32) {
     }
 }
 
-/// Of the four bytes `b`, the literals of those whose bit is set in `keep`, in one write
-/// (the others cost nothing: their code and length are masked to zero).
+/// Of the four bytes `b`, the literals of those whose bit is set in `keep` (the others cost
+/// nothing: their code and length are masked to zero): their bits and how many (≤ 48).
 #[inline(always)]
-fn put_literals4(bits: &mut Bits, lit: &[u32; 286], b: [u8; 4], keep: u32) {
+fn literals4(lit: &[u32; 286], b: [u8; 4], keep: u32) -> (u64, u32) {
     let c = |k: usize| lit[b[k] as usize] & 0u32.wrapping_sub((keep >> k) & 1);
     let (c0, c1, c2, c3) = (c(0), c(1), c(2), c(3));
     let (l0, l1, l2, l3) = (c0 >> 16, c1 >> 16, c2 >> 16, c3 >> 16);
     let word = |c: u32| u64::from(c & 0xffff);
     let acc = word(c0) | word(c1) << l0 | word(c2) << (l0 + l1) | word(c3) << (l0 + l1 + l2);
-    bits.put(acc, l0 + l1 + l2 + l3);
+    (acc, l0 + l1 + l2 + l3)
+}
+
+#[inline(always)]
+fn put_literals4(bits: &mut Bits, lit: &[u32; 286], b: [u8; 4], keep: u32) {
+    let (acc, n) = literals4(lit, b, keep);
+    bits.put(acc, n);
 }
 
 /// fdeflate's `Compressor::write_data` on one filtered row. Per 8 bytes: all zero extends
@@ -238,22 +244,32 @@ fn put_row(bits: &mut Bits, codes: &Codes, row: &[u8]) {
             run += 8;
             continue;
         }
-        let mut start = 0;
+        // The pending run with the chunk's leading zeros, as one tabled code where it can.
+        let (mut run_bits, mut run_n, mut start) = (0, 0, 0);
         if run > 0 {
             let leading = word.trailing_zeros() / 8;
-            put_run(bits, codes, run + leading);
+            match codes.runs.get((run + leading) as usize) {
+                Some(&(b, n)) => (run_bits, run_n) = (b, n),
+                None => put_run(bits, codes, run + leading),
+            }
             start = leading;
         }
         run = word.leading_zeros() / 8;
         // The chunk's bytes start..8 − run.
         let keep = (0xffu32 << start) & (0xffu32 >> run);
-        put_literals4(bits, lit, [chunk[0], chunk[1], chunk[2], chunk[3]], keep);
-        put_literals4(
-            bits,
-            lit,
-            [chunk[4], chunk[5], chunk[6], chunk[7]],
-            keep >> 4,
-        );
+        let (low, low_n) = literals4(lit, [chunk[0], chunk[1], chunk[2], chunk[3]], keep);
+        let (high, high_n) = literals4(lit, [chunk[4], chunk[5], chunk[6], chunk[7]], keep >> 4);
+        // Usually a short run and a few small literals: one write (the writes are a chain).
+        if run_n + low_n + high_n <= 56 {
+            bits.put(
+                run_bits | low << run_n | high << (run_n + low_n),
+                run_n + low_n + high_n,
+            );
+        } else {
+            bits.put(run_bits, run_n);
+            bits.put(low, low_n);
+            bits.put(high, high_n);
+        }
     }
     if run > 0 {
         put_run(bits, codes, run);
