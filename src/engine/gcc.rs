@@ -303,10 +303,17 @@ impl Neighbourhood {
     fn new(r: &[f32], centre: isize) -> Self {
         let n = r.len() as isize;
         let start = centre - HALF as isize + 1 - Self::REACH;
-        Neighbourhood {
-            samples: std::array::from_fn(|k| r[(start + k as isize).rem_euclid(n) as usize]),
-            start,
-        }
+        // One division for the first index; the others step on and wrap at the end.
+        let mut k = start.rem_euclid(n) as usize;
+        let samples = std::array::from_fn(|_| {
+            let v = r[k];
+            k += 1;
+            if k == r.len() {
+                k = 0;
+            }
+            v
+        });
+        Neighbourhood { samples, start }
     }
 
     /// [`interpolate_at`]`(r, base, phase)`, the same value, for `base` within `REACH` of the
@@ -616,6 +623,20 @@ mod tests {
                 "pair {p}: fft peak {} vs naive {naive}",
                 peak.lag
             );
+        }
+    }
+
+    #[test]
+    fn the_neighbourhood_copies_the_wrapped_samples() {
+        for n in [20usize, 40, 64, 100] {
+            let r: Vec<f32> = (0..n).map(|k| k as f32).collect();
+            for centre in -150..150isize {
+                let near = Neighbourhood::new(&r, centre);
+                for (k, &v) in near.samples.iter().enumerate() {
+                    let at = (near.start + k as isize).rem_euclid(n as isize) as usize;
+                    assert_eq!(v, r[at], "n {n}, centre {centre}, k {k}");
+                }
+            }
         }
     }
 
