@@ -17,6 +17,8 @@ use crate::engine::{EngineConfig, Metrics, RayFlag, SetEstimate, TapInstantSourc
 use crate::survey::Survey;
 use crate::tomogram::{Tomogram, TomogramConfig, reconstruct, render_png, title};
 
+mod pretty;
+
 /// The plain result as bytes, exactly what is saved and uploaded.
 pub fn plain_json(est: &SetEstimate) -> Vec<u8> {
     let m = est.plain_matrix();
@@ -79,8 +81,8 @@ struct Report<'a> {
     warnings: Vec<String>,
     metrics: Metrics,
     usable_rays: usize,
-    /// The reconstructed cross-section; null when too few rays were usable.
-    tomogram: Option<TomogramReport>,
+    // Last, `tomogram`: the reconstructed cross-section, null when too few rays were usable.
+    // [`report_json`] writes it by hand after the fields above.
 }
 
 /// The tomogram in the report: `velocity_m_s[row][col]` in m/s, row 0 at the top (+y), column
@@ -98,6 +100,38 @@ struct TomogramReport {
     ray_coverage: Vec<Vec<Option<u8>>>,
     low_coverage_rays: u8,
     low_coverage_share: f64,
+}
+
+impl TomogramReport {
+    /// Appends the object as `serde_json::to_vec_pretty` writes it at nesting `level`.
+    fn write_pretty(&self, out: &mut Vec<u8>, level: usize) {
+        let mut o = pretty::Object::new(out, level);
+        pretty::grid(
+            o.key("velocity_m_s"),
+            &self.velocity_m_s,
+            level + 1,
+            |out, v| match v {
+                Some(v) => pretty::tenths(out, *v),
+                None => out.extend_from_slice(b"null"),
+            },
+        );
+        pretty::scalar(o.key("n"), &self.n);
+        pretty::float(o.key("extent_m"), self.extent_m);
+        pretty::scalar(o.key("method"), self.method);
+        pretty::scalar(o.key("rays_used"), &self.rays_used);
+        pretty::grid(
+            o.key("ray_coverage"),
+            &self.ray_coverage,
+            level + 1,
+            |out, v| match v {
+                Some(v) => out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            },
+        );
+        pretty::scalar(o.key("low_coverage_rays"), &self.low_coverage_rays);
+        pretty::float(o.key("low_coverage_share"), self.low_coverage_share);
+        o.end();
+    }
 }
 
 impl From<&Tomogram> for TomogramReport {
@@ -170,6 +204,31 @@ pub fn report_json(
     survey: Option<&Survey>,
     diameter_warning: Option<&str>,
 ) -> Vec<u8> {
+    let report = report_fields(result_file, est, cfg, files, survey, diameter_warning);
+    // About 125 KB with the tomogram's grids.
+    let mut bytes = Vec::with_capacity(if tomogram.is_some() { 160_000 } else { 16_000 });
+    serde_json::to_writer_pretty(&mut bytes, &report).expect("the report always serialises");
+    // The tomogram is the last field: reopen the object after the field before it.
+    debug_assert!(bytes.ends_with(b"\n}"));
+    bytes.truncate(bytes.len() - 2);
+    bytes.extend_from_slice(b",\n  \"tomogram\": ");
+    match tomogram {
+        Some(t) => TomogramReport::from(t).write_pretty(&mut bytes, 1),
+        None => bytes.extend_from_slice(b"null"),
+    }
+    bytes.extend_from_slice(b"\n}\n");
+    bytes
+}
+
+/// The report's fields before the tomogram.
+fn report_fields<'a>(
+    result_file: &'a str,
+    est: &SetEstimate,
+    cfg: &'a EngineConfig,
+    files: &'a [TapFile; N_SENSORS],
+    survey: Option<&'a Survey>,
+    diameter_warning: Option<&str>,
+) -> Report<'a> {
     let opt = |m: &[[f64; N_SENSORS]; N_SENSORS]| -> Vec<Vec<Option<f64>>> {
         m.iter()
             .map(|row| {
@@ -191,7 +250,7 @@ pub fn report_json(
             }
         }
     }
-    let report = Report {
+    Report {
         result_file,
         tof_us: opt(&est.tof_us),
         velocity_m_s: opt(&est.velocity_m_s),
@@ -232,11 +291,7 @@ pub fn report_json(
             .chain(diameter_warning.map(str::to_string))
             .collect(),
         metrics: metrics(&est.velocity_m_s),
-        tomogram: tomogram.map(TomogramReport::from),
-    };
-    let mut bytes = serde_json::to_vec_pretty(&report).expect("the report always serialises");
-    bytes.push(b'\n');
-    bytes
+    }
 }
 
 /// The name of a set's results, `result_<device>_<unix>` (`result_<unix>` for legacy
@@ -497,6 +552,75 @@ mod tests {
         ] {
             assert_eq!(ResultName::parse(other), None, "{other}");
         }
+    }
+
+    /// The report as serde_json writes it whole: the fields, then the tomogram (as the report
+    /// was written before its grids were written by hand).
+    fn serde_report(
+        est: &SetEstimate,
+        cfg: &EngineConfig,
+        files: &[TapFile; N_SENSORS],
+        tomogram: Option<&Tomogram>,
+        survey: Option<&Survey>,
+    ) -> String {
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            #[serde(flatten)]
+            fields: Report<'a>,
+            tomogram: Option<TomogramReport>,
+        }
+        let whole = Whole {
+            fields: report_fields("r.json", est, cfg, files, survey, Some("a warning")),
+            tomogram: tomogram.map(TomogramReport::from),
+        };
+        String::from_utf8(serde_json::to_vec_pretty(&whole).unwrap()).unwrap() + "\n"
+    }
+
+    #[test]
+    fn the_report_is_what_serde_json_writes() {
+        use crate::engine::Engine;
+        use crate::simulate::{SimParams, read_set, simulate_many};
+        let cfg = EngineConfig::default();
+        let mut engine = Engine::new(cfg.clone());
+        let (files, _) = simulate_many(&SimParams::default(), 3, 5, true);
+        let mut with_tomogram = 0;
+        for set in files.chunks(N_SENSORS) {
+            let taps = read_set(set);
+            let est = engine.estimate(&taps.input).unwrap();
+            let tomogram = reconstruct(
+                &est.plain_matrix(),
+                cfg.diameter_m,
+                &TomogramConfig::default(),
+            )
+            .ok();
+            with_tomogram += usize::from(tomogram.is_some());
+            // Also a tomogram with odd cells: missing, NaN, negative zero, huge and tiny.
+            let odd = tomogram.clone().map(|mut t| {
+                let odd_values = [None, Some(f64::NAN), Some(-0.0), Some(1e300), Some(1e-9)];
+                for (k, v) in odd_values.into_iter().enumerate() {
+                    t.velocity_m_s[t.n / 2][k] = v;
+                }
+                t.extent_m = 0.1 + 0.2;
+                t
+            });
+            for t in [tomogram.as_ref(), odd.as_ref(), None] {
+                let ours = report_json(
+                    "r.json",
+                    &est,
+                    &cfg,
+                    &taps.files,
+                    t,
+                    None,
+                    Some("a warning"),
+                );
+                let theirs = serde_report(&est, &cfg, &taps.files, t, None);
+                assert!(
+                    String::from_utf8(ours).unwrap() == theirs,
+                    "the report differs"
+                );
+            }
+        }
+        assert_eq!(with_tomogram, 3);
     }
 
     #[test]

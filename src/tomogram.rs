@@ -22,6 +22,7 @@
 
 pub mod draw;
 mod font;
+pub mod indexed_png;
 
 use serde::Serialize;
 

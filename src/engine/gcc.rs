@@ -303,10 +303,17 @@ impl Neighbourhood {
     fn new(r: &[f32], centre: isize) -> Self {
         let n = r.len() as isize;
         let start = centre - HALF as isize + 1 - Self::REACH;
-        Neighbourhood {
-            samples: std::array::from_fn(|k| r[(start + k as isize).rem_euclid(n) as usize]),
-            start,
-        }
+        // One division for the first index; the others step on and wrap at the end.
+        let mut k = start.rem_euclid(n) as usize;
+        let samples = std::array::from_fn(|_| {
+            let v = r[k];
+            k += 1;
+            if k == r.len() {
+                k = 0;
+            }
+            v
+        });
+        Neighbourhood { samples, start }
     }
 
     /// [`interpolate_at`]`(r, base, phase)`, the same value, for `base` within `REACH` of the
@@ -323,6 +330,93 @@ impl Neighbourhood {
             interpolate_at(r, base, phase)
         }
     }
+
+    /// [`Neighbourhood::at`] at each of the positions `best + u/PHASES` of `us`, the same
+    /// values. Positions of one base sample whose phases step evenly by `stride` (1, or 8 for
+    /// the coarse search) go up to eight at a time: the base's taps are shared, and each tap
+    /// is multiplied by the eight phases' weights, which lie side by side in the transposed
+    /// table [`kernel_columns`], in one vector; each lane sums in tap order as [`dot`] does,
+    /// so the same bits.
+    fn values<const K: usize>(
+        &self,
+        r: &[f32],
+        best: isize,
+        us: [isize; K],
+        stride: usize,
+    ) -> [f64; K] {
+        let place = |u: isize| {
+            let pos = best * PHASES as isize + u;
+            (
+                pos.div_euclid(PHASES as isize),
+                pos.rem_euclid(PHASES as isize) as usize,
+            )
+        };
+        let columns = &kernel_columns()[stride.trailing_zeros() as usize];
+        let mut out = [0.0; K];
+        let mut k = 0;
+        while k < K {
+            let (base, phase) = place(us[k]);
+            // The run: following positions of the same base, `stride` phases apart.
+            let mut len = 1;
+            while len < COLUMN_LANES && k + len < K && {
+                let (b, p) = place(us[k + len]);
+                b == base && p == phase + len * stride
+            } {
+                len += 1;
+            }
+            let first = base - HALF as isize + 1 - self.start;
+            if phase % stride != 0 || first < 0 || first as usize + 2 * HALF > Self::SPAN {
+                for (o, &u) in out[k..k + len].iter_mut().zip(&us[k..k + len]) {
+                    let (base, phase) = place(u);
+                    *o = self.at(r, base, phase);
+                }
+            } else {
+                let x = &self.samples[first as usize..first as usize + 2 * HALF];
+                let col0 = phase / stride;
+                let mut acc = [0.0f32; COLUMN_LANES];
+                for (&x, weights) in x.iter().zip(columns.iter()) {
+                    let w = &weights[col0..col0 + COLUMN_LANES];
+                    for q in 0..COLUMN_LANES {
+                        acc[q] += x * w[q];
+                    }
+                }
+                for (o, a) in out[k..k + len].iter_mut().zip(acc) {
+                    *o = a as f64;
+                }
+            }
+            k += len;
+        }
+        out
+    }
+}
+
+/// Lanes of [`Neighbourhood::values`]: the phases one run takes.
+const COLUMN_LANES: usize = 8;
+
+/// [`kernel_table`] transposed, `[tap][phase / stride]`, for the strides 1 and 8 (index
+/// log₂ stride, so 0 and 3; the others are empty), each row padded with zeros so that any
+/// run of [`COLUMN_LANES`] phases starting at a phase can be loaded.
+fn kernel_columns() -> &'static [Vec<[f32; PHASES + COLUMN_LANES]>; 4] {
+    static COLUMNS: std::sync::OnceLock<[Vec<[f32; PHASES + COLUMN_LANES]>; 4]> =
+        std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        let table = kernel_table();
+        std::array::from_fn(|log_stride| {
+            if log_stride != 0 && log_stride != 3 {
+                return Vec::new();
+            }
+            let stride = 1 << log_stride;
+            (0..2 * HALF)
+                .map(|t| {
+                    let mut row = [0.0; PHASES + COLUMN_LANES];
+                    for (c, w) in row.iter_mut().take(PHASES / stride).enumerate() {
+                        *w = table[c * stride][t];
+                    }
+                    row
+                })
+                .collect()
+        })
+    })
 }
 
 /// A correlation peak inside a lag window.
@@ -365,30 +459,26 @@ pub fn find_peak(r: &[f32], lo: isize, hi: isize) -> Option<Peak> {
     let on_edge = best == lo || best == hi;
     // Positions in units of 1/PHASES sample, relative to `best`.
     let near = Neighbourhood::new(r, best);
-    let value = |u: isize| -> f64 {
-        let pos = best * PHASES as isize + u;
-        near.at(
-            r,
-            pos.div_euclid(PHASES as isize),
-            pos.rem_euclid(PHASES as isize) as usize,
-        )
-    };
     let coarse = (PHASES / 8) as isize;
-    let mut top = (0isize, value(0));
-    for s in -8..=8isize {
-        let v = value(s * coarse);
-        if v > top.1 {
-            top = (s * coarse, v);
-        }
-    }
-    let centre = top.0;
-    for u in (centre - coarse + 1)..(centre + coarse) {
-        let v = value(u);
+    // The values of each stage are computed together (their dot products interleave, each
+    // summed in tap order as [`dot`] sums it, so the same bits) and compared in order after.
+    let us: [isize; 17] = std::array::from_fn(|k| (k as isize - 8) * coarse);
+    let coarse_values = near.values(r, best, us, coarse as usize);
+    let mut top = (0isize, coarse_values[8]);
+    for (&u, &v) in us.iter().zip(&coarse_values) {
         if v > top.1 {
             top = (u, v);
         }
     }
-    let (y0, y1, y2) = (value(top.0 - 1), top.1, value(top.0 + 1));
+    let centre = top.0;
+    let us: [isize; 15] = std::array::from_fn(|k| centre - coarse + 1 + k as isize);
+    for (&u, &v) in us.iter().zip(&near.values(r, best, us, 1)) {
+        if v > top.1 {
+            top = (u, v);
+        }
+    }
+    let [y0, y2] = near.values(r, best, [top.0 - 1, top.0 + 1], 1);
+    let y1 = top.1;
     let denom = y0 - 2.0 * y1 + y2;
     let shift = if denom < 0.0 {
         (0.5 * (y0 - y2) / denom).clamp(-1.0, 1.0)
@@ -533,6 +623,63 @@ mod tests {
                 "pair {p}: fft peak {} vs naive {naive}",
                 peak.lag
             );
+        }
+    }
+
+    #[test]
+    fn the_neighbourhood_copies_the_wrapped_samples() {
+        for n in [20usize, 40, 64, 100] {
+            let r: Vec<f32> = (0..n).map(|k| k as f32).collect();
+            for centre in -150..150isize {
+                let near = Neighbourhood::new(&r, centre);
+                for (k, &v) in near.samples.iter().enumerate() {
+                    let at = (near.start + k as isize).rem_euclid(n as isize) as usize;
+                    assert_eq!(v, r[at], "n {n}, centre {centre}, k {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn peak_values_in_runs_are_the_bits_of_one_at_a_time() {
+        let mut rng = Rng::new(31);
+        for case in 0..2000 {
+            let n = [64, 100, 512][case % 3];
+            let r: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let best = (rng.next_u64() % n as u64) as isize - (case % 2) as isize * 5;
+            let near = Neighbourhood::new(&r, best);
+            let one = |u: isize| {
+                let pos = best * PHASES as isize + u;
+                near.at(
+                    &r,
+                    pos.div_euclid(PHASES as isize),
+                    pos.rem_euclid(PHASES as isize) as usize,
+                )
+            };
+            let coarse: [isize; 17] = std::array::from_fn(|k| (k as isize - 8) * 8);
+            let centre = (rng.next_u64() % 17) as isize * 8 - 64;
+            let fine: [isize; 15] = std::array::from_fn(|k| centre - 7 + k as isize);
+            // Positions out of the neighbourhood (the general path) and odd strides.
+            let far: [isize; 5] = std::array::from_fn(|k| (k as isize - 2) * 300);
+            let odd: [isize; 9] = std::array::from_fn(|k| k as isize * 3 - 11);
+            for (us, stride) in [
+                (&coarse[..], 8),
+                (&fine[..], 1),
+                (&far[..], 1),
+                (&odd[..], 1),
+                (&odd[..], 8),
+                (&fine[..], 8),
+            ] {
+                let got: Vec<f64> = match us.len() {
+                    17 => near.values(&r, best, coarse, stride).to_vec(),
+                    15 => near.values(&r, best, fine, stride).to_vec(),
+                    5 => near.values(&r, best, far, stride).to_vec(),
+                    _ => near.values(&r, best, odd, stride).to_vec(),
+                };
+                for (&u, g) in us.iter().zip(got) {
+                    assert_eq!(g.to_bits(), one(u).to_bits(), "case {case}, u {u}");
+                }
+            }
         }
     }
 

@@ -74,13 +74,16 @@ pub fn colour(f: f64) -> [u8; 3] {
 /// scale. A level is 1/502 of the scale from any fraction, so a channel differs from the exact
 /// [`colour`] by at most 3 of 255 (the steepest stretch of the scale changes a channel by 230
 /// over 0.25 of it).
-fn palette() -> Vec<u8> {
-    FIXED
-        .iter()
-        .copied()
-        .chain((0..SCALE_LEVELS).map(|k| colour(k as f64 / (SCALE_LEVELS - 1) as f64)))
-        .flatten()
-        .collect()
+fn palette() -> &'static [u8] {
+    static PALETTE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PALETTE.get_or_init(|| {
+        FIXED
+            .iter()
+            .copied()
+            .chain((0..SCALE_LEVELS).map(|k| colour(k as f64 / (SCALE_LEVELS - 1) as f64)))
+            .flatten()
+            .collect()
+    })
 }
 
 /// The palette level nearest to `f` (clamped to [0, 1]; not finite: 0).
@@ -207,17 +210,7 @@ impl Canvas {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut out, WIDTH as u32, HEIGHT as u32);
-            enc.set_color(png::ColorType::Indexed);
-            enc.set_depth(png::BitDepth::Eight);
-            enc.set_palette(palette());
-            let mut w = enc.write_header().expect("writing to memory cannot fail");
-            w.write_image_data(&self.px)
-                .expect("the buffer matches the header");
-        }
-        out
+        super::indexed_png::encode(WIDTH, HEIGHT, palette(), &self.px)
     }
 }
 
@@ -517,6 +510,67 @@ fn hatch_low_coverage(cv: &mut Canvas, t: &Tomogram) {
 /// Pixels between the hatch lines of [`hatch_low_coverage`].
 const HATCH_PITCH: i64 = 7;
 
+/// The colour scale's bar: left, top, width, height (px).
+const SCALE_BAR: (i64, i64, i64, i64) = (612, 130, 30, 440);
+
+/// What every picture draws the same over the cross-section, in this order: the outline, the
+/// sensors numbered 1–8 outside it, the units, the colour scale (fast at the top), its frame
+/// and its six tick marks.
+fn draw_fixed(cv: &mut Canvas) {
+    let (cx, cy) = CENTRE;
+    cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
+    for k in 0..crate::device::N_SENSORS {
+        let a = k as f64 * std::f64::consts::TAU / crate::device::N_SENSORS as f64;
+        let (dx, dy) = (a.cos(), -a.sin());
+        let at = (cx + RADIUS_PX * dx, cy + RADIUS_PX * dy);
+        cv.ring(at, 0.0, 8.0, BLACK);
+        cv.ring(at, 0.0, 4.5, WHITE);
+        let label = format!("{}", k + 1);
+        let scale = 3;
+        let (w, h) = (text_width(&label, scale), GLYPH_H as i64 * scale);
+        let (lx, ly) = (cx + (RADIUS_PX + 26.0) * dx, cy + (RADIUS_PX + 26.0) * dy);
+        cv.text(lx as i64 - w / 2, ly as i64 - h / 2, &label, scale, BLACK);
+    }
+    let (bx, by, bw, bh) = SCALE_BAR;
+    cv.text(bx - 4, by - 30, "m/s", 2, BLACK);
+    for y in 0..bh {
+        let f = 1.0 - y as f64 / (bh - 1) as f64;
+        cv.rect(bx, by + y, bw, 1, scale_ink(f));
+    }
+    for (x, y, w, h) in [
+        (bx - 1, by - 1, bw + 2, 1),
+        (bx - 1, by + bh, bw + 2, 1),
+        (bx - 1, by - 1, 1, bh + 2),
+        (bx + bw, by - 1, 1, bh + 2),
+    ] {
+        cv.rect(x, y, w, h, BLACK);
+    }
+    let ticks = 5;
+    for k in 0..=ticks {
+        let f = k as f64 / ticks as f64;
+        let y = by + ((1.0 - f) * (bh - 1) as f64).round() as i64;
+        cv.rect(bx + bw, y, 6, 1, BLACK);
+    }
+}
+
+/// The pixels [`draw_fixed`] sets and the ink each ends with, computed once: drawn on two
+/// canvases of different inks, a pixel was set where either changed.
+fn fixed_layer() -> &'static [(u32, Ink)] {
+    static LAYER: std::sync::OnceLock<Vec<(u32, Ink)>> = std::sync::OnceLock::new();
+    LAYER.get_or_init(|| {
+        let (mut a, mut b) = (Canvas::new(), Canvas::new());
+        b.px.fill(BLACK);
+        draw_fixed(&mut a);
+        draw_fixed(&mut b);
+        a.px.iter()
+            .zip(&b.px)
+            .enumerate()
+            .filter(|&(_, (&a, &b))| a != WHITE || b != BLACK)
+            .map(|(k, (&a, _))| (k as u32, a))
+            .collect()
+    })
+}
+
 /// Draws the tomogram under `title` and returns the PNG file's bytes.
 pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     let mut cv = Canvas::new();
@@ -542,44 +596,18 @@ pub fn render_png(t: &Tomogram, title: &str) -> Vec<u8> {
     // The cross-section.
     cross_section(&mut cv, &Grid::new(t), lo, per_velocity);
     hatch_low_coverage(&mut cv, t);
-    let (cx, cy) = CENTRE;
-    cv.ring(CENTRE, RADIUS_PX - 1.0, RADIUS_PX + 2.0, BLACK);
-
-    // Sensors, numbered 1–8 outside the outline.
-    for k in 0..crate::device::N_SENSORS {
-        let a = k as f64 * std::f64::consts::TAU / crate::device::N_SENSORS as f64;
-        let (dx, dy) = (a.cos(), -a.sin());
-        let at = (cx + RADIUS_PX * dx, cy + RADIUS_PX * dy);
-        cv.ring(at, 0.0, 8.0, BLACK);
-        cv.ring(at, 0.0, 4.5, WHITE);
-        let label = format!("{}", k + 1);
-        let scale = 3;
-        let (w, h) = (text_width(&label, scale), GLYPH_H as i64 * scale);
-        let (lx, ly) = (cx + (RADIUS_PX + 26.0) * dx, cy + (RADIUS_PX + 26.0) * dy);
-        cv.text(lx as i64 - w / 2, ly as i64 - h / 2, &label, scale, BLACK);
+    // The outline, the sensors, the colour scale and its tick marks: the same pixels in every
+    // picture, drawn once.
+    for &(k, ink) in fixed_layer() {
+        cv.px[k as usize] = ink;
     }
-
-    // The colour scale, fast at the top.
-    let (bx, by, bw, bh) = (612i64, 130i64, 30i64, 440i64);
-    cv.text(bx - 4, by - 30, "m/s", 2, BLACK);
-    for y in 0..bh {
-        let f = 1.0 - y as f64 / (bh - 1) as f64;
-        cv.rect(bx, by + y, bw, 1, scale_ink(f));
-    }
-    for (x, y, w, h) in [
-        (bx - 1, by - 1, bw + 2, 1),
-        (bx - 1, by + bh, bw + 2, 1),
-        (bx - 1, by - 1, 1, bh + 2),
-        (bx + bw, by - 1, 1, bh + 2),
-    ] {
-        cv.rect(x, y, w, h, BLACK);
-    }
+    // The tick labels, beside the marks (they share no pixel with the fixed layer).
+    let (bx, by, bw, bh) = SCALE_BAR;
     let ticks = 5;
     for k in 0..=ticks {
         let f = k as f64 / ticks as f64;
         let v = lo + f * (fastest - lo);
         let y = by + ((1.0 - f) * (bh - 1) as f64).round() as i64;
-        cv.rect(bx + bw, y, 6, 1, BLACK);
         cv.text(
             bx + bw + 9,
             y - GLYPH_H as i64 + 1,
@@ -833,6 +861,26 @@ mod tests {
             }
         }
         assert!(coloured > 30_000, "{coloured}");
+    }
+
+    #[test]
+    fn the_fixed_layer_is_what_drawing_the_fixed_parts_gives_over_any_picture() {
+        let mut rng = crate::rng::Rng::new(41);
+        for _ in 0..3 {
+            let mut drawn = Canvas::new();
+            for p in drawn.px.iter_mut() {
+                *p = rng.next_u64() as Ink;
+            }
+            let mut layered = Canvas {
+                px: drawn.px.clone(),
+            };
+            draw_fixed(&mut drawn);
+            for &(k, ink) in fixed_layer() {
+                layered.px[k as usize] = ink;
+            }
+            assert!(drawn.px == layered.px);
+        }
+        assert!(fixed_layer().len() > 10_000);
     }
 
     #[test]

@@ -182,10 +182,17 @@ fn reciprocal_windows(
 ) -> (Vec<f32>, Vec<f32>) {
     let start = (pick_ij.min(pick_ji) - RECIPROCAL_PRE * dt).max(0.0);
     let len = RECIPROCAL_WINDOW;
-    let taper = |mut w: Vec<f32>| -> Vec<f32> {
-        for (k, v) in w.iter_mut().enumerate() {
+    // The taper's weights, computed once (the same expression, so the same values).
+    static TAPER: std::sync::OnceLock<[f32; RECIPROCAL_WINDOW]> = std::sync::OnceLock::new();
+    let weights = TAPER.get_or_init(|| {
+        std::array::from_fn(|k| {
             let h = 0.5 - 0.5 * (std::f64::consts::TAU * (k as f64 + 0.5) / len as f64).cos();
-            *v *= h.sqrt() as f32;
+            h.sqrt() as f32
+        })
+    });
+    let taper = |mut w: Vec<f32>| -> Vec<f32> {
+        for (v, h) in w.iter_mut().zip(weights) {
+            *v *= h;
         }
         w
     };

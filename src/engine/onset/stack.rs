@@ -102,9 +102,16 @@ const RAY_PRE: usize = 3;
 fn ray_window(tap: &Prepared, j: usize, pick_us: f64, dt: f64) -> (f64, Vec<f32>) {
     let start = (pick_us - RAY_PRE as f64 * dt).max(0.0);
     let mut window = resample(&tap.channels[j], &tap.t_us, start, dt, RAY_WINDOW);
-    for (k, v) in window.iter_mut().enumerate().skip(RAY_WINDOW / 2) {
-        let x = (k - RAY_WINDOW / 2) as f64 / (RAY_WINDOW / 2) as f64;
-        *v *= (0.5 + 0.5 * (std::f64::consts::PI * x).cos()) as f32;
+    // The tail's weights, computed once (the same expression, so the same values).
+    static TAIL: std::sync::OnceLock<[f32; RAY_WINDOW / 2]> = std::sync::OnceLock::new();
+    let tail = TAIL.get_or_init(|| {
+        std::array::from_fn(|m| {
+            let x = m as f64 / (RAY_WINDOW / 2) as f64;
+            (0.5 + 0.5 * (std::f64::consts::PI * x).cos()) as f32
+        })
+    });
+    for (v, w) in window[RAY_WINDOW / 2..].iter_mut().zip(tail) {
+        *v *= w;
     }
     (start, window)
 }
