@@ -53,6 +53,12 @@ pub struct Pick {
     pub bracket_us: (f64, f64),
     /// The side the rise leaves the rest level to: +1 or −1.
     pub polarity: f64,
+    /// The last quiet sample's deviation from the rest level, on the arrival's side, in noise
+    /// sigmas: well above 0 where a slow rise may have begun within the noise.
+    pub quiet_sigmas: f64,
+    /// The ray's chord class carries one waveform (set by the class refinement, `false`
+    /// until then).
+    pub one_waveform: bool,
 }
 
 /// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
@@ -175,6 +181,8 @@ pub fn pick_from(
         hidden_arrival: loud_before >= HIDDEN_SAMPLES,
         bracket_us: (t_us[k_s - 1], t_us[k_s]),
         polarity,
+        quiet_sigmas: y(k_s - 1) / sigma,
+        one_waveform: false,
     })
 }
 

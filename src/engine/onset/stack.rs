@@ -249,6 +249,7 @@ pub(super) fn refine_class(
     };
     for ((&(i, j), &x), &f) in rays.iter().zip(&x).zip(&flipped) {
         if let Some(p) = picks[i][j].as_mut() {
+            p.one_waveform = one_waveform;
             let refined = x + level;
             // A ray the correlations disagree with by over a sample keeps its pick (but for one
             // picked on a later lobe of its class's one waveform, which they may move earlier
