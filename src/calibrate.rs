@@ -378,7 +378,7 @@ mod tests {
             );
             // The picker's own bias on these four sets: −3.8 µs before the two brackets of a
             // path bounded a pick from below as well (where the record shows no slow rise),
-            // −4.5 µs since (0.17 of a sample; `shared` on `evaluate`'s 30 sets unchanged).
+            // −4.2 µs since (0.16 of a sample; `shared` on `evaluate`'s 30 sets unchanged).
             assert!(
                 after.abs() < 5.0,
                 "{truth}: bias {after} µs at lead {}",

@@ -59,6 +59,8 @@ pub struct Pick {
     /// The ray's chord class carries one waveform (set by the class refinement, `false`
     /// until then).
     pub one_waveform: bool,
+    /// The rise shows on one sample (or clips): the pick is its bracket's middle, not a fit.
+    pub one_sample: bool,
 }
 
 /// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
@@ -137,7 +139,8 @@ pub fn pick_from(
     }
     let clipped = clipped_at(raw[k1]);
     let fit_end = if clipped { k1 - 1 } else { k_hi };
-    let t_a = if clipped || fit_end <= k_s {
+    let one_sample = clipped || fit_end <= k_s;
+    let t_a = if one_sample {
         // One rising sample (or a clipped one): the onset lies between the last quiet sample
         // and it, and nothing inside says where; the middle is unbiased. The chord-class
         // refinement below narrows it down with the help of the other rays.
@@ -183,6 +186,7 @@ pub fn pick_from(
         polarity,
         quiet_sigmas: y(k_s - 1) / sigma,
         one_waveform: false,
+        one_sample,
     })
 }
 
