@@ -59,30 +59,25 @@ pub(super) fn grid<T>(
     level: usize,
     mut cell: impl FnMut(&mut Vec<u8>, &T),
 ) {
-    if rows.is_empty() {
+    seq(out, rows, level, |out, row| {
+        seq(out, row, level + 1, &mut cell)
+    });
+}
+
+/// A sequence at nesting `level`, each item written by `item` on a line of its own; `[]`
+/// where empty.
+fn seq<T>(out: &mut Vec<u8>, items: &[T], level: usize, mut item: impl FnMut(&mut Vec<u8>, &T)) {
+    if items.is_empty() {
         out.extend_from_slice(b"[]");
         return;
     }
     out.push(b'[');
-    for (r, row) in rows.iter().enumerate() {
-        if r > 0 {
+    for (k, v) in items.iter().enumerate() {
+        if k > 0 {
             out.push(b',');
         }
         newline(out, level + 1);
-        if row.is_empty() {
-            out.extend_from_slice(b"[]");
-            continue;
-        }
-        out.push(b'[');
-        for (c, v) in row.iter().enumerate() {
-            if c > 0 {
-                out.push(b',');
-            }
-            newline(out, level + 2);
-            cell(out, v);
-        }
-        newline(out, level + 1);
-        out.push(b']');
+        item(out, v);
     }
     newline(out, level);
     out.push(b']');
