@@ -67,6 +67,15 @@ pub enum Lane {
 impl Lane {
     pub const ALL: [Lane; 3] = [Lane::Ftp, Lane::Amqp, Lane::Local];
 
+    /// Its name, as in its thread's name (`delivery-<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Ftp => "ftp",
+            Lane::Amqp => "amqp",
+            Lane::Local => "local",
+        }
+    }
+
     /// The lane that carries `step`.
     pub fn of(step: Step) -> Lane {
         match step {

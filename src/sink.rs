@@ -363,7 +363,7 @@ impl Delivery {
             let (finished_tx, finished) = crossbeam_channel::bounded::<()>(1);
             let (cfg, journal, reports) = (cfg.clone(), journal.clone(), reports.clone());
             let thread = std::thread::Builder::new()
-                .name(format!("delivery-{}", lane_name(lane)))
+                .name(format!("delivery-{}", lane.name()))
                 .spawn(move || {
                     // Dropped when the loop ends, however it ends.
                     let _finished = finished_tx;
@@ -394,14 +394,6 @@ impl Delivery {
     }
 }
 
-fn lane_name(lane: Lane) -> &'static str {
-    match lane {
-        Lane::Ftp => "ftp",
-        Lane::Amqp => "amqp",
-        Lane::Local => "local",
-    }
-}
-
 impl Drop for Delivery {
     fn drop(&mut self) {
         let deadline = Instant::now() + STOP_GRACE;
@@ -412,7 +404,7 @@ impl Drop for Delivery {
             if let Err(RecvTimeoutError::Timeout) = l.finished.recv_deadline(deadline) {
                 log::warn!(
                     "delivery ({}) is still waiting on a server; leaving it, the journal keeps its set",
-                    lane_name(l.lane)
+                    l.lane.name()
                 );
                 continue;
             }
@@ -442,10 +434,10 @@ struct Driver {
 impl Driver {
     fn new(lane: Lane, cfg: DeliveryConfig, journal: Arc<Mutex<Journal>>) -> Driver {
         // Another folder of the same FTP server, over a connection of its own.
-        let ftp_folder = |folder: &Option<String>| {
+        let ftp_folder = |folder: fn(&FtpConfig) -> &Option<String>| {
             let f = cfg.ftp.as_ref()?;
             Some(FtpSink::new(FtpConfig {
-                folder: folder.clone()?,
+                folder: folder(f).clone()?,
                 upload_png: false,
                 ..f.clone()
             }))
@@ -455,7 +447,7 @@ impl Driver {
         match lane {
             Lane::Ftp => {
                 ftp = cfg.ftp.clone().map(FtpSink::new);
-                archive = ftp_folder(&cfg.ftp.as_ref().and_then(|f| f.archive_folder.clone()));
+                archive = ftp_folder(|f| &f.archive_folder);
             }
             Lane::Amqp => {
                 amqp = cfg.amqp.clone().map(AmqpSink::new);
@@ -465,7 +457,7 @@ impl Driver {
                 });
             }
             Lane::Local => {
-                source = ftp_folder(&cfg.ftp.as_ref().and_then(|f| f.source_folder.clone()));
+                source = ftp_folder(|f| &f.source_folder);
             }
         }
         Driver {

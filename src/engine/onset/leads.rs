@@ -116,8 +116,8 @@ pub(super) fn reciprocal_equations(
 /// on the arrival's side, less [`LOWER_SLACK`] of a sample. A pick that is its own bracket's
 /// middle (a rise on one sample) then goes to the middle of the two brackets' overlap; a
 /// fitted one is only brought inside the overlap (on a clean rise the fit is finer than any
-/// bracket). Pairs whose picks changed since `correlated` (picked again
-/// after the correlations were cut) are left alone.
+/// bracket). Pairs whose picks changed since `correlated` (picked again after the
+/// correlations were cut) are left alone.
 pub(super) fn bound_by_reciprocals(
     picks: &mut Picks,
     correlated: &Picks,
