@@ -436,14 +436,9 @@ pub fn prepare(tap: &Recording, segment: usize) -> Prepared {
         .map(|&t| (t - t0) as f64 / 1000.0)
         .collect();
     let raw: [Vec<f32>; N_SENSORS] = std::array::from_fn(|k| tap.channels()[k][..n].to_vec());
-    // The rest level is the median of the whole channel, selected in one buffer reused for
-    // every channel (selection reorders, and the recording is not ours to reorder).
-    let mut whole: Vec<f32> = Vec::with_capacity(tap.n_samples());
+    let (mut scratch, mut counts) = (Vec::new(), Vec::new());
     let channels = std::array::from_fn(|k| {
-        whole.clear();
-        whole.extend_from_slice(&tap.channels()[k]);
-        let mid = whole.len() / 2;
-        let rest = *whole.select_nth_unstable_by(mid, f32::total_cmp).1;
+        let rest = rest_level(&tap.channels()[k], &mut scratch, &mut counts);
         raw[k].iter().map(|&x| x - rest).collect()
     });
     Prepared {
@@ -452,6 +447,86 @@ pub fn prepare(tap: &Recording, segment: usize) -> Prepared {
         dt_us: tap.mean_dt_us(),
         raw,
     }
+}
+
+/// A channel's rest level: the median of the whole channel, the value at index `len / 2` in
+/// `f32::total_cmp` order (the upper of the two middle values of an even count). ADC counts,
+/// whole numbers in 0..4096, are searched for ([`median_of_counts`], in `counts`); anything
+/// else is selected in `scratch`, a copy (selection reorders, and the recording is not ours
+/// to reorder).
+fn rest_level(xs: &[f32], scratch: &mut Vec<f32>, counts: &mut Vec<u16>) -> f32 {
+    if let Some(rest) = median_of_counts(xs, counts) {
+        return rest;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(xs);
+    let mid = scratch.len() / 2;
+    *scratch.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+/// The value at index `len / 2` of `xs` sorted, where every value is a whole number in
+/// 0..4096 (+0.0, never −0.0), else `None`, as is an empty `xs`. The values go to `counts`
+/// as 16-bit integers, then a binary search over the 4096 possible values counts at each
+/// step the values at most its middle: twelve passes of 16 lanes, about three times as fast
+/// as selecting (0.3 against 1.05 µs for 500 samples on the machine of docs/performance.md).
+fn median_of_counts(xs: &[f32], counts: &mut Vec<u16>) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { median_of_counts_avx2(xs, counts) };
+    }
+    median_of_counts_in(xs, counts)
+}
+
+/// [`median_of_counts_in`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn median_of_counts_avx2(xs: &[f32], counts: &mut Vec<u16>) -> Option<f32> {
+    median_of_counts_in(xs, counts)
+}
+
+/// See [`median_of_counts`].
+#[inline(always)]
+fn median_of_counts_in(xs: &[f32], counts: &mut Vec<u16>) -> Option<f32> {
+    // Positive floats order as their bits: −0.0, negatives and NaNs have bits above 4095's.
+    const MAX_BITS: u32 = 0x457F_F000;
+    debug_assert_eq!(MAX_BITS, 4095.0f32.to_bits());
+    counts.clear();
+    counts.resize(xs.len(), 0);
+    let mut whole = true;
+    for (c, &x) in counts.iter_mut().zip(xs) {
+        // A whole number below 2²³ is the low bits of itself plus 2²³ (a conversion
+        // that does not vectorise otherwise); for any other value `v` is wrong and is seen.
+        let v = ((x + 8_388_608.0).to_bits() & 0xFFF) as u16;
+        whole &= (x.to_bits() <= MAX_BITS) & (f32::from(v) == x);
+        *c = v;
+    }
+    if xs.is_empty() || !whole {
+        return None;
+    }
+    Some(f32::from(median_of_12_bits(counts)))
+}
+
+/// The value at index `len / 2` of `v` (not empty, every value below 4096) sorted: the least
+/// value with more than `len / 2` values at most it.
+#[inline(always)]
+fn median_of_12_bits(v: &[u16]) -> u16 {
+    let mid = v.len() / 2;
+    let (mut lo, mut hi) = (0u16, 4095u16);
+    while lo < hi {
+        let m = (lo + hi) / 2;
+        // Sums of at most 2¹⁵ ones fit in 16 bits.
+        let at_most: usize = v
+            .chunks(1 << 15)
+            .map(|c| usize::from(c.iter().map(|&x| u16::from(x <= m)).sum::<u16>()))
+            .sum();
+        if at_most > mid {
+            hi = m;
+        } else {
+            lo = m + 1;
+        }
+    }
+    lo
 }
 
 /// Largest lag (samples) the window allows for a tap: the longest chord at the slowest
@@ -562,5 +637,76 @@ pub(crate) fn finish(cfg: &EngineConfig, est: &mut SetEstimate) {
                 est.flags[i][j] = RayFlag::ReciprocityMismatch;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn selected(xs: &[f32]) -> f32 {
+        let mut v = xs.to_vec();
+        let mid = v.len() / 2;
+        *v.select_nth_unstable_by(mid, f32::total_cmp).1
+    }
+
+    #[test]
+    fn the_counted_rest_level_is_the_selected_one() {
+        let mut rng = Rng::new(17);
+        for case in 0..3000 {
+            let len = 1 + (rng.next_u64() % 700) as usize;
+            // Narrow and wide spreads, clipped channels, and values at both ends of 12 bits.
+            let (centre, spread) = match case % 4 {
+                0 => (2048.0, 5.0),
+                1 => (rng.uniform(0.0, 4095.0), rng.uniform(0.0, 2000.0)),
+                2 => (4095.0, 30.0),
+                _ => (0.0, 30.0),
+            };
+            let xs: Vec<f32> = (0..len)
+                .map(|_| {
+                    // `+ 0.0` turns a rounded −0.0 into a count.
+                    ((centre + spread * rng.normal()).round().clamp(0.0, 4095.0) + 0.0) as f32
+                })
+                .collect();
+            let (mut scratch, mut counts) = (Vec::new(), Vec::new());
+            assert_eq!(
+                median_of_counts(&xs, &mut counts).map(f32::to_bits),
+                Some(selected(&xs).to_bits()),
+                "case {case}"
+            );
+            assert_eq!(
+                rest_level(&xs, &mut scratch, &mut counts).to_bits(),
+                selected(&xs).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_counts_are_selected() {
+        let cases: [&[f32]; 6] = [
+            &[1.0, 2.5, 3.0],
+            &[1.0, -0.0, 3.0, 0.0],
+            &[-1.0, 2.0, 3.0],
+            &[4096.0, 1.0, 2.0],
+            &[f32::NAN, 1.0, 2.0],
+            &[],
+        ];
+        let (mut scratch, mut counts) = (Vec::new(), Vec::new());
+        for xs in cases {
+            assert_eq!(median_of_counts(xs, &mut counts), None, "{xs:?}");
+        }
+        for xs in &cases[..5] {
+            assert_eq!(
+                rest_level(xs, &mut scratch, &mut counts).to_bits(),
+                selected(xs).to_bits(),
+                "{xs:?}"
+            );
+        }
+        // −0.0 sorts before +0.0: a selected rest level keeps its sign.
+        assert_eq!(
+            rest_level(&[-0.0, -0.0, 0.0], &mut scratch, &mut counts).to_bits(),
+            (-0.0f32).to_bits()
+        );
     }
 }
