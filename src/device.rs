@@ -326,16 +326,28 @@ pub fn read_tap_file(path: &Path) -> Result<TapRecording, ReadError> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| err(ReadErrorKind::BadName("not valid UTF-8".into())))?;
     let name = TapName::from_path(path).map_err(err)?;
-    let size = std::fs::metadata(path)
-        .map_err(|e| err(ReadErrorKind::Io(e.to_string())))?
-        .len();
+    use std::io::Read;
+    // One open and one fstat: the path is looked up once.
+    let io = |e: std::io::Error| err(ReadErrorKind::Io(e.to_string()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
     if size > MAX_FILE_BYTES {
         return Err(err(ReadErrorKind::TooLarge {
             size,
             limit: MAX_FILE_BYTES,
         }));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(ReadErrorKind::Io(e.to_string())))?;
+    // A file still growing is read up to one byte past the limit, which is then seen.
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(err(ReadErrorKind::TooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_FILE_BYTES,
+        }));
+    }
     parse_content(file_name, name, &bytes).map_err(err)
 }
 

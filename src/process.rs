@@ -141,12 +141,18 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             let mut here: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?
                 .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
-                .filter(|p| {
-                    !p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                .filter(|e| {
+                    let p = e.path();
+                    p.extension().is_some_and(|x| x == "json")
+                        && !e.file_name().to_string_lossy().starts_with('.')
+                        // The entry's type comes with the listing; only a link (or a file
+                        // system that does not say) costs a stat, to follow it.
+                        && match e.file_type() {
+                            Ok(t) if !t.is_symlink() => t.is_file(),
+                            _ => p.is_file(),
+                        }
                 })
+                .map(|e| e.path())
                 .collect();
             here.sort();
             files.extend(here);
@@ -614,6 +620,29 @@ mod tests {
             .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
+    }
+
+    /// A folder gives its `.json` files in name order, links to files followed; not
+    /// folders, hidden files, other extensions, nor links to folders or to nothing.
+    #[test]
+    fn a_folder_gives_its_json_files_and_links_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for n in ["b.json", "a.json", ".hidden.json", "c.txt"] {
+            std::fs::write(p(n), "[]").unwrap();
+        }
+        std::fs::create_dir(p("d.json")).unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(p("a.json"), p("e.json")).unwrap();
+            std::os::unix::fs::symlink(p("d.json"), p("f.json")).unwrap();
+            std::os::unix::fs::symlink(p("missing"), p("g.json")).unwrap();
+        }
+        let mut want = vec![p("a.json"), p("b.json")];
+        if cfg!(unix) {
+            want.push(p("e.json"));
+        }
+        assert_eq!(collect_inputs(&[dir.path().to_path_buf()]).unwrap(), want);
     }
 
     /// Sets estimated in one GPU batch (one of them with a survey's diameter, so in two
