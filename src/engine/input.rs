@@ -61,7 +61,15 @@ impl Recording {
                 min: MIN_SAMPLES,
             });
         }
-        if let Some(i) = timestamps_ns.windows(2).position(|w| w[1] <= w[0]) {
+        // Each rule is first checked over the whole vector without stopping (which
+        // vectorises), and the first offence is looked for only where there is one.
+        let increasing = timestamps_ns
+            .windows(2)
+            .fold(true, |all, w| all & (w[1] > w[0]));
+        if let Some(i) = (!increasing)
+            .then(|| timestamps_ns.windows(2).position(|w| w[1] <= w[0]))
+            .flatten()
+        {
             return Err(InputError::TimestampsNotIncreasing {
                 index: i + 1,
                 prev: timestamps_ns[i],
@@ -69,6 +77,9 @@ impl Recording {
             });
         }
         for (k, c) in channels.iter().enumerate() {
+            if c.iter().fold(true, |all, x| all & x.is_finite()) {
+                continue;
+            }
             if let Some(index) = c.iter().position(|x| !x.is_finite()) {
                 return Err(InputError::NonFiniteSample {
                     channel: k + 1,
