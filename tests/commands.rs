@@ -337,8 +337,8 @@ fn accuracy_on_the_simulator_grid() {
 /// from the amplifier alone). The goals (median ≤ 3 %, p90 ≤ 8 % at 40 dB) are not
 /// met on it: most rays show their first arrival on one or two samples only, with a shape of
 /// their own, so the class alignment cannot sharpen them (docs/accuracy.md). The bounds are
-/// guards about 1.25 times today's figures (40 dB: median 2.3 %, p90 8.7 %; 30 dB: 3.1 %,
-/// 12.7 %; 2.6 %, 9.8 % and 3.5 %, 12.7 % before the fits on two rising samples went to the
+/// guards about 1.25 times today's figures (40 dB: median 2.3 %, p90 8.6 %; 30 dB: 3.1 %,
+/// 12.5 %; 2.6 %, 9.8 % and 3.5 %, 12.7 % before the fits on two rising samples went to the
 /// middle of the two brackets' overlap too; before the two recordings of a path bounded a pick
 /// from below as well 3.0 %, 11.3 % and 3.7 %, 13.8 %). The engine before the noise-relative threshold, the coherence gate and
 /// the robust tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
@@ -360,7 +360,7 @@ fn accuracy_on_the_field_model() {
 /// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only, but
 /// the two recordings of a path, sampled at different phases, bound each other's arrival
 /// (docs/accuracy.md, the floor). The bounds are the goals (median ≤ 3 %, p90 ≤ 8 % at
-/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.85 %, 7.9 % and 1.95 %, 8.2 %; 2.1 %, 8.8 % and
+/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.84 %, 7.6 % and 1.93 %, 8.1 %; 2.1 %, 8.8 % and
 /// 2.1 %, 9.0 % before the fits on two rising samples went to the middle of the two brackets'
 /// overlap too, 2.9 %, 11.1 % and 3.0 %, 11.1 % before the lower bound).
 #[test]

@@ -145,7 +145,14 @@ pub(super) fn bound_by_reciprocals(
         if a.t_us - latest >= dt || b.t_us - (latest - d) >= dt {
             continue;
         }
-        let quiet = |p: &Pick| !p.one_waveform && p.quiet_sigmas <= QUIET_SIGMAS;
+        // Two rises that show on one sample each are abrupt: a last quiet sample a little out
+        // of the noise is more likely noise than the start of a slow rise there.
+        let limit = if a.one_sample && b.one_sample {
+            QUIET_SIGMAS_ABRUPT
+        } else {
+            QUIET_SIGMAS
+        };
+        let quiet = |p: &Pick| !p.one_waveform && p.quiet_sigmas <= limit;
         if quiet(&a) && quiet(&b) {
             let slack = LOWER_SLACK * dt;
             let earliest_a = a.bracket_us.0.max(b.bracket_us.0 + d - slack);
@@ -190,6 +197,8 @@ pub(super) fn bound_by_reciprocals(
 /// with `evaluate` (30 sets, seeds 1–3, 40 and 30 dB): at 2 sigmas `dispersive` p90 rose by up
 /// to 0.47 point, at 1 by at most 0.17.
 const QUIET_SIGMAS: f64 = 1.0;
+/// [`QUIET_SIGMAS`] where both rays' rises show on one sample each.
+const QUIET_SIGMAS_ABRUPT: f64 = 2.0;
 /// Samples the other direction's last quiet sample is moved earlier by before it bounds a pick
 /// from below ([`bound_by_reciprocals`]): a rise that began within the noise just before it.
 const LOWER_SLACK: f64 = 0.3;
@@ -510,6 +519,18 @@ mod tests {
         bound_by_reciprocals(&mut bounded, &own, &coherent, DT);
         assert_eq!(bounded[0][1].unwrap().t_us, 118.0);
         assert_eq!(bounded[1][0].unwrap().t_us, 94.5);
+        // Within two sigmas it may not where both rises show on one sample (abrupt rises), and
+        // may where a rise shows on several.
+        own[1][0] = single(picks[1][0], 1.5);
+        let mut bounded = own;
+        bound_by_reciprocals(&mut bounded, &own, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 113.0);
+        fit[0][1] = fitted(own[0][1], 112.0, false);
+        fit[1][0] = fitted(own[1][0], 85.0, false);
+        let mut bounded = fit;
+        bound_by_reciprocals(&mut bounded, &fit, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 112.0);
+        assert_eq!(bounded[1][0].unwrap().t_us, 85.0);
         // A bound more than a sample before the pick: one of them is off; neither moves.
         let far = [((0, 1, -30.0, RECIPROCAL_GCC_WEIGHT), 0.9)];
         let mut kept = picks;
