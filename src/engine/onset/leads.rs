@@ -113,11 +113,13 @@ pub(super) fn reciprocal_equations(
 /// where the record shows no such rise, i.e. both rays' chord classes do not carry one
 /// waveform (on a path with a pulse of its own the class cannot sharpen the pick, the
 /// brackets are all there is) and both last quiet samples stand at most [`QUIET_SIGMAS`] out
-/// on the arrival's side, less [`LOWER_SLACK`] of a sample. A pick that is its own bracket's
-/// middle (a rise on one sample) then goes to the middle of the two brackets' overlap; a
-/// fitted one is only brought inside the overlap (on a clean rise the fit is finer than any
-/// bracket). Pairs whose picks changed since `correlated` (picked again after the
-/// correlations were cut) are left alone.
+/// on the arrival's side, less [`LOWER_SLACK`] of a sample. A pick then goes to the middle of
+/// the two brackets' overlap, unless it is a sharp fit ([`Pick::sharp_fit`]: on a clean rise
+/// of several samples the fit is finer than any bracket), which is only brought inside the
+/// overlap. A pick on one rising sample is its bracket's middle, and a line through two rising
+/// samples, the second near the first lobe's top, runs back early: neither knows more than its
+/// bracket. Pairs whose picks changed since `correlated` (picked again after the correlations
+/// were cut) are left alone.
 pub(super) fn bound_by_reciprocals(
     picks: &mut Picks,
     correlated: &Picks,
@@ -143,7 +145,14 @@ pub(super) fn bound_by_reciprocals(
         if a.t_us - latest >= dt || b.t_us - (latest - d) >= dt {
             continue;
         }
-        let quiet = |p: &Pick| !p.one_waveform && p.quiet_sigmas <= QUIET_SIGMAS;
+        // Two rises that show on one sample each are abrupt: a last quiet sample a little out
+        // of the noise is more likely noise than the start of a slow rise there.
+        let limit = if a.one_sample && b.one_sample {
+            QUIET_SIGMAS_ABRUPT
+        } else {
+            QUIET_SIGMAS
+        };
+        let quiet = |p: &Pick| !p.one_waveform && p.quiet_sigmas <= limit;
         if quiet(&a) && quiet(&b) {
             let slack = LOWER_SLACK * dt;
             let earliest_a = a.bracket_us.0.max(b.bracket_us.0 + d - slack);
@@ -155,13 +164,14 @@ pub(super) fn bound_by_reciprocals(
                 && (a.t_us - middle_a).abs() < dt
                 && (b.t_us - middle_b).abs() < dt
             {
-                // A pick that is its own bracket's middle goes to the middle of the overlap; a
-                // fitted one stays where it is if both brackets allow it.
+                // A sharp fit stays where it is if both brackets allow it; any other pick (its
+                // bracket's middle, or a fit no finer than its bracket) goes to the middle of
+                // the overlap.
                 let place = |p: &mut Pick, lo: f64, hi: f64, middle: f64| {
-                    p.t_us = if p.one_sample {
-                        middle
-                    } else {
+                    p.t_us = if p.sharp_fit {
                         p.t_us.clamp(lo, hi)
+                    } else {
+                        middle
                     };
                 };
                 if let Some(p) = picks[i][j].as_mut() {
@@ -187,6 +197,8 @@ pub(super) fn bound_by_reciprocals(
 /// with `evaluate` (30 sets, seeds 1–3, 40 and 30 dB): at 2 sigmas `dispersive` p90 rose by up
 /// to 0.47 point, at 1 by at most 0.17.
 const QUIET_SIGMAS: f64 = 1.0;
+/// [`QUIET_SIGMAS`] where both rays' rises show on one sample each.
+const QUIET_SIGMAS_ABRUPT: f64 = 2.0;
 /// Samples the other direction's last quiet sample is moved earlier by before it bounds a pick
 /// from below ([`bound_by_reciprocals`]): a rise that began within the noise just before it.
 const LOWER_SLACK: f64 = 0.3;
@@ -435,6 +447,7 @@ mod tests {
             quiet_sigmas: 0.0,
             one_waveform: true,
             one_sample: true,
+            sharp_fit: false,
         };
         // 0→1 rises between 108 and 135 µs (picked at the middle, 121.5); 1→0, whose file
         // starts 10 µs later (α_01 − α_10 = 10 µs), between 81 and 108 µs: its first risen
@@ -472,22 +485,33 @@ mod tests {
         assert!(
             (bounded[1][0].unwrap().t_us - 0.5 * (108.0 - 10.0 - 0.3 * DT + 108.0)).abs() < 1e-9
         );
-        // Fitted picks (a rise on more than one sample) are kept where both brackets allow
+        // Sharp fits (a clean rise on several samples) are kept where both brackets allow
         // them, and brought inside otherwise: 0→1's overlap is 108–118 µs, 1→0's 89.9–108 µs.
-        let fitted = |p: Option<Pick>, t_us: f64| {
+        let fitted = |p: Option<Pick>, t_us: f64, sharp_fit: bool| {
             p.map(|p| Pick {
                 one_sample: false,
+                sharp_fit,
                 t_us,
                 ..p
             })
         };
         let mut fit = own;
-        fit[0][1] = fitted(own[0][1], 112.0);
-        fit[1][0] = fitted(own[1][0], 85.0);
+        fit[0][1] = fitted(own[0][1], 112.0, true);
+        fit[1][0] = fitted(own[1][0], 85.0, true);
         let mut bounded = fit;
         bound_by_reciprocals(&mut bounded, &fit, &coherent, DT);
         assert_eq!(bounded[0][1].unwrap().t_us, 112.0);
         assert!((bounded[1][0].unwrap().t_us - (108.0 - 10.0 - 0.3 * DT)).abs() < 1e-9);
+        // Fits that are not sharp (a line through two rising samples) know no more than their
+        // brackets: both go to the middle of the overlap, as the brackets' middles do.
+        fit[0][1] = fitted(own[0][1], 112.0, false);
+        fit[1][0] = fitted(own[1][0], 85.0, false);
+        let mut bounded = fit;
+        bound_by_reciprocals(&mut bounded, &fit, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 113.0);
+        assert!(
+            (bounded[1][0].unwrap().t_us - 0.5 * (108.0 - 10.0 - 0.3 * DT + 108.0)).abs() < 1e-9
+        );
         // A last quiet sample that stands out on the arrival's side may hold a slow rise's
         // start: the upper bound alone.
         own[1][0] = single(picks[1][0], 3.0);
@@ -495,6 +519,18 @@ mod tests {
         bound_by_reciprocals(&mut bounded, &own, &coherent, DT);
         assert_eq!(bounded[0][1].unwrap().t_us, 118.0);
         assert_eq!(bounded[1][0].unwrap().t_us, 94.5);
+        // Within two sigmas it may not where both rises show on one sample (abrupt rises), and
+        // may where a rise shows on several.
+        own[1][0] = single(picks[1][0], 1.5);
+        let mut bounded = own;
+        bound_by_reciprocals(&mut bounded, &own, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 113.0);
+        fit[0][1] = fitted(own[0][1], 112.0, false);
+        fit[1][0] = fitted(own[1][0], 85.0, false);
+        let mut bounded = fit;
+        bound_by_reciprocals(&mut bounded, &fit, &coherent, DT);
+        assert_eq!(bounded[0][1].unwrap().t_us, 112.0);
+        assert_eq!(bounded[1][0].unwrap().t_us, 85.0);
         // A bound more than a sample before the pick: one of them is off; neither moves.
         let far = [((0, 1, -30.0, RECIPROCAL_GCC_WEIGHT), 0.9)];
         let mut kept = picks;
