@@ -266,6 +266,12 @@ pub(super) fn hinge_fit(points: &[(f64, f64)], lo: f64, hi: f64) -> f64 {
 /// The root mean square of what the least-squares hinge `y = a·h + b·h²` (`b = 0` without
 /// `quadratic`), `h = (t − t_a)₊`, leaves of `points`.
 fn hinge_residual_rms(points: &[(f64, f64)], t_a: f64, quadratic: bool) -> f64 {
+    (hinge_residual(points, t_a, quadratic).max(0.0) / points.len().max(1) as f64).sqrt()
+}
+
+/// The sum of squares that the least-squares hinge `y = a·h + b·h²` (`b = 0` without
+/// `quadratic`), `h = (t − t_a)₊`, leaves of `points`, every sum formed as first written.
+fn hinge_residual(points: &[(f64, f64)], t_a: f64, quadratic: bool) -> f64 {
     let (mut s11, mut s12, mut s22, mut y1, mut y2, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for &(t, y) in points {
         let h = (t - t_a).max(0.0);
@@ -278,7 +284,7 @@ fn hinge_residual_rms(points: &[(f64, f64)], t_a: f64, quadratic: bool) -> f64 {
         yy += y * y;
     }
     let det = s11 * s22 - s12 * s12;
-    let left = if quadratic && det > 1e-12 * s11 * s22 {
+    if quadratic && det > 1e-12 * s11 * s22 {
         let a = (y1 * s22 - y2 * s12) / det;
         let b = (s11 * y2 - s12 * y1) / det;
         yy - a * y1 - b * y2
@@ -286,8 +292,7 @@ fn hinge_residual_rms(points: &[(f64, f64)], t_a: f64, quadratic: bool) -> f64 {
         yy - y1 * y1 / s11
     } else {
         yy
-    };
-    (left.max(0.0) / points.len().max(1) as f64).sqrt()
+    }
 }
 
 /// [`hinge_fit`] with the quadratic term on or off and `steps` candidate onsets across
@@ -435,33 +440,10 @@ fn hinge_fit_general(
     quadratic: bool,
     steps: usize,
 ) -> f64 {
-    let residual = |t_a: f64| {
-        let (mut s11, mut s12, mut s22, mut y1, mut y2, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-        for &(t, y) in points {
-            let h = (t - t_a).max(0.0);
-            let h2 = if quadratic { h * h } else { 0.0 };
-            s11 += h * h;
-            s12 += h * h2;
-            s22 += h2 * h2;
-            y1 += y * h;
-            y2 += y * h2;
-            yy += y * y;
-        }
-        let det = s11 * s22 - s12 * s12;
-        if quadratic && det > 1e-12 * s11 * s22 {
-            let a = (y1 * s22 - y2 * s12) / det;
-            let b = (s11 * y2 - s12 * y1) / det;
-            yy - a * y1 - b * y2
-        } else if s11 > 0.0 {
-            yy - y1 * y1 / s11
-        } else {
-            yy
-        }
-    };
     let mut best = (hi, f64::MAX);
     for s in 0..=steps {
         let t_a = lo + (hi - lo) * s as f64 / steps as f64;
-        let r = residual(t_a);
+        let r = hinge_residual(points, t_a, quadratic);
         if r < best.1 {
             best = (t_a, r);
         }
