@@ -331,35 +331,31 @@ pub fn read_tap_file(path: &Path) -> Result<TapRecording, ReadError> {
     let io = |e: std::io::Error| err(ReadErrorKind::Io(e.to_string()));
     let file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(err(ReadErrorKind::TooLarge {
-            size,
-            limit: MAX_FILE_BYTES,
-        }));
-    }
+    check_size(size).map_err(err)?;
     // A file still growing is read up to one byte past the limit, which is then seen.
     let mut bytes = Vec::with_capacity(size as usize + 1);
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(err(ReadErrorKind::TooLarge {
-            size: bytes.len() as u64,
-            limit: MAX_FILE_BYTES,
-        }));
-    }
+    check_size(bytes.len() as u64).map_err(err)?;
     parse_content(file_name, name, &bytes).map_err(err)
+}
+
+/// A tap file of `size` bytes is refused over [`MAX_FILE_BYTES`].
+fn check_size(size: u64) -> Result<(), ReadErrorKind> {
+    if size > MAX_FILE_BYTES {
+        return Err(ReadErrorKind::TooLarge {
+            size,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Parses the content of a file called `file_name` (the name is validated too).
 pub fn parse_tap(file_name: &str, bytes: &[u8]) -> Result<TapRecording, ReadErrorKind> {
     let name = TapName::parse(file_name)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(ReadErrorKind::TooLarge {
-            size: bytes.len() as u64,
-            limit: MAX_FILE_BYTES,
-        });
-    }
+    check_size(bytes.len() as u64)?;
     parse_content(file_name, name, bytes)
 }
 
