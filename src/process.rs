@@ -141,18 +141,18 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             let mut here: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?
                 .filter_map(|e| e.ok())
-                .filter(|e| {
+                .filter_map(|e| {
                     let p = e.path();
-                    p.extension().is_some_and(|x| x == "json")
+                    let keep = p.extension().is_some_and(|x| x == "json")
                         && !e.file_name().to_string_lossy().starts_with('.')
                         // The entry's type comes with the listing; only a link (or a file
                         // system that does not say) costs a stat, to follow it.
                         && match e.file_type() {
                             Ok(t) if !t.is_symlink() => t.is_file(),
                             _ => p.is_file(),
-                        }
+                        };
+                    keep.then_some(p)
                 })
-                .map(|e| e.path())
                 .collect();
             here.sort();
             files.extend(here);
