@@ -66,10 +66,11 @@ impl Recording {
         let increasing = timestamps_ns
             .windows(2)
             .fold(true, |all, w| all & (w[1] > w[0]));
-        if let Some(i) = (!increasing)
-            .then(|| timestamps_ns.windows(2).position(|w| w[1] <= w[0]))
-            .flatten()
-        {
+        if !increasing {
+            let i = timestamps_ns
+                .windows(2)
+                .position(|w| w[1] <= w[0])
+                .expect("a pair out of order was seen");
             return Err(InputError::TimestampsNotIncreasing {
                 index: i + 1,
                 prev: timestamps_ns[i],
