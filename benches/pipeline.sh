@@ -53,8 +53,7 @@ RUN_PID=$!
 sleep 2
 start=$(now)
 mv "$WORK"/sim/*.json data_mentah/
-while [ -n "$(find data_mentah -maxdepth 1 -name '*.json' -print -quit)" ]; do sleep 0.01; done
-end=$(now)
+end=$(until_done empty data_mentah)
 kill "$RUN_PID"; wait "$RUN_PID" || true
 watch=$(python3 -c "print($SETS / ($end - $start))")
 echo "run (watching): messages $(queued)" >&2

@@ -29,10 +29,7 @@ for n in "${COUNTS[@]}"; do
         (cd "$WORK/w$w" && exec "$BIN" run --role worker --threads 1) &
         PIDS+=($!)
     done
-    while [ "$(find "$WORK/ftp/result" -name 'result_*.json' 2>/dev/null | wc -l)" -lt "$SETS" ]; do
-        sleep 0.05
-    done
-    end=$(now)
+    end=$(until_done count "$WORK/ftp/result" "$SETS")
     for p in "${PIDS[@]}"; do kill "$p"; wait "$p" || true; done
     python3 -c "print(f'{$n} worker(s): {$SETS} sets in {$end - $start:.2f} s, {$SETS / ($end - $start):.1f} sets/s')"
 done

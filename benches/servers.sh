@@ -38,3 +38,22 @@ sleep 1
 export FTP_HOST=127.0.0.1 FTP_PORT=$FTP_PORT FTP_USER=bench FTP_PASSWORD=bench \
     RABBITMQ_HOST=127.0.0.1 RABBITMQ_VHOST="$VHOST"
 now() { python3 -c 'import time; print(time.perf_counter())'; }
+# Waits until DIR holds no *.json file (`until_done empty DIR`) or at least N files
+# result_*.json under it (`until_done count DIR N`), and prints when (as `now` does). One
+# Python process polls every 10 ms: a `find` started that often took a fifth of a core from
+# the service being timed.
+until_done() {
+    python3 - "$@" <<'PY'
+import fnmatch, os, sys, time
+mode, folder = sys.argv[1], sys.argv[2]
+def done():
+    if mode == "empty":
+        with os.scandir(folder) as entries:
+            return not any(e.name.endswith(".json") for e in entries)
+    found = sum(len(fnmatch.filter(files, "result_*.json")) for _, _, files in os.walk(folder))
+    return found >= int(sys.argv[3])
+while not done():
+    time.sleep(0.01)
+print(time.perf_counter())
+PY
+}
