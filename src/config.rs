@@ -114,6 +114,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "a file is read only after it stopped changing this long",
     ),
     (
+        "ENGINE_NICE",
+        "10",
+        "how much lower the engine threads run than the rest of the service (a nice increment 0-19), so uploads and publishes go on while the engine fills the CPU",
+    ),
+    (
         "RETRY_MAX_SECONDS",
         "30",
         "longest wait between retries of a failing FTP server or broker",
@@ -283,6 +288,8 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// The nice increment of the engine threads (`ENGINE_NICE`, 0–19).
+    pub engine_nice: i32,
 }
 
 /// A true/false variable.
@@ -425,6 +432,13 @@ impl Config {
             },
             metrics_addr,
             log_format: log_format(raw)?,
+            engine_nice: {
+                let v = raw.get("ENGINE_NICE");
+                match v.trim().parse::<i32>() {
+                    Ok(n) if (0..=19).contains(&n) => n,
+                    _ => anyhow::bail!("ENGINE_NICE must be a whole number 0-19, got {v:?}"),
+                }
+            },
         })
     }
 }
@@ -492,6 +506,7 @@ mod tests {
         assert_eq!(c.settle, Duration::from_secs(3));
         assert_eq!(c.group_window_s, 900);
         assert_eq!(c.trigger_lead, 0.5);
+        assert_eq!(c.engine_nice, 10);
     }
 
     #[test]
@@ -512,6 +527,12 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("RABBITMQ_QUEUE_DURABLE"), "{e}");
+        for bad in ["-1", "20", "5.5", "low"] {
+            let e = Config::from_raw(&raw(&[("ENGINE_NICE", bad)])).unwrap_err();
+            assert!(e.to_string().contains("ENGINE_NICE"), "{bad}: {e}");
+        }
+        let c = Config::from_raw(&raw(&[("ENGINE_NICE", " 0 ")])).unwrap();
+        assert_eq!(c.engine_nice, 0);
     }
 
     #[test]

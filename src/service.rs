@@ -452,6 +452,13 @@ pub fn run(
             std::thread::Builder::new()
                 .name(format!("engine-{w}"))
                 .spawn(move || {
+                    if let Err(e) = lower_thread_priority(ctx.cfg.engine_nice) {
+                        log::warn!(
+                            "engine thread {w} runs at the service's priority, ENGINE_NICE={} \
+                             could not be applied: {e}",
+                            ctx.cfg.engine_nice
+                        );
+                    }
                     let mut engine =
                         correlator.map(|c| Engine::with_correlator(engine_cfg.clone(), c));
                     let mut publisher = None;
@@ -623,6 +630,34 @@ pub fn run(
         );
     }
     Ok(co.summary)
+}
+
+/// Lowers the calling thread's scheduling priority by `increment` (its nice value, at most
+/// 19). The engine threads do (`ENGINE_NICE`): where they fill the CPU, the delivery threads
+/// (and an FTP server or broker on the same machine) still run as soon as their answer comes,
+/// so sets are delivered while others are computed instead of after. On Linux a thread's nice
+/// value is its own; elsewhere nothing changes.
+fn lower_thread_priority(increment: i32) -> std::io::Result<()> {
+    if increment == 0 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on this thread's own id; errno is this thread's.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            // -1 is a nice value as well as the error return: errno tells them apart.
+            *libc::__errno_location() = 0;
+            let current = libc::getpriority(libc::PRIO_PROCESS as _, tid);
+            if current == -1 && *libc::__errno_location() != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setpriority(libc::PRIO_PROCESS as _, tid, (current + increment).min(19)) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A tap file read and settled: waiting in the grouper, or claimed by a set in the book.
@@ -1620,4 +1655,44 @@ fn set_from_staged(paths: &[PathBuf]) -> Result<TapSet<PathBuf>, String> {
         members,
         survey,
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice_of_this_thread() -> i32 {
+        // SAFETY: a plain system call on this thread's own id.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_and_no_other() {
+        let before = nice_of_this_thread();
+        let (was, now) = std::thread::spawn(|| {
+            let was = nice_of_this_thread();
+            lower_thread_priority(3).unwrap();
+            (was, nice_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(now, (was + 3).min(19));
+        assert_eq!(nice_of_this_thread(), before);
+        let capped = std::thread::spawn(|| {
+            lower_thread_priority(15).unwrap();
+            lower_thread_priority(15).unwrap();
+            nice_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(capped, 19);
+        let unchanged = std::thread::spawn(|| {
+            let was = nice_of_this_thread();
+            lower_thread_priority(0).unwrap();
+            (was, nice_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(unchanged.0, unchanged.1);
+    }
 }
