@@ -664,23 +664,33 @@ fn iterate<const AVX2: bool>(
     let rays = &plan.rays;
     let weight = &plan.weight;
     let radius_cells = plan.radius_cells;
-    let mut correction = vec![0.0; n * n];
+    // The rays' corrections where nothing is smoothed.
+    let mut correction = vec![0.0; if cfg.smoothing_passes == 0 { n * n } else { 0 }];
     let mut bufs = SmoothBuffers::new(n);
     let mut strips = Aligned::zeros(if AVX2 { BOX_ROWS_STRIPS * 8 * n } else { 0 });
     let mut predicted = vec![0.0; rays.len()];
+    let passes = cfg.smoothing_passes;
     for _ in 0..cfg.iterations {
         predict_times(plan, slowness, &mut predicted);
+        // The smoothing averages the correction per cell (its sum over the rays divided by
+        // the cell's weight) weighted by that weight, which is the sum itself: with smoothing
+        // the rays add straight into the first pass's input.
+        let sums: &mut [f64] = if passes == 0 {
+            &mut correction
+        } else {
+            bufs.product.fill(0.0);
+            &mut bufs.product
+        };
         for ((ray, &time_s), &predicted) in rays.iter().zip(times_s).zip(&predicted) {
             let cells = &plan.cells[ray.cells.clone()];
             let lengths = &plan.lengths[ray.cells.clone()];
             let residual_slowness = (time_s - predicted) / ray.length_m;
             for (&c, &l) in cells.iter().zip(lengths) {
-                correction[c as usize] += l * residual_slowness;
+                sums[c as usize] += l * residual_slowness;
             }
         }
         // Divide everywhere and select after, so the loop has no branch and vectorises; the
         // correction is cleared for the next iteration on the way.
-        let passes = cfg.smoothing_passes;
         if passes == 0 {
             for ((s, c), w) in slowness.iter_mut().zip(&mut correction).zip(weight) {
                 let q = *c / w;
@@ -689,12 +699,6 @@ fn iterate<const AVX2: bool>(
                 *s = (*s + cfg.relaxation * d).clamp(s_min, s_max);
             }
             continue;
-        }
-        // The smoothing averages the correction per cell (its sum over the rays divided by
-        // the cell's weight) weighted by that weight, which is the sum itself.
-        for (p, c) in bufs.product.iter_mut().zip(&mut correction) {
-            *p = *c;
-            *c = 0.0;
         }
         for pass in 0..passes {
             #[cfg(target_arch = "x86_64")]
