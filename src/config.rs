@@ -396,13 +396,19 @@ impl Config {
                 crate::engine::EngineConfig::check_trigger_lead(l).map_err(|e| e.to_string())
             })
             .map_err(|e| anyhow::anyhow!("TRIGGER_LEAD: {e}"))?;
-        let window = raw.get("GROUP_WINDOW_SECONDS");
-        let group_window_s = match window.trim().parse::<i64>() {
-            Ok(w) if (0..=86_400).contains(&w) => w,
-            _ => anyhow::bail!(
-                "GROUP_WINDOW_SECONDS must be whole seconds in [0, 86400], got {window:?}"
-            ),
+        // A whole number in `range`; `what` is said of it in the error.
+        let whole = |name: &str, range: std::ops::RangeInclusive<i64>, what: &str| {
+            let v = raw.get(name);
+            match v.trim().parse::<i64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(anyhow::anyhow!(
+                    "{name} must be {what} in [{}, {}], got {v:?}",
+                    range.start(),
+                    range.end()
+                )),
+            }
         };
+        let group_window_s = whole("GROUP_WINDOW_SECONDS", 0..=86_400, "whole seconds")?;
         let metrics = raw.get("METRICS_ADDR");
         let metrics_addr = match metrics.trim() {
             "" => None,
@@ -432,13 +438,7 @@ impl Config {
             },
             metrics_addr,
             log_format: log_format(raw)?,
-            engine_nice: {
-                let v = raw.get("ENGINE_NICE");
-                match v.trim().parse::<i32>() {
-                    Ok(n) if (0..=19).contains(&n) => n,
-                    _ => anyhow::bail!("ENGINE_NICE must be a whole number 0-19, got {v:?}"),
-                }
-            },
+            engine_nice: whole("ENGINE_NICE", 0..=19, "a whole number")? as i32,
         })
     }
 }
