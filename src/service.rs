@@ -643,21 +643,35 @@ fn lower_thread_priority(increment: i32) -> std::io::Result<()> {
     }
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on this thread's own id; errno is this thread's.
-        unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            // -1 is a nice value as well as the error return: errno tells them apart.
-            *libc::__errno_location() = 0;
-            let current = libc::getpriority(libc::PRIO_PROCESS as _, tid);
-            if current == -1 && *libc::__errno_location() != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setpriority(libc::PRIO_PROCESS as _, tid, (current + increment).min(19)) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+        let current = thread_nice()?;
+        // SAFETY: a plain system call on this thread's own id.
+        let set = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS as _,
+                libc::gettid() as libc::id_t,
+                (current + increment).min(19),
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// The calling thread's nice value (on Linux a thread's own).
+#[cfg(target_os = "linux")]
+fn thread_nice() -> std::io::Result<i32> {
+    // SAFETY: plain system calls on this thread's own id; errno is this thread's.
+    unsafe {
+        // -1 is a nice value as well as the error return: errno tells them apart.
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(nice)
+    }
 }
 
 /// A tap file read and settled: waiting in the grouper, or claimed by a set in the book.
@@ -1662,8 +1676,7 @@ mod tests {
     use super::*;
 
     fn nice_of_this_thread() -> i32 {
-        // SAFETY: a plain system call on this thread's own id.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t) }
+        thread_nice().unwrap()
     }
 
     #[test]
