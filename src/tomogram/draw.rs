@@ -548,6 +548,10 @@ fn hatch_low_coverage(cv: &mut Canvas, t: &Tomogram) {
             continue;
         };
         let hatched = &hatched[r * t.n..(r + 1) * t.n];
+        // Most rows of most pictures have no cell on few rays.
+        if !hatched.contains(&true) {
+            continue;
+        }
         // The first pixel of this row on a hatch line (x + y a multiple of the pitch).
         let first = px0 + (HATCH_PITCH - (px0 + py).rem_euclid(HATCH_PITCH)) % HATCH_PITCH;
         for px in (first..=px1).step_by(HATCH_PITCH as usize) {
