@@ -416,6 +416,8 @@ fn scale_inks(
         .zip(right.iter_mut())
         .zip(&columns.gather[span.clone()])
     {
+        // Every gathered index is at most `last` already ([`Columns::gather`]); saying so
+        // lets the compiler drop the two bounds checks per column.
         let k = k.min(last);
         (*l, *r) = (blended[k], blended[k + 1]);
     }
