@@ -7,6 +7,8 @@
 # Usage: benches/pipeline.sh [SETS] [THREADS]   (defaults 200, all cores)
 # Needs what .ci/service-setup.sh installs. Prints sets per second; asserts nothing.
 set -euo pipefail
+# A failure inside $(...) stops the bench too, not only the substitution.
+shopt -s inherit_errexit
 
 SETS=${1:-200}
 THREADS=${2:-$(nproc)}
@@ -26,6 +28,9 @@ backlog() {
     # Every run publishes into an empty queue.
     rabbitmqctl -q purge_queue -p "$VHOST" bench_queue >/dev/null 2>&1 || true
 }
+# The backlog into data_mentah/ in a few renames: a glob of every file overflows the argument
+# list beyond about 3000 sets (24 000 files).
+move_in() { find "$WORK/sim" -maxdepth 1 -name '*.json' -exec mv -t data_mentah/ {} +; }
 queued() { rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="bench_queue"{print $2}'; }
 
 # 1. and 3. run --once on the backlog, before and after the watching run: a run after many
@@ -33,7 +38,7 @@ queued() { rabbitmqctl -q list_queues -p "$VHOST" name messages | awk '$1=="benc
 #    compared with the mean of the two.
 run_once() {
     backlog
-    mv "$WORK"/sim/*.json data_mentah/
+    move_in
     local start end
     start=$(now)
     "$BIN" run --once --threads "$THREADS"
@@ -50,9 +55,11 @@ once_before=$(run_once)
 backlog
 "$BIN" run --threads "$THREADS" &
 RUN_PID=$!
+# Stopped by the clean-up on exit too, should the bench fail while it runs.
+PIDS+=("$RUN_PID")
 sleep 2
 start=$(now)
-mv "$WORK"/sim/*.json data_mentah/
+move_in
 end=$(until_done empty data_mentah)
 kill "$RUN_PID"; wait "$RUN_PID" || true
 watch=$(python3 -c "print($SETS / ($end - $start))")
@@ -65,7 +72,7 @@ once_after=$(run_once)
 #    and deletes: what the delivery threads sustain without the engine.
 delivery_only() {
     backlog
-    mv "$WORK"/sim/*.json data_mentah/
+    move_in
     FTP_PORT=1 "$BIN" run --once --threads "$THREADS" 2>/dev/null || true
     local start end
     start=$(now)
