@@ -145,13 +145,7 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                     unreachable!("a complete window has exactly one file per tap");
                 };
                 let stem = ResultName::new(device.as_deref(), unix_s).stem();
-                let mark = self
-                    .formed
-                    .entry(device.clone())
-                    .or_insert((String::new(), i64::MIN));
-                if newest_s >= mark.1 {
-                    *mark = (stem, newest_s);
-                }
+                raise_mark(&mut self.formed, device, stem, newest_s);
                 sets.push(TapSet {
                     device: device.clone(),
                     unix_s,
@@ -204,6 +198,25 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
         found
     }
 
+    /// Sets the device's mark back to `mark` (none: as if no set had been formed), for a
+    /// caller that withdraws sets it took: it adds their files back and groups again.
+    pub fn reset_formed(&mut self, device: &Option<String>, mark: Option<(String, i64)>) {
+        match mark {
+            Some(mark) => {
+                self.formed.insert(device.clone(), mark);
+            }
+            None => {
+                self.formed.remove(device);
+            }
+        }
+    }
+
+    /// Raises the device's mark to a set formed elsewhere (taken before and still kept),
+    /// where it is newer than the mark.
+    pub fn note_formed(&mut self, device: &Option<String>, stem: String, newest_s: i64) {
+        raise_mark(&mut self.formed, device, stem, newest_s);
+    }
+
     /// Files that are in no set yet.
     pub fn pending(&self) -> impl Iterator<Item = &Pending<K>> {
         self.pending.values().flatten()
@@ -211,6 +224,22 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
 
     pub fn n_pending(&self) -> usize {
         self.pending.values().map(Vec::len).sum()
+    }
+}
+
+/// Raises `device`'s mark in `formed` to the set `stem` whose newest file is at `newest_s`,
+/// unless the mark is newer already.
+fn raise_mark(
+    formed: &mut BTreeMap<Option<String>, (String, i64)>,
+    device: &Option<String>,
+    stem: String,
+    newest_s: i64,
+) {
+    let mark = formed
+        .entry(device.clone())
+        .or_insert((String::new(), i64::MIN));
+    if newest_s >= mark.1 {
+        *mark = (stem, newest_s);
     }
 }
 

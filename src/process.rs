@@ -12,6 +12,7 @@
 //! survey files, go in separate dispatches).
 
 use std::borrow::Borrow;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +25,7 @@ use crate::device::{
 };
 use crate::engine::{Engine, EngineConfig, SetEstimate, n_fft_for};
 use crate::group::{Grouper, TapSet};
-use crate::result::{Durability, SetOutputs};
+use crate::result::{Durability, ResultName, SetOutputs};
 use crate::survey::{Survey, SurveyName, read_survey, survey_for_set};
 
 /// Options of one run.
@@ -219,11 +220,23 @@ enum Processed {
         paths: Vec<PathBuf>,
         surveyed: bool,
     },
+    /// The set `(device, unix_s)` had files that could not be read.
     BadMembers {
+        set: (Option<String>, i64),
         rejected: Vec<ReadError>,
         good: Vec<(TapName, PathBuf)>,
     },
     Failed(String),
+}
+
+impl Processed {
+    fn bad_members(set: &TapSet<PathBuf>, bad: BadMembers) -> Processed {
+        Processed::BadMembers {
+            set: (set.device.clone(), set.unix_s),
+            rejected: bad.rejected,
+            good: bad.good,
+        }
+    }
 }
 
 /// Runs the whole command.
@@ -309,9 +322,7 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                                 Ok(taps) => {
                                     Processed::Read(Box::new(ReadSet { set, taps, survey }))
                                 }
-                                Err(BadMembers { rejected, good }) => {
-                                    Processed::BadMembers { rejected, good }
-                                }
+                                Err(bad) => Processed::bad_members(&set, bad),
                             },
                             Work::Write(read, est) => {
                                 write_estimated(&cfg, *read, *est, &out_dir, tomogram)
@@ -331,6 +342,8 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
         let mut known: Vec<(Option<String>, i64)> =
             queue.iter().map(|s| (s.device.clone(), s.unix_s)).collect();
         let mut attached: Vec<bool> = vec![false; surveys.len()];
+        // Per device, the sets sent to the workers: their time and their newest file's.
+        let mut taken: BTreeMap<Option<String>, Vec<(i64, i64)>> = BTreeMap::new();
         let mut in_flight = 0usize;
         let mut finished = 0usize;
         loop {
@@ -352,6 +365,11 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                             survey.clone()
                         })
                 };
+                let newest = set.members.iter().map(|m| m.name.unix_s).max();
+                taken
+                    .entry(set.device.clone())
+                    .or_default()
+                    .push((set.unix_s, newest.unwrap_or(set.unix_s)));
                 job_tx.send(match gpu {
                     Some(_) => Work::Read(set, survey),
                     None => Work::Whole(set, survey),
@@ -381,14 +399,18 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                         summary.surveyed += usize::from(surveyed);
                     }
                     Processed::Failed(why) => summary.failed.push(why),
-                    Processed::BadMembers { rejected, good } => {
+                    Processed::BadMembers {
+                        set: (device, unix_s),
+                        rejected,
+                        good,
+                    } => {
                         summary.rejected.extend(rejected);
-                        summary.sets_found -= 1;
-                        for (name, path) in good {
-                            grouper.add(name, path);
-                        }
-                        let more = grouper.take_complete();
+                        let sent = taken.entry(device.clone()).or_default();
+                        let (withdrawn, more) =
+                            regroup(&mut grouper, &mut queue, sent, (&device, unix_s), good);
+                        summary.sets_found -= withdrawn.len();
                         summary.sets_found += more.len();
+                        known.retain(|(d, t)| !(*d == device && withdrawn.contains(t)));
                         known.extend(more.iter().map(|s| (s.device.clone(), s.unix_s)));
                         queue.extend(more);
                     }
@@ -430,6 +452,51 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
     summary.ignored_surveys.sort();
     summary.written.sort();
     Ok(summary)
+}
+
+/// What `process` does when the set `(device, unix_s)` comes back with files it could not
+/// read: what the service does, which sets such a file aside before it groups, so that the
+/// rest of the set waits for another tap of that sensor (a re-tap, or the earlier tap a
+/// re-tap replaced). The set is withdrawn, and so are the device's sets not started yet
+/// (`queue`); their files (`good`: the set's readable ones) go back to the grouper, whose mark
+/// for the device goes back to the newest of the device's sets started before this one
+/// (`sent`: each started set's time and its newest file's), and the device is grouped again;
+/// the sets started after it then raise the mark again. Returns the times of the sets
+/// withdrawn (this one first) and the sets formed.
+fn regroup(
+    grouper: &mut Grouper<PathBuf>,
+    queue: &mut std::collections::VecDeque<TapSet<PathBuf>>,
+    sent: &mut Vec<(i64, i64)>,
+    (device, unix_s): (&Option<String>, i64),
+    good: Vec<(TapName, PathBuf)>,
+) -> (Vec<i64>, Vec<TapSet<PathBuf>>) {
+    let mut withdrawn = vec![unix_s];
+    if let Some(k) = sent.iter().position(|&(t, _)| t == unix_s) {
+        sent.remove(k);
+    }
+    for (name, path) in good {
+        grouper.add(name, path);
+    }
+    let (mine, others): (Vec<_>, Vec<_>) = queue.drain(..).partition(|s| s.device == *device);
+    queue.extend(others);
+    for set in mine {
+        withdrawn.push(set.unix_s);
+        for member in set.members {
+            grouper.add(member.name, member.key);
+        }
+    }
+    let stem = |t: i64| ResultName::new(device.as_deref(), t).stem();
+    let before = sent
+        .iter()
+        .filter(|&&(t, _)| t < unix_s)
+        .max_by_key(|&&(_, newest)| newest)
+        .map(|&(t, newest)| (stem(t), newest));
+    grouper.reset_formed(device, before);
+    let more = grouper.take_complete();
+    for &(t, newest) in sent.iter().filter(|&&(t, _)| t > unix_s) {
+        grouper.note_formed(device, stem(t), newest);
+    }
+    (withdrawn, more)
 }
 
 fn draw_progress(done: usize, total: usize) {
@@ -588,7 +655,7 @@ fn process_set(
 ) -> Processed {
     let taps = match read_set(set) {
         Ok(taps) => taps,
-        Err(BadMembers { rejected, good }) => return Processed::BadMembers { rejected, good },
+        Err(bad) => return Processed::bad_members(set, bad),
     };
     let outputs = match compute_outputs(engine, set, &taps, tomogram, survey, None) {
         Ok(outputs) => outputs,

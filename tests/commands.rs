@@ -185,6 +185,68 @@ fn simulate_then_process_many_sets_with_leftovers() {
 }
 
 #[test]
+fn a_set_with_an_unreadable_tap_takes_the_re_tap_as_the_service_does() {
+    let sim = tempfile::tempdir().unwrap();
+    let run = bin()
+        .args(["simulate", "--sets", "3", "--seed", "9", "--out"])
+        .arg(sim.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    std::fs::remove_file(sim.path().join("truth.json")).unwrap();
+    // The first set's files, by time: `DEVICE_UPLOAD_UNIX_TAP.json`.
+    let mut files: Vec<(i64, PathBuf)> = std::fs::read_dir(sim.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let unix: i64 = name.rsplit('_').nth(1).unwrap().parse().unwrap();
+            (unix, p)
+        })
+        .collect();
+    files.sort();
+    let first_set = &files[..8];
+    let tap3 = &first_set
+        .iter()
+        .find(|(_, p)| p.to_string_lossy().ends_with("_3.json"))
+        .unwrap()
+        .1;
+    // Tap 3 of the first set cannot be read; the operator tapped sensor 3 again after tap 8.
+    let name = tap3.file_name().unwrap().to_string_lossy().into_owned();
+    let device = name.split('_').next().unwrap();
+    let re_tap = sim.path().join(format!(
+        "{device}_00000000-0000-4000-8000-000000000003_{}_3.json",
+        first_set[7].0 + 1
+    ));
+    std::fs::copy(tap3, &re_tap).unwrap();
+    std::fs::write(tap3, "").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .arg("process")
+        .arg(sim.path())
+        .arg("--out")
+        .arg(out.path())
+        .args(["--threads", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    // Exit code 3: a file was rejected. The service sets it aside before grouping, so the
+    // first set takes the re-tap; `process` must find the same three sets.
+    assert_eq!(run.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("25 files, 3 sets found, 3 written"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the file is empty"), "{stdout}");
+    assert!(!stdout.contains("leftover"), "{stdout}");
+    assert!(!stdout.contains("in no complete set"), "{stdout}");
+    let first = out
+        .path()
+        .join(format!("result_{device}_{}.json", first_set[0].0));
+    assert!(first.exists(), "{stdout}");
+}
+
+#[test]
 fn help_explains_and_bad_settings_fail_clearly() {
     let help = bin().args(["process", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
