@@ -416,6 +416,43 @@ mod tests {
     }
 
     #[test]
+    fn a_withdrawn_set_forms_again_with_a_re_tap_once_its_mark_is_reset() {
+        // Set A at 0..70 s and set B at 500 s form together; A's tap 3 turns out unreadable.
+        // A's other files go back with B's (not started), the mark goes back to before A,
+        // and A forms again with the re-tap of sensor 3 at 100 s, then B.
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 0, 10);
+        g.add(name("A", 100, 3), "retap3".into());
+        add_set(&mut g, "A", 500, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        for set in sets {
+            for m in set.members {
+                if m.key != "A-20-3" {
+                    g.add(m.name, m.key);
+                }
+            }
+        }
+        assert!(
+            g.take_complete().is_empty(),
+            "the mark is B's: A's files are old"
+        );
+        g.reset_formed(&Some("A".into()), None);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0].members[2].key, "retap3");
+        assert_eq!(sets[1].members[2].key, "A-520-3");
+        assert!(g.take_stale().is_empty());
+        // A set formed elsewhere raises the mark; an older one does not lower it.
+        g.note_formed(&Some("A".into()), "result_A_900".into(), 970);
+        g.note_formed(&Some("A".into()), "result_A_0".into(), 70);
+        g.add(name("A", 960, 1), "old".into());
+        let stale = g.take_stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].set_stem, "result_A_900");
+    }
+
+    #[test]
     fn a_window_ends_where_the_set_is_complete() {
         // A backlog of three sets 400 s apart, all pending at once: each is its own set.
         let mut g = Grouper::new(900);
