@@ -144,16 +144,43 @@ fn malformed_fixtures_are_rejected_with_their_reason() {
     }
 }
 
-#[test]
-fn simulate_then_process_many_sets_with_leftovers() {
+/// `simulate --sets SETS --seed SEED` into a new folder, without its truth.json.
+fn simulated_sets(sets: u32, seed: u32) -> tempfile::TempDir {
     let sim = tempfile::tempdir().unwrap();
     let run = bin()
-        .args(["simulate", "--sets", "6", "--seed", "9", "--out"])
+        .args([
+            "simulate",
+            "--sets",
+            &sets.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg("--out")
         .arg(sim.path())
         .output()
         .unwrap();
     assert!(run.status.success());
     std::fs::remove_file(sim.path().join("truth.json")).unwrap();
+    sim
+}
+
+/// `process DIR --threads 2` into a new folder: what it printed, and the folder.
+fn process_two_threads(dir: &Path) -> (std::process::Output, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .arg("process")
+        .arg(dir)
+        .arg("--out")
+        .arg(out.path())
+        .args(["--threads", "2"])
+        .output()
+        .unwrap();
+    (run, out)
+}
+
+#[test]
+fn simulate_then_process_many_sets_with_leftovers() {
+    let sim = simulated_sets(6, 9);
     // Remove one tap of one set: that set's seven files are leftovers.
     let victim = std::fs::read_dir(sim.path())
         .unwrap()
@@ -161,15 +188,7 @@ fn simulate_then_process_many_sets_with_leftovers() {
         .find(|p| p.to_string_lossy().ends_with("_4.json"))
         .unwrap();
     std::fs::remove_file(&victim).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let run = bin()
-        .arg("process")
-        .arg(sim.path())
-        .arg("--out")
-        .arg(out.path())
-        .args(["--threads", "2"])
-        .output()
-        .unwrap();
+    let (run, out) = process_two_threads(sim.path());
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}");
     assert!(
@@ -186,14 +205,7 @@ fn simulate_then_process_many_sets_with_leftovers() {
 
 #[test]
 fn a_set_with_an_unreadable_tap_takes_the_re_tap_as_the_service_does() {
-    let sim = tempfile::tempdir().unwrap();
-    let run = bin()
-        .args(["simulate", "--sets", "3", "--seed", "9", "--out"])
-        .arg(sim.path())
-        .output()
-        .unwrap();
-    assert!(run.status.success());
-    std::fs::remove_file(sim.path().join("truth.json")).unwrap();
+    let sim = simulated_sets(3, 9);
     // The first set's files, by time: `DEVICE_UPLOAD_UNIX_TAP.json`.
     let mut files: Vec<(i64, PathBuf)> = std::fs::read_dir(sim.path())
         .unwrap()
@@ -220,15 +232,7 @@ fn a_set_with_an_unreadable_tap_takes_the_re_tap_as_the_service_does() {
     ));
     std::fs::copy(tap3, &re_tap).unwrap();
     std::fs::write(tap3, "").unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let run = bin()
-        .arg("process")
-        .arg(sim.path())
-        .arg("--out")
-        .arg(out.path())
-        .args(["--threads", "2"])
-        .output()
-        .unwrap();
+    let (run, out) = process_two_threads(sim.path());
     let stdout = String::from_utf8_lossy(&run.stdout);
     // Exit code 3: a file was rejected. The service sets it aside before grouping, so the
     // first set takes the re-tap; `process` must find the same three sets.
