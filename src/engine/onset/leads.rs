@@ -448,6 +448,7 @@ mod tests {
             one_waveform: true,
             one_sample: true,
             sharp_fit: false,
+            sigma: 2.0,
         };
         // 0→1 rises between 108 and 135 µs (picked at the middle, 121.5); 1→0, whose file
         // starts 10 µs later (α_01 − α_10 = 10 µs), between 81 and 108 µs: its first risen

@@ -23,6 +23,7 @@
 
 pub mod baseline;
 pub mod impact;
+pub mod joint;
 pub mod leads;
 pub mod lsq;
 pub mod pick;
@@ -185,6 +186,16 @@ pub fn solve(
         from_onset = solved.from_onset;
     }
     bound_by_reciprocals(&mut picks, &correlated, &gcc_valued, dt);
+    // A weak first arrival of the other polarity than the main phase, on both recordings of a
+    // path together.
+    joint::joint_onsets(
+        set,
+        &plan.bases,
+        &mut picks,
+        &leads,
+        &plan.mismatched,
+        |i, j| chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6,
+    );
     est.tap_lead_us = leads;
     est.tap_instant_source = from_onset.map(|onset| {
         if onset {

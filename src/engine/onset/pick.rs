@@ -67,6 +67,8 @@ pub struct Pick {
     /// back early (on the `field` models by 8–11 µs on median), and a fit that misses its
     /// points by the noise or more is no finer than the bracket it lies in.
     pub sharp_fit: bool,
+    /// The noise sigma the pick was taken with (counts).
+    pub sigma: f64,
 }
 
 /// The onset threshold's fraction of a ray's peak: [`ONSET_SIGMAS`] times the set's
@@ -192,6 +194,7 @@ pub fn pick_from(
         one_waveform: false,
         one_sample,
         sharp_fit,
+        sigma,
     })
 }
 
