@@ -400,25 +400,28 @@ fn accuracy_on_the_simulator_grid() {
 
 /// The simulator's `field` model, built from what the real recordings show (a weak first
 /// arrival ahead of a bigger, slower phase, a pulse shape per path, the same both ways, noise
-/// from the amplifier alone). The goals (median ≤ 3 %, p90 ≤ 8 % at 40 dB) are not
-/// met on it: most rays show their first arrival on one or two samples only, with a shape of
-/// their own, so the class alignment cannot sharpen them (docs/accuracy.md). The bounds are
-/// guards about 1.25 times today's figures (40 dB: median 2.3 %, p90 8.6 %; 30 dB: 3.1 %,
-/// 12.5 %; 2.6 %, 9.8 % and 3.5 %, 12.7 % before the fits on two rising samples went to the
-/// middle of the two brackets' overlap too; before the two recordings of a path bounded a pick
-/// from below as well 3.0 %, 11.3 % and 3.7 %, 13.8 %). The engine before the noise-relative threshold, the coherence gate and
-/// the robust tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
+/// from the amplifier alone). At 40 dB the bounds are the goals (median ≤ 3 %, p90 ≤
+/// 8 %; today 2.2 % and 7.4 %, since a weak first lobe of the other sign is looked for on both
+/// recordings of a path at once; 2.3 % and 8.6 % before). At 30 dB the p90 goal (10 %) is not
+/// met on these sets (today 2.9 % and 10.9 %; 3.1 % and 12.5 % before): most rays show their
+/// first arrival on one or two samples only, with a shape of their own, so the class
+/// alignment cannot sharpen them (docs/accuracy.md); the bound there is a guard about 1.1
+/// times today's p90. Before the fits on two rising samples went to the middle of the two
+/// brackets' overlap: 2.6 %, 9.8 % and 3.5 %, 12.7 %; before the two recordings of a path
+/// bounded a pick from below as well: 3.0 %, 11.3 % and 3.7 %, 13.8 %. The engine before the
+/// noise-relative threshold, the coherence gate and the robust tap-instant fit gave 21 % and
+/// 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {
     use terawang::simulate::WaveModel::Field;
     let s40 = onset_accuracy(Field, 40.0);
     assert!(s40.usable_share > 0.9, "{s40:?}");
     assert!(s40.median_velocity_err <= 0.03, "{s40:?}");
-    assert!(s40.p90_velocity_err <= 0.11, "{s40:?}");
+    assert!(s40.p90_velocity_err <= 0.08, "{s40:?}");
     let s30 = onset_accuracy(Field, 30.0);
     assert!(s30.usable_share > 0.9, "{s30:?}");
     assert!(s30.median_velocity_err <= 0.04, "{s30:?}");
-    assert!(s30.p90_velocity_err <= 0.16, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.12, "{s30:?}");
 }
 
 /// A weak first arrival (5–8 % of the main phase, 20–100 noise sigmas) only 2–4 samples
@@ -426,7 +429,9 @@ fn accuracy_on_the_field_model() {
 /// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only, but
 /// the two recordings of a path, sampled at different phases, bound each other's arrival
 /// (docs/accuracy.md, the floor). The bounds are the goals (median ≤ 3 %, p90 ≤ 8 % at
-/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.84 %, 7.6 % and 1.93 %, 8.1 %; 2.1 %, 8.8 % and
+/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.82 %, 7.1 % and 1.90 %, 7.7 %; 1.84 %, 7.6 % and
+/// 1.93 %, 8.1 % before the weak lobe of the other sign was looked for on both recordings of a
+/// path; 2.1 %, 8.8 % and
 /// 2.1 %, 9.0 % before the fits on two rising samples went to the middle of the two brackets'
 /// overlap too, 2.9 %, 11.1 % and 3.0 %, 11.1 % before the lower bound).
 #[test]
