@@ -201,6 +201,14 @@ mod tests {
         picks
     }
 
+    /// [`joint_onsets`] with every channel at [`QUIET`], taps at the first samples, no
+    /// mis-tapped file and no least time of flight.
+    fn joint_at_rest(set: &[Prepared; N_SENSORS], picks: &mut Picks) {
+        let bases = [QUIET; N_SENSORS];
+        let none = [false; N_SENSORS];
+        joint_onsets(set, &bases, picks, &[0.0; N_SENSORS], &none, |_, _| 0.0);
+    }
+
     #[test]
     fn a_weak_lobe_of_the_other_polarity_on_both_recordings_is_the_arrival() {
         // A lobe of −10 counts (about 3.6 of the rays' sigmas) before a main phase that rises
@@ -210,30 +218,14 @@ mod tests {
         for p in [picks[0][1], picks[1][0]] {
             assert_eq!(p.unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0), "{p:?}");
         }
-        let bases = [QUIET; N_SENSORS];
-        let none = [false; N_SENSORS];
-        joint_onsets(
-            &set,
-            &bases,
-            &mut picks,
-            &[0.0; N_SENSORS],
-            &none,
-            |_, _| 0.0,
-        );
+        joint_at_rest(&set, &mut picks);
         assert_eq!(picks[0][1].unwrap().t_us, 7.5 * 27.0);
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
         // The lobe on one recording only is noise as far as the pair can tell.
         let set = set_with(-10.0, 0.0);
         let before = picked(&set);
         let mut picks = before;
-        joint_onsets(
-            &set,
-            &bases,
-            &mut picks,
-            &[0.0; N_SENSORS],
-            &none,
-            |_, _| 0.0,
-        );
+        joint_at_rest(&set, &mut picks);
         assert_eq!(picks, before);
     }
 }
