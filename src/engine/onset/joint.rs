@@ -11,6 +11,7 @@
 
 use super::Picks;
 use super::baseline::Baseline;
+use super::pick::Pick;
 use crate::engine::Prepared;
 use crate::geometry::N_SENSORS;
 
@@ -118,20 +119,15 @@ pub(super) fn joint_onsets(
             }
             // i→j's time is j→i's plus d.
             let d = leads[j] - leads[i];
-            let ra = Record {
-                raw: &set[i].raw[j],
-                t_us: &set[i].t_us,
-                rest: bases[j].rest,
-                sigma: a.sigma,
-                polarity: a.polarity,
+            // Ray tap → receiver as its pick `p` saw it.
+            let record = |tap: usize, receiver: usize, p: &Pick| Record {
+                raw: &set[tap].raw[receiver],
+                t_us: &set[tap].t_us,
+                rest: bases[receiver].rest,
+                sigma: p.sigma,
+                polarity: p.polarity,
             };
-            let rb = Record {
-                raw: &set[j].raw[i],
-                t_us: &set[j].t_us,
-                rest: bases[i].rest,
-                sigma: b.sigma,
-                polarity: b.polarity,
-            };
+            let (ra, rb) = (record(i, j, &a), record(j, i, &b));
             let tof_min = earliest(i, j);
             let (Some(ba), Some(bb)) = (
                 joint_bracket(&ra, &rb, d, a.bracket_us.1, tof_min - leads[i]),
