@@ -6,9 +6,9 @@
 //! median absolute deviation, robust to the odd early wiggle. Counts are raw ADC counts.
 
 use super::pick::PAST_MAX_LAG;
-use super::pick_max_lag;
+use super::{least_tof_us, pick_max_lag};
 use crate::engine::{EngineConfig, Prepared, median};
-use crate::geometry::{N_SENSORS, chord_m};
+use crate::geometry::N_SENSORS;
 
 /// Noise floor in ADC counts (12-bit quantisation and the amplifier's hum).
 pub const MIN_SIGMA: f64 = 2.0;
@@ -25,7 +25,7 @@ pub struct Baseline {
 /// (or the trigger lead and half a sample) before the first sample. The first two count always.
 fn quiet_len(cfg: &EngineConfig, tap: &Prepared, i: usize, j: usize) -> usize {
     let before_first_us = (cfg.trigger_lead + 0.5).max(1.0) * tap.dt_us;
-    let earliest_us = chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6 - before_first_us;
+    let earliest_us = least_tof_us(cfg, i, j) - before_first_us;
     let n = tap.t_us.len().min(tap.raw[j].len());
     (0..n)
         .take_while(|&k| k < 2 || tap.t_us[k] < earliest_us)

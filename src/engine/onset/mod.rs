@@ -80,6 +80,11 @@ fn pick_max_lag(cfg: &EngineConfig, dt_us: f64) -> usize {
     max_lag_samples(cfg, dt_us).max(2) as usize
 }
 
+/// The least time of flight of ray i→j, µs: its chord at the fastest plausible velocity.
+fn least_tof_us(cfg: &EngineConfig, i: usize, j: usize) -> f64 {
+    chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6
+}
+
 /// Phase one: baselines and picks, and the windows and pairs the correlator must compute
 /// (appended to `batch`, whose `n_fft` must be at least 32).
 pub fn plan(cfg: &EngineConfig, set: &[Prepared; N_SENSORS], batch: &mut PairBatch) -> OnsetPlan {
@@ -161,8 +166,7 @@ pub fn solve(
                 let Some(p) = picks[i][j].filter(|_| i != j && !plan.mismatched[i]) else {
                     continue;
                 };
-                let earliest =
-                    -leads[i] + chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6;
+                let earliest = -leads[i] + least_tof_us(cfg, i, j);
                 if p.t_us < earliest - EARLY_PICK * dt {
                     let first = tap.t_us.partition_point(|&t| t < earliest);
                     let max_lag = first + pick_max_lag(cfg, tap.dt_us);
@@ -194,7 +198,7 @@ pub fn solve(
         &mut picks,
         &leads,
         &plan.mismatched,
-        |i, j| chord_m(i, j, cfg.diameter_m) / cfg.max_velocity_m_s * 1e6,
+        |i, j| least_tof_us(cfg, i, j),
     );
     est.tap_lead_us = leads;
     est.tap_instant_source = from_onset.map(|onset| {
