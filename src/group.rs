@@ -47,6 +47,16 @@ impl<K> TapSet<K> {
     pub fn result_name(&self) -> ResultName {
         ResultName::new(self.device.as_deref(), self.unix_s)
     }
+
+    /// Largest unix seconds among the eight files: no older file of the device joins a later
+    /// set.
+    pub fn newest_s(&self) -> i64 {
+        self.members
+            .iter()
+            .map(|p| p.name.unix_s)
+            .max()
+            .unwrap_or(self.unix_s)
+    }
 }
 
 /// A pending file that can never join a set: it is not newer than a set already formed
@@ -77,8 +87,8 @@ pub struct Grouper<K> {
     pending: BTreeMap<Option<String>, Vec<Pending<K>>>,
     /// The keys in `pending`, so that adding a file does not compare it with every other one.
     keys: HashSet<K>,
-    /// Per device, the newest set formed: its stem and its newest file's unix seconds.
-    formed: BTreeMap<Option<String>, (String, i64)>,
+    /// Per device, the newest set formed: its time and its newest file's unix seconds.
+    formed: BTreeMap<Option<String>, (i64, i64)>,
 }
 
 impl<K: Clone + Eq + Hash> Grouper<K> {
@@ -140,18 +150,17 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                 members.sort_by_key(|(_, p)| p.name.tap);
                 let members: Vec<Pending<K>> = members.into_iter().map(|(_, p)| p).collect();
                 let unix_s = members.iter().map(|p| p.name.unix_s).min().unwrap_or(0);
-                let newest_s = members.iter().map(|p| p.name.unix_s).max().unwrap_or(0);
                 let Ok(members) = <[Pending<K>; N_SENSORS]>::try_from(members) else {
                     unreachable!("a complete window has exactly one file per tap");
                 };
-                let stem = ResultName::new(device.as_deref(), unix_s).stem();
-                raise_mark(&mut self.formed, device, stem, newest_s);
-                sets.push(TapSet {
+                let set = TapSet {
                     device: device.clone(),
                     unix_s,
                     members,
                     survey: None,
-                });
+                };
+                raise_mark(&mut self.formed, device, unix_s, set.newest_s());
+                sets.push(set);
             }
         }
         self.pending.retain(|_, files| !files.is_empty());
@@ -163,18 +172,19 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
     /// newest set already formed from their device.
     pub fn take_stale(&mut self) -> Vec<Stale<K>> {
         let mut stale = Vec::new();
-        for (device, (stem, newest_s)) in &self.formed {
+        for (device, &(set_unix_s, newest_s)) in &self.formed {
             let Some(files) = self.pending.get_mut(device) else {
                 continue;
             };
             // Sorted by time: the stale files are a prefix.
-            let n = files.partition_point(|p| p.name.unix_s <= *newest_s);
+            let n = files.partition_point(|p| p.name.unix_s <= newest_s);
+            let set_stem = ResultName::new(device.as_deref(), set_unix_s).stem();
             for file in files.drain(..n) {
                 self.keys.remove(&file.key);
                 stale.push(Stale {
                     file,
-                    set_stem: stem.clone(),
-                    set_newest_s: *newest_s,
+                    set_stem: set_stem.clone(),
+                    set_newest_s: newest_s,
                 });
             }
         }
@@ -198,9 +208,10 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
         found
     }
 
-    /// Sets the device's mark back to `mark` (none: as if no set had been formed), for a
-    /// caller that withdraws sets it took: it adds their files back and groups again.
-    pub fn reset_formed(&mut self, device: &Option<String>, mark: Option<(String, i64)>) {
+    /// Sets the device's mark back to `mark`, a set's time and its newest file's (none: as if
+    /// no set had been formed), for a caller that withdraws sets it took: it adds their files
+    /// back and groups again.
+    pub fn reset_formed(&mut self, device: &Option<String>, mark: Option<(i64, i64)>) {
         match mark {
             Some(mark) => {
                 self.formed.insert(device.clone(), mark);
@@ -211,10 +222,10 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
         }
     }
 
-    /// Raises the device's mark to a set formed elsewhere (taken before and still kept),
-    /// where it is newer than the mark.
-    pub fn note_formed(&mut self, device: &Option<String>, stem: String, newest_s: i64) {
-        raise_mark(&mut self.formed, device, stem, newest_s);
+    /// Raises the device's mark to a set formed elsewhere (taken before and still kept; its
+    /// time and its newest file's), where it is newer than the mark.
+    pub fn note_formed(&mut self, device: &Option<String>, unix_s: i64, newest_s: i64) {
+        raise_mark(&mut self.formed, device, unix_s, newest_s);
     }
 
     /// Files that are in no set yet.
@@ -227,19 +238,17 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
     }
 }
 
-/// Raises `device`'s mark in `formed` to the set `stem` whose newest file is at `newest_s`,
-/// unless the mark is newer already.
+/// Raises `device`'s mark in `formed` to the set at `unix_s` whose newest file is at
+/// `newest_s`, unless the mark is newer already.
 fn raise_mark(
-    formed: &mut BTreeMap<Option<String>, (String, i64)>,
+    formed: &mut BTreeMap<Option<String>, (i64, i64)>,
     device: &Option<String>,
-    stem: String,
+    unix_s: i64,
     newest_s: i64,
 ) {
-    let mark = formed
-        .entry(device.clone())
-        .or_insert((String::new(), i64::MIN));
+    let mark = formed.entry(device.clone()).or_insert((0, i64::MIN));
     if newest_s >= mark.1 {
-        *mark = (stem, newest_s);
+        *mark = (unix_s, newest_s);
     }
 }
 
@@ -444,8 +453,8 @@ mod tests {
         assert_eq!(sets[1].members[2].key, "A-520-3");
         assert!(g.take_stale().is_empty());
         // A set formed elsewhere raises the mark; an older one does not lower it.
-        g.note_formed(&Some("A".into()), "result_A_900".into(), 970);
-        g.note_formed(&Some("A".into()), "result_A_0".into(), 70);
+        g.note_formed(&Some("A".into()), 900, 970);
+        g.note_formed(&Some("A".into()), 0, 70);
         g.add(name("A", 960, 1), "old".into());
         let stale = g.take_stale();
         assert_eq!(stale.len(), 1);

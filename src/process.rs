@@ -25,7 +25,7 @@ use crate::device::{
 };
 use crate::engine::{Engine, EngineConfig, SetEstimate, n_fft_for};
 use crate::group::{Grouper, TapSet};
-use crate::result::{Durability, ResultName, SetOutputs};
+use crate::result::{Durability, SetOutputs};
 use crate::survey::{Survey, SurveyName, read_survey, survey_for_set};
 
 /// Options of one run.
@@ -365,11 +365,10 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                             survey.clone()
                         })
                 };
-                let newest = set.members.iter().map(|m| m.name.unix_s).max();
                 taken
                     .entry(set.device.clone())
                     .or_default()
-                    .push((set.unix_s, newest.unwrap_or(set.unix_s)));
+                    .push((set.unix_s, set.newest_s()));
                 job_tx.send(match gpu {
                     Some(_) => Work::Read(set, survey),
                     None => Work::Whole(set, survey),
@@ -485,16 +484,15 @@ fn regroup(
             grouper.add(member.name, member.key);
         }
     }
-    let stem = |t: i64| ResultName::new(device.as_deref(), t).stem();
     let before = sent
         .iter()
         .filter(|&&(t, _)| t < unix_s)
         .max_by_key(|&&(_, newest)| newest)
-        .map(|&(t, newest)| (stem(t), newest));
+        .copied();
     grouper.reset_formed(device, before);
     let more = grouper.take_complete();
     for &(t, newest) in sent.iter().filter(|&&(t, _)| t > unix_s) {
-        grouper.note_formed(device, stem(t), newest);
+        grouper.note_formed(device, t, newest);
     }
     (withdrawn, more)
 }
