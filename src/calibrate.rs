@@ -41,23 +41,23 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
             Err(kind) => out.rejected.push(ReadError { path, kind }),
         }
     }
-    loop {
-        let complete = grouper.take_complete();
-        if complete.is_empty() {
-            return Ok(out);
-        }
-        for set in complete {
-            match read_set(&set) {
-                Ok(taps) => out.sets.push((set.result_name().stem(), taps.input)),
-                Err(bad) => {
-                    out.rejected.extend(bad.rejected);
-                    for (name, path) in bad.good {
-                        grouper.add(name, path);
-                    }
+    // A set with an unreadable tap is withdrawn and its other taps wait for another tap of
+    // that sensor, as in `process`.
+    let mut queue: std::collections::VecDeque<_> = grouper.take_complete().into();
+    while let Some(set) = queue.pop_front() {
+        match read_set(&set) {
+            Ok(taps) => out.sets.push((set.result_name().stem(), taps.input)),
+            Err(bad) => {
+                out.rejected.extend(bad.rejected);
+                grouper.withdraw(&set.device, set.unix_s);
+                for (name, path) in bad.good {
+                    grouper.add(name, path);
                 }
+                queue.extend(grouper.take_complete_again(&set.device, set.unix_s));
             }
         }
     }
+    Ok(out)
 }
 
 /// One set tapped on a specimen: its name, its taps, and the specimen's geometry and velocity.

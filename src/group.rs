@@ -11,6 +11,12 @@
 //! completed) is a leftover, and [`Grouper::take_stale`] hands it to the caller to be set
 //! aside with its reason. Other files that form no set stay pending until a later file
 //! completes them or the caller takes them out with [`Grouper::remove`].
+//!
+//! A caller that cannot read a set it took (a file turned unreadable) withdraws it
+//! ([`Grouper::withdraw`]) and gives its readable files back: the device's mark goes back to
+//! the sets still standing, so those files wait for another tap of that sensor (a re-tap)
+//! instead of becoming leftovers. A set is open to that until the caller settles it
+//! ([`Grouper::settle`], once its results are saved).
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
@@ -87,8 +93,45 @@ pub struct Grouper<K> {
     pending: BTreeMap<Option<String>, Vec<Pending<K>>>,
     /// The keys in `pending`, so that adding a file does not compare it with every other one.
     keys: HashSet<K>,
-    /// Per device, the newest set formed: its time and its newest file's unix seconds.
-    formed: BTreeMap<Option<String>, (i64, i64)>,
+    /// Per device, the sets formed and the mark they make.
+    formed: BTreeMap<Option<String>, Formed>,
+}
+
+/// A set's time and its newest file's unix seconds.
+type Mark = (i64, i64);
+
+/// The sets formed from one device.
+#[derive(Debug, Default)]
+struct Formed {
+    /// The set with the newest file among those settled (no longer open to a withdrawal).
+    settled: Option<Mark>,
+    /// The sets formed and not settled, in the order formed.
+    open: Vec<Mark>,
+    /// The set with the newest file among all of them (the later one on a tie): no file of
+    /// the device as old as its newest file joins a later set.
+    mark: Option<Mark>,
+}
+
+impl Formed {
+    /// Notes a set formed.
+    fn push(&mut self, set: Mark) {
+        self.open.push(set);
+        self.mark = newest([self.mark, Some(set)].into_iter().flatten());
+    }
+
+    /// The mark of the settled sets and the open ones that `keep` accepts.
+    fn mark_of(&self, keep: impl Fn(&Mark) -> bool) -> Option<Mark> {
+        newest(
+            self.settled
+                .into_iter()
+                .chain(self.open.iter().copied().filter(keep)),
+        )
+    }
+}
+
+/// The mark with the newest file, the later one on a tie.
+fn newest(marks: impl Iterator<Item = Mark>) -> Option<Mark> {
+    marks.max_by_key(|&(_, newest_s)| newest_s)
 }
 
 impl<K: Clone + Eq + Hash> Grouper<K> {
@@ -131,8 +174,9 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
             }
             loop {
                 // Files not newer than a set already formed never join another one.
-                let first = self.formed.get(device).map_or(0, |(_, newest)| {
-                    files.partition_point(|p| p.name.unix_s <= *newest)
+                let mark = self.formed.get(device).and_then(|f| f.mark);
+                let first = mark.map_or(0, |(_, newest)| {
+                    files.partition_point(|p| p.name.unix_s <= newest)
                 });
                 let Some(chosen) = earliest_complete_window(&files[first..], self.window_s) else {
                     break;
@@ -159,7 +203,8 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
                     members,
                     survey: None,
                 };
-                raise_mark(&mut self.formed, device, unix_s, set.newest_s());
+                let formed = self.formed.entry(device.clone()).or_default();
+                formed.push((unix_s, set.newest_s()));
                 sets.push(set);
             }
         }
@@ -172,7 +217,10 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
     /// newest set already formed from their device.
     pub fn take_stale(&mut self) -> Vec<Stale<K>> {
         let mut stale = Vec::new();
-        for (device, &(set_unix_s, newest_s)) in &self.formed {
+        for (device, formed) in &self.formed {
+            let Some((set_unix_s, newest_s)) = formed.mark else {
+                continue;
+            };
             let Some(files) = self.pending.get_mut(device) else {
                 continue;
             };
@@ -208,24 +256,46 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
         found
     }
 
-    /// Sets the device's mark back to `mark`, a set's time and its newest file's (none: as if
-    /// no set had been formed), for a caller that withdraws sets it took: it adds their files
-    /// back and groups again.
-    pub fn reset_formed(&mut self, device: &Option<String>, mark: Option<(i64, i64)>) {
-        match mark {
-            Some(mark) => {
-                self.formed.insert(device.clone(), mark);
-            }
-            None => {
-                self.formed.remove(device);
-            }
+    /// Withdraws the device's open set at `unix_s`, for a caller that could not read it: the
+    /// device's mark goes back to the sets still standing. The caller gives the set's files
+    /// back with [`Grouper::add`] (and may form sets again with
+    /// [`Grouper::take_complete_again`]). Returns whether such an open set was there.
+    pub fn withdraw(&mut self, device: &Option<String>, unix_s: i64) -> bool {
+        let Some(formed) = self.formed.get_mut(device) else {
+            return false;
+        };
+        let Some(k) = formed.open.iter().rposition(|&(t, _)| t == unix_s) else {
+            return false;
+        };
+        formed.open.remove(k);
+        formed.mark = formed.mark_of(|_| true);
+        true
+    }
+
+    /// Settles the device's open set at `unix_s` (its results are saved): it is no longer
+    /// withdrawn, and only the newest settled set is remembered.
+    pub fn settle(&mut self, device: &Option<String>, unix_s: i64) {
+        let Some(formed) = self.formed.get_mut(device) else {
+            return;
+        };
+        if let Some(k) = formed.open.iter().rposition(|&(t, _)| t == unix_s) {
+            let set = formed.open.remove(k);
+            formed.settled = newest(formed.settled.into_iter().chain([set]));
         }
     }
 
-    /// Raises the device's mark to a set formed elsewhere (taken before and still kept; its
-    /// time and its newest file's), where it is newer than the mark.
-    pub fn note_formed(&mut self, device: &Option<String>, unix_s: i64, newest_s: i64) {
-        raise_mark(&mut self.formed, device, unix_s, newest_s);
+    /// The device's complete sets, formed as if none of its open sets at or after `unix_s`
+    /// had been: for a caller that withdrew the set at `unix_s` (and those of the device it
+    /// had not started) and gave their files back, while later sets it started stand. Then
+    /// the mark comes back to the newest set formed.
+    pub fn take_complete_again(&mut self, device: &Option<String>, unix_s: i64) -> Vec<TapSet<K>> {
+        let formed = self.formed.entry(device.clone()).or_default();
+        formed.mark = formed.mark_of(|&(t, _)| t < unix_s);
+        let sets = self.take_complete_of(|d| d == device);
+        if let Some(formed) = self.formed.get_mut(device) {
+            formed.mark = formed.mark_of(|_| true);
+        }
+        sets
     }
 
     /// Files that are in no set yet.
@@ -235,20 +305,6 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
 
     pub fn n_pending(&self) -> usize {
         self.pending.values().map(Vec::len).sum()
-    }
-}
-
-/// Raises `device`'s mark in `formed` to the set at `unix_s` whose newest file is at
-/// `newest_s`, unless the mark is newer already.
-fn raise_mark(
-    formed: &mut BTreeMap<Option<String>, (i64, i64)>,
-    device: &Option<String>,
-    unix_s: i64,
-    newest_s: i64,
-) {
-    let mark = formed.entry(device.clone()).or_insert((0, i64::MIN));
-    if newest_s >= mark.1 {
-        *mark = (unix_s, newest_s);
     }
 }
 
@@ -427,8 +483,9 @@ mod tests {
     #[test]
     fn a_withdrawn_set_forms_again_with_a_re_tap_once_its_mark_is_reset() {
         // Set A at 0..70 s and set B at 500 s form together; A's tap 3 turns out unreadable.
-        // A's other files go back with B's (not started), the mark goes back to before A,
-        // and A forms again with the re-tap of sensor 3 at 100 s, then B.
+        // A's other files go back with B's (not started), both are withdrawn, and A forms
+        // again with the re-tap of sensor 3 at 100 s, then B.
+        let a = Some("A".to_string());
         let mut g = Grouper::new(900);
         add_set(&mut g, "A", 0, 10);
         g.add(name("A", 100, 3), "retap3".into());
@@ -446,19 +503,62 @@ mod tests {
             g.take_complete().is_empty(),
             "the mark is B's: A's files are old"
         );
-        g.reset_formed(&Some("A".into()), None);
+        assert!(g.withdraw(&a, 0));
+        assert!(g.withdraw(&a, 500));
+        assert!(!g.withdraw(&a, 500), "withdrawn already");
         let sets = g.take_complete();
         assert_eq!(sets.len(), 2);
         assert_eq!(sets[0].members[2].key, "retap3");
         assert_eq!(sets[1].members[2].key, "A-520-3");
         assert!(g.take_stale().is_empty());
-        // A set formed elsewhere raises the mark; an older one does not lower it.
-        g.note_formed(&Some("A".into()), 900, 970);
-        g.note_formed(&Some("A".into()), 0, 70);
-        g.add(name("A", 960, 1), "old".into());
+    }
+
+    #[test]
+    fn a_withdrawn_set_forms_again_beside_a_later_set_that_stands() {
+        // A (0..70 s) and B (500..570 s) formed; B was started and stands, A is withdrawn with
+        // its tap 3 unreadable. Grouped again as if A had not formed, A takes the re-tap at
+        // 100 s; then the mark is B's again, and a file older than B's newest is a leftover.
+        let a = Some("A".to_string());
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 0, 10);
+        g.add(name("A", 100, 3), "retap3".into());
+        add_set(&mut g, "A", 500, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        assert!(g.withdraw(&a, 0));
+        for m in sets[0].members.clone() {
+            if m.key != "A-20-3" {
+                g.add(m.name, m.key);
+            }
+        }
+        assert!(g.take_complete().is_empty(), "B's mark stands");
+        let again = g.take_complete_again(&a, 0);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].unix_s, 0);
+        assert_eq!(again[0].members[2].key, "retap3");
+        g.add(name("A", 560, 1), "old".into());
         let stale = g.take_stale();
         assert_eq!(stale.len(), 1);
-        assert_eq!(stale[0].set_stem, "result_A_900");
+        assert_eq!(stale[0].set_stem, "result_A_500");
+    }
+
+    #[test]
+    fn a_settled_set_is_not_withdrawn_and_keeps_the_mark() {
+        let a = Some("A".to_string());
+        let mut g = Grouper::new(900);
+        add_set(&mut g, "A", 0, 10);
+        add_set(&mut g, "A", 500, 10);
+        assert_eq!(g.take_complete().len(), 2);
+        g.settle(&a, 500);
+        assert!(!g.withdraw(&a, 500), "settled: no longer open");
+        // Withdrawing the older open set leaves the mark at the settled one.
+        assert!(g.withdraw(&a, 0));
+        g.add(name("A", 560, 1), "old".into());
+        let stale = g.take_stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].set_stem, "result_A_500");
+        // Another device's sets are its own.
+        assert!(!g.withdraw(&Some("B".into()), 0));
     }
 
     #[test]

@@ -12,7 +12,6 @@
 //! survey files, go in separate dispatches).
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -342,8 +341,6 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
         let mut known: Vec<(Option<String>, i64)> =
             queue.iter().map(|s| (s.device.clone(), s.unix_s)).collect();
         let mut attached: Vec<bool> = vec![false; surveys.len()];
-        // Per device, the sets sent to the workers: their time and their newest file's.
-        let mut taken: BTreeMap<Option<String>, Vec<(i64, i64)>> = BTreeMap::new();
         let mut in_flight = 0usize;
         let mut finished = 0usize;
         loop {
@@ -365,10 +362,6 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                             survey.clone()
                         })
                 };
-                taken
-                    .entry(set.device.clone())
-                    .or_default()
-                    .push((set.unix_s, set.newest_s()));
                 job_tx.send(match gpu {
                     Some(_) => Work::Read(set, survey),
                     None => Work::Whole(set, survey),
@@ -404,9 +397,8 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
                         good,
                     } => {
                         summary.rejected.extend(rejected);
-                        let sent = taken.entry(device.clone()).or_default();
                         let (withdrawn, more) =
-                            regroup(&mut grouper, &mut queue, sent, (&device, unix_s), good);
+                            regroup(&mut grouper, &mut queue, (&device, unix_s), good);
                         summary.sets_found -= withdrawn.len();
                         summary.sets_found += more.len();
                         known.retain(|(d, t)| !(*d == device && withdrawn.contains(t)));
@@ -457,22 +449,18 @@ pub fn run(opts: &ProcessOptions) -> anyhow::Result<Summary> {
 /// read: what the service does, which sets such a file aside before it groups, so that the
 /// rest of the set waits for another tap of that sensor (a re-tap, or the earlier tap a
 /// re-tap replaced). The set is withdrawn, and so are the device's sets not started yet
-/// (`queue`); their files (`good`: the set's readable ones) go back to the grouper, whose mark
-/// for the device goes back to the newest of the device's sets started before this one
-/// (`sent`: each started set's time and its newest file's), and the device is grouped again;
-/// the sets started after it then raise the mark again. Returns the times of the sets
+/// (`queue`); their files (`good`: the set's readable ones) go back to the grouper, and the
+/// device is grouped again as if none of its sets from this one on had formed, while the sets
+/// started after it stand ([`Grouper::take_complete_again`]). Returns the times of the sets
 /// withdrawn (this one first) and the sets formed.
 fn regroup(
     grouper: &mut Grouper<PathBuf>,
     queue: &mut std::collections::VecDeque<TapSet<PathBuf>>,
-    sent: &mut Vec<(i64, i64)>,
     (device, unix_s): (&Option<String>, i64),
     good: Vec<(TapName, PathBuf)>,
 ) -> (Vec<i64>, Vec<TapSet<PathBuf>>) {
     let mut withdrawn = vec![unix_s];
-    if let Some(k) = sent.iter().position(|&(t, _)| t == unix_s) {
-        sent.remove(k);
-    }
+    grouper.withdraw(device, unix_s);
     for (name, path) in good {
         grouper.add(name, path);
     }
@@ -480,20 +468,12 @@ fn regroup(
     queue.extend(others);
     for set in mine {
         withdrawn.push(set.unix_s);
+        grouper.withdraw(device, set.unix_s);
         for member in set.members {
             grouper.add(member.name, member.key);
         }
     }
-    let before = sent
-        .iter()
-        .filter(|&&(t, _)| t < unix_s)
-        .max_by_key(|&&(_, newest)| newest)
-        .copied();
-    grouper.reset_formed(device, before);
-    let more = grouper.take_complete();
-    for &(t, newest) in sent.iter().filter(|&&(t, _)| t > unix_s) {
-        grouper.note_formed(device, t, newest);
-    }
+    let more = grouper.take_complete_again(device, unix_s);
     (withdrawn, more)
 }
 

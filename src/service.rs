@@ -986,6 +986,13 @@ impl Coordinator {
                     .filter(|b| in_window(&b.name))
                     .max_by_key(|b| b.at);
                 if settling || bad.is_some_and(|b| now.duration_since(b.at) < self.cfg.settle) {
+                    // Formed in this step (`settle_and_group` took it at `now`): said once.
+                    if since == now {
+                        log::info!(
+                            "{}: complete; it waits for its survey file (one is settling or was just rejected)",
+                            set.result_name()
+                        );
+                    }
                     self.held.push((set, since));
                     continue;
                 }
@@ -1263,9 +1270,11 @@ impl Coordinator {
                 self.missed_events.store(true, Ordering::Relaxed);
             }
             Inbox::WorkerReport(WorkerReport::Saved { name, timings }) => {
+                self.settle_set(&name);
                 self.book.saved(&name, timings)
             }
             Inbox::WorkerReport(WorkerReport::Failed { name, why }) => {
+                self.settle_set(&name);
                 log::error!("{why}");
                 Metrics::add(&self.metrics.sets_failed, 1);
                 for s in self.book.not_saved(&name) {
@@ -1277,6 +1286,22 @@ impl Coordinator {
                 rejected,
                 good,
             }) => {
+                // The set is withdrawn: its readable taps wait for another tap of the sensor
+                // whose file could not be read, as if the set had not formed.
+                let withdrawn = ResultName::parse(&name)
+                    .is_some_and(|set| self.grouper.withdraw(&set.device, set.unix_s));
+                let files = rejected
+                    .iter()
+                    .map(|e| e.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if withdrawn {
+                    log::warn!(
+                        "{name}: {files} could not be read when the set was computed; its other taps wait for another tap of that sensor"
+                    );
+                } else {
+                    log::warn!("{name}: {files} could not be read when the set was computed");
+                }
                 // Its survey file waits for the set to form again.
                 for s in self.book.not_saved(&name) {
                     if SurveyName::from_path(&s).is_some() {
@@ -1301,6 +1326,14 @@ impl Coordinator {
                     self.apply(event);
                 }
             }
+        }
+    }
+
+    /// The set whose results are `name` can no longer be withdrawn from the grouper: its
+    /// files were read.
+    fn settle_set(&mut self, name: &str) {
+        if let Some(set) = ResultName::parse(name) {
+            self.grouper.settle(&set.device, set.unix_s);
         }
     }
 

@@ -206,8 +206,30 @@ fn simulate_then_process_many_sets_with_leftovers() {
 #[test]
 fn a_set_with_an_unreadable_tap_takes_the_re_tap_as_the_service_does() {
     let sim = simulated_sets(3, 9);
-    // The first set's files, by time: `DEVICE_UPLOAD_UNIX_TAP.json`.
-    let mut files: Vec<(i64, PathBuf)> = std::fs::read_dir(sim.path())
+    // Tap 3 of the first set cannot be read; the operator tapped sensor 3 again after tap 8.
+    let (device, first_set) = unreadable_tap_and_a_re_tap(sim.path());
+    let (run, out) = process_two_threads(sim.path());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    // Exit code 3: a file was rejected. The service sets it aside before grouping, so the
+    // first set takes the re-tap; `process` must find the same three sets.
+    assert_eq!(run.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("25 files, 3 sets found, 3 written"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the file is empty"), "{stdout}");
+    assert!(!stdout.contains("leftover"), "{stdout}");
+    assert!(!stdout.contains("in no complete set"), "{stdout}");
+    let first = out.path().join(format!("result_{device}_{first_set}.json"));
+    assert!(first.exists(), "{stdout}");
+}
+
+/// Empties tap 3 of the first set in `dir` (by time) and copies it as a re-tap of sensor 3
+/// one second after that set's tap 8, as an operator who saw a bad tap does. Returns the
+/// device and the first set's time.
+fn unreadable_tap_and_a_re_tap(dir: &Path) -> (String, i64) {
+    // The files by time: `DEVICE_UPLOAD_UNIX_TAP.json`.
+    let mut files: Vec<(i64, PathBuf)> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .map(|p| {
@@ -223,31 +245,15 @@ fn a_set_with_an_unreadable_tap_takes_the_re_tap_as_the_service_does() {
         .find(|(_, p)| p.to_string_lossy().ends_with("_3.json"))
         .unwrap()
         .1;
-    // Tap 3 of the first set cannot be read; the operator tapped sensor 3 again after tap 8.
     let name = tap3.file_name().unwrap().to_string_lossy().into_owned();
-    let device = name.split('_').next().unwrap();
-    let re_tap = sim.path().join(format!(
+    let device = name.split('_').next().unwrap().to_string();
+    let re_tap = dir.join(format!(
         "{device}_00000000-0000-4000-8000-000000000003_{}_3.json",
         first_set[7].0 + 1
     ));
     std::fs::copy(tap3, &re_tap).unwrap();
     std::fs::write(tap3, "").unwrap();
-    let (run, out) = process_two_threads(sim.path());
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    // Exit code 3: a file was rejected. The service sets it aside before grouping, so the
-    // first set takes the re-tap; `process` must find the same three sets.
-    assert_eq!(run.status.code(), Some(3), "{stdout}");
-    assert!(
-        stdout.contains("25 files, 3 sets found, 3 written"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("the file is empty"), "{stdout}");
-    assert!(!stdout.contains("leftover"), "{stdout}");
-    assert!(!stdout.contains("in no complete set"), "{stdout}");
-    let first = out
-        .path()
-        .join(format!("result_{device}_{}.json", first_set[0].0));
-    assert!(first.exists(), "{stdout}");
+    (device, first_set[0].0)
 }
 
 #[test]
@@ -760,6 +766,25 @@ fn calibrate_prints_the_trigger_lead() {
     assert!(run.status.success(), "{stdout}");
     assert!((printed_lead(&stdout) - 1.0).abs() < 0.35, "{stdout}");
     assert_eq!(stdout.matches(" rays)").count(), 2, "{stdout}");
+    // A tap that cannot be read is rejected, and its set takes the re-tap of that sensor.
+    let retapped = specimen_files(2, 3, "1400", "0.5");
+    let (device, first_set) = unreadable_tap_and_a_re_tap(retapped.path());
+    let run = bin()
+        .args(["calibrate", "--velocity", "1400", "--diameter", "0.5"])
+        .arg(retapped.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(!run.status.success(), "a rejected file: {stdout}");
+    assert!(stderr.contains("the file is empty"), "{stderr}");
+    assert_eq!(stdout.matches(" rays)").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result_{device}_{first_set}: lead")),
+        "{stdout}"
+    );
     // Two specimens, each with its own diameter and velocity; values that do not pair with
     // the inputs are refused.
     let other = specimen_files(1, 4, "1100", "0.8");

@@ -1448,6 +1448,78 @@ fn a_leftover_tap_is_set_aside_and_never_joins_a_later_set() {
 }
 
 #[test]
+fn a_tap_unreadable_when_its_set_is_computed_waits_for_a_re_tap_with_the_rest() {
+    // A rejected survey holds the set for a settle time after its taps settled; meanwhile tap
+    // 3 is overwritten with something that is not a tap, so the worker finds it unreadable.
+    // The set is withdrawn: its seven good taps wait (they are not leftovers), and the re-tap
+    // of sensor 3 completes the set.
+    let mut site = Site::new("retapworker");
+    site.settle_s = 2.0;
+    let _ftp = site.ftp();
+    let (files, _) = sets(1, 41);
+    let device = "20-79-18-81-6E-AC";
+    let t0 = 1_800_000_000;
+    let set_a: Vec<SimFile> = files
+        .iter()
+        .enumerate()
+        .map(|(k, f)| retimed(f, device, t0 + 10 * k as i64, "a"))
+        .collect();
+    let retap = retimed(&files[2], device, t0 + 100, "retap");
+    let survey = format!("{device}_{}_survey.json", t0 + 30);
+    std::fs::create_dir_all(&site.data).unwrap();
+    std::fs::write(site.data.join(&survey), r#"{"diameter_m": 5.0}"#).unwrap();
+    for f in &set_a {
+        site.drop_file(f);
+    }
+    let child = site.start(false);
+    let rejected = site.data.join("rejected");
+    let name = format!("result_{device}_{t0}");
+    wait_until(
+        "the set to wait for its survey",
+        Duration::from_secs(20),
+        || {
+            site.log().contains(&format!(
+                "{name}.json: complete; it waits for its survey file"
+            ))
+        },
+    );
+    std::fs::write(site.data.join(&set_a[2].file_name), r#"{"not": "a tap"}"#).unwrap();
+    let reason_file = rejected.join(format!("{}.reason.txt", set_a[2].file_name));
+    wait_until("tap 3 to be set aside", Duration::from_secs(20), || {
+        reason_file.exists()
+    });
+    site.drop_file(&retap);
+    wait_until("the set to be delivered", Duration::from_secs(30), || {
+        site.json_files_in_data().is_empty()
+    });
+    terminate(child, &site);
+    let log = site.log();
+    assert!(
+        log.contains(&format!(
+            "{name}.json: {} could not be read when the set was computed; its other taps wait",
+            site.data.join(&set_a[2].file_name).display()
+        )),
+        "{log}"
+    );
+    assert_eq!(site.published_names(), vec![format!("{name}.json")]);
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.result.join(format!("{name}.report.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["sources"][2], retap.file_name.as_str(), "{report}");
+    // Nothing but the survey and tap 3 was set aside (with their reason files).
+    let mut aside: Vec<String> = std::fs::read_dir(&rejected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".reason.txt"))
+        .collect();
+    aside.sort();
+    let mut expected = vec![survey.clone(), set_a[2].file_name.clone()];
+    expected.sort();
+    assert_eq!(aside, expected, "{log}");
+}
+
+#[test]
 fn no_password_in_a_trace_level_log_and_temporary_files_are_cleaned() {
     let mut site = Site::new("secrets");
     let amqp_pass = "amqp-pw-7f3e91c2";
