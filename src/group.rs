@@ -480,6 +480,26 @@ mod tests {
         assert!(g.take_stale().is_empty());
     }
 
+    /// Set A at 0..70 s, a re-tap of sensor 3 at 100 s and set B at 500..570 s of device A:
+    /// the two sets formed.
+    fn two_sets_and_a_re_tap(g: &mut Grouper<String>) -> Vec<TapSet<String>> {
+        add_set(g, "A", 0, 10);
+        g.add(name("A", 100, 3), "retap3".into());
+        add_set(g, "A", 500, 10);
+        let sets = g.take_complete();
+        assert_eq!(sets.len(), 2);
+        sets
+    }
+
+    /// Gives a set's files back to the grouper, all but A's unreadable tap 3.
+    fn give_back_but_tap_3_of_a(g: &mut Grouper<String>, set: TapSet<String>) {
+        for m in set.members {
+            if m.key != "A-20-3" {
+                g.add(m.name, m.key);
+            }
+        }
+    }
+
     #[test]
     fn a_withdrawn_set_forms_again_with_a_re_tap_once_its_mark_is_reset() {
         // Set A at 0..70 s and set B at 500 s form together; A's tap 3 turns out unreadable.
@@ -487,17 +507,8 @@ mod tests {
         // again with the re-tap of sensor 3 at 100 s, then B.
         let a = Some("A".to_string());
         let mut g = Grouper::new(900);
-        add_set(&mut g, "A", 0, 10);
-        g.add(name("A", 100, 3), "retap3".into());
-        add_set(&mut g, "A", 500, 10);
-        let sets = g.take_complete();
-        assert_eq!(sets.len(), 2);
-        for set in sets {
-            for m in set.members {
-                if m.key != "A-20-3" {
-                    g.add(m.name, m.key);
-                }
-            }
+        for set in two_sets_and_a_re_tap(&mut g) {
+            give_back_but_tap_3_of_a(&mut g, set);
         }
         assert!(
             g.take_complete().is_empty(),
@@ -520,17 +531,10 @@ mod tests {
         // 100 s; then the mark is B's again, and a file older than B's newest is a leftover.
         let a = Some("A".to_string());
         let mut g = Grouper::new(900);
-        add_set(&mut g, "A", 0, 10);
-        g.add(name("A", 100, 3), "retap3".into());
-        add_set(&mut g, "A", 500, 10);
-        let sets = g.take_complete();
-        assert_eq!(sets.len(), 2);
+        let mut sets = two_sets_and_a_re_tap(&mut g);
+        sets.truncate(1);
         assert!(g.withdraw(&a, 0));
-        for m in sets[0].members.clone() {
-            if m.key != "A-20-3" {
-                g.add(m.name, m.key);
-            }
-        }
+        give_back_but_tap_3_of_a(&mut g, sets.remove(0));
         assert!(g.take_complete().is_empty(), "B's mark stands");
         let again = g.take_complete_again(&a, 0);
         assert_eq!(again.len(), 1);
