@@ -8,6 +8,11 @@
 //! recordings of a path (i→j and j→i) carry the same waveform, offset by the difference of the
 //! two tap instants, and independent noise: a lobe that stands out on both at the same instant
 //! is an arrival.
+//!
+//! Where one recording's lobe crossed its threshold and the other's did not, the two picks rise
+//! to opposite sides, the second one on the main phase a sample or more later: the same test on
+//! both recordings, on the first pick's side, finds the lobe the second one missed
+//! ([`one_side_missed`]).
 
 use super::Picks;
 use super::baseline::Baseline;
@@ -96,8 +101,9 @@ fn joint_bracket(
 /// the other polarity before them, together ([`JOINT_SIGMAS`]) and each ([`EACH_SIGMAS`]), on
 /// both recordings' own samples: each pick goes to the middle of the two new brackets' overlap
 /// (each its own bracket's middle where they do not overlap), and no later than the overlap's
-/// end. `leads` are the tap instants (µs before each file's first sample), `earliest(i, j)`
-/// the least time of flight of ray i→j (µs).
+/// end. Paths whose picks rise to opposite sides go to [`one_side_missed`]. `leads` are the tap
+/// instants (µs before each file's first sample), `earliest(i, j)` the least time of flight of
+/// ray i→j (µs).
 pub(super) fn joint_onsets(
     set: &[Prepared; N_SENSORS],
     bases: &[Baseline; N_SENSORS],
@@ -114,9 +120,6 @@ pub(super) fn joint_onsets(
             let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
                 continue;
             };
-            if a.polarity != b.polarity {
-                continue;
-            }
             // i→j's time is j→i's plus d.
             let d = leads[j] - leads[i];
             // Ray tap → receiver as its pick `p` saw it.
@@ -129,6 +132,16 @@ pub(super) fn joint_onsets(
             };
             let (ra, rb) = (record(i, j, &a), record(j, i, &b));
             let tof_min = earliest(i, j);
+            if a.polarity != b.polarity {
+                one_side_missed(
+                    picks,
+                    (i, j),
+                    (&ra, &rb),
+                    d,
+                    (tof_min - leads[i], tof_min - leads[j]),
+                );
+                continue;
+            }
             let (Some(ba), Some(bb)) = (
                 joint_bracket(&ra, &rb, d, a.bracket_us.1, tof_min - leads[i]),
                 joint_bracket(&rb, &ra, -d, b.bracket_us.1, tof_min - leads[j]),
@@ -149,6 +162,59 @@ pub(super) fn joint_onsets(
                 p.t_us = p.t_us.min((hi - d).max(bb.0)).min(tb);
             }
         }
+    }
+}
+
+/// `r` with its pick's side set to `polarity` ([`Record::against`] then reads the other side).
+fn turned<'a>(r: &Record<'a>, polarity: f64) -> Record<'a> {
+    Record {
+        raw: r.raw,
+        t_us: r.t_us,
+        rest: r.rest,
+        sigma: r.sigma,
+        polarity,
+    }
+}
+
+/// A path whose two picks rise to opposite sides: one direction picked its first lobe, the
+/// other one missed it (it stayed under that recording's threshold) and picked the main phase
+/// of the other side, a sample or more later. Where exactly one direction's record shows,
+/// within [`JOINT_BACK`] samples before its first risen sample, a lobe on the other
+/// direction's side that stands out on both recordings at the same instant (as
+/// [`joint_bracket`] asks), that pick goes to the middle of that lobe's bracket's overlap with
+/// the other direction's own bracket, never later than it was; the other pick stays. `d`:
+/// i→j's time is j→i's plus `d`; `earliest`: the earliest possible arrival of each direction
+/// in its own file's time.
+fn one_side_missed(
+    picks: &mut Picks,
+    (i, j): (usize, usize),
+    (ra, rb): (&Record, &Record),
+    d: f64,
+    (earliest_a, earliest_b): (f64, f64),
+) {
+    let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
+        return;
+    };
+    let found_a = joint_bracket(ra, &turned(rb, a.polarity), d, a.bracket_us.1, earliest_a);
+    let found_b = joint_bracket(rb, &turned(ra, b.polarity), -d, b.bracket_us.1, earliest_b);
+    // The missed lobe's bracket (in the missing direction's time), the other direction's own
+    // bracket carried over, and the pick to move.
+    let (found, (lo, hi), p) = match (found_a, found_b) {
+        (Some(ba), None) => (
+            ba,
+            (b.bracket_us.0 + d, b.bracket_us.1 + d),
+            &mut picks[i][j],
+        ),
+        (None, Some(bb)) => (
+            bb,
+            (a.bracket_us.0 - d, a.bracket_us.1 - d),
+            &mut picks[j][i],
+        ),
+        _ => return,
+    };
+    let (lo, hi) = (found.0.max(lo), found.1.min(hi));
+    if let Some(p) = p.as_mut().filter(|_| lo < hi) {
+        p.t_us = p.t_us.min(0.5 * (lo + hi));
     }
 }
 
@@ -219,6 +285,28 @@ mod tests {
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
         // The lobe on one recording only is noise as far as the pair can tell.
         let set = set_with(-10.0, 0.0);
+        let before = picked(&set);
+        let mut picks = before;
+        joint_at_rest(&set, &mut picks);
+        assert_eq!(picks, before);
+    }
+
+    #[test]
+    fn a_lobe_one_direction_picked_and_the_other_missed_moves_the_later_pick() {
+        // 1→0's lobe (−60 counts) crosses its threshold (3 % of the main phase, 42 counts) and
+        // is picked, on the negative side; 0→1's (−20) does not, and 0→1 is picked on the
+        // main phase a sample later, on the positive side.
+        let set = set_with(-20.0, -60.0);
+        let mut picks = picked(&set);
+        let (a, b) = (picks[0][1].unwrap(), picks[1][0].unwrap());
+        assert_eq!((a.polarity, b.polarity), (1.0, -1.0));
+        assert_eq!(a.bracket_us, (8.0 * 27.0, 9.0 * 27.0));
+        assert_eq!(b.bracket_us, (7.0 * 27.0, 8.0 * 27.0));
+        joint_at_rest(&set, &mut picks);
+        assert_eq!(picks[0][1].unwrap().t_us, 7.5 * 27.0);
+        assert_eq!(picks[1][0], Some(b));
+        // Where the later one's record shows nothing there, neither pick moves.
+        let set = set_with(0.0, -60.0);
         let before = picked(&set);
         let mut picks = before;
         joint_at_rest(&set, &mut picks);
