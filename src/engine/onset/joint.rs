@@ -167,13 +167,7 @@ pub(super) fn joint_onsets(
 
 /// `r` with its pick's side set to `polarity` ([`Record::against`] then reads the other side).
 fn turned<'a>(r: &Record<'a>, polarity: f64) -> Record<'a> {
-    Record {
-        raw: r.raw,
-        t_us: r.t_us,
-        rest: r.rest,
-        sigma: r.sigma,
-        polarity,
-    }
+    Record { polarity, ..*r }
 }
 
 /// A path whose two picks rise to opposite sides: one direction picked its first lobe, the
