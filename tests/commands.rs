@@ -406,13 +406,14 @@ fn accuracy_on_the_simulator_grid() {
 
 /// The simulator's `field` model, built from what the real recordings show (a weak first
 /// arrival ahead of a bigger, slower phase, a pulse shape per path, the same both ways, noise
-/// from the amplifier alone). At 40 dB the bounds are the goals (median ≤ 3 %, p90 ≤
-/// 8 %; today 2.2 % and 7.4 %, since a weak first lobe of the other sign is looked for on both
-/// recordings of a path at once; 2.3 % and 8.6 % before). At 30 dB the p90 goal (10 %) is not
-/// met on these sets (today 2.9 % and 10.9 %; 3.1 % and 12.5 % before): most rays show their
-/// first arrival on one or two samples only, with a shape of their own, so the class
-/// alignment cannot sharpen them (docs/accuracy.md); the bound there is a guard about 1.1
-/// times today's p90. Before the fits on two rising samples went to the middle of the two
+/// from the amplifier alone). The bounds are the goals: median ≤ 3 % and p90 ≤ 8 % at
+/// 40 dB (today 2.1 % and 6.8 %, since a path whose two picks rise to opposite sides is
+/// searched for the lobe one direction missed; 2.2 % and 7.4 % before; 2.3 % and 8.6 % before
+/// a weak first lobe of the other sign was looked for on both recordings of a path at once),
+/// ≤ 4 % and ≤ 10 % at 30 dB (today 2.7 % and 9.75 %; 2.9 % and 10.9 %, and 3.1 % and 12.5 %,
+/// before those two). At 30 dB most rays show their first arrival on one or two samples only,
+/// with a shape of their own (docs/accuracy.md), so that cell sits near its goal on `evaluate`'s
+/// seeds too. Before the fits on two rising samples went to the middle of the two
 /// brackets' overlap: 2.6 %, 9.8 % and 3.5 %, 12.7 %; before the two recordings of a path
 /// bounded a pick from below as well: 3.0 %, 11.3 % and 3.7 %, 13.8 %. The engine before the
 /// noise-relative threshold, the coherence gate and the robust tap-instant fit gave 21 % and
@@ -427,7 +428,7 @@ fn accuracy_on_the_field_model() {
     let s30 = onset_accuracy(Field, 30.0);
     assert!(s30.usable_share > 0.9, "{s30:?}");
     assert!(s30.median_velocity_err <= 0.04, "{s30:?}");
-    assert!(s30.p90_velocity_err <= 0.12, "{s30:?}");
+    assert!(s30.p90_velocity_err <= 0.10, "{s30:?}");
 }
 
 /// A weak first arrival (5–8 % of the main phase, 20–100 noise sigmas) only 2–4 samples
@@ -435,9 +436,10 @@ fn accuracy_on_the_field_model() {
 /// 2–4 samples late). Its lobe shows on one sample, so a ray is known to a sample only, but
 /// the two recordings of a path, sampled at different phases, bound each other's arrival
 /// (docs/accuracy.md, the floor). The bounds are the goals (median ≤ 3 %, p90 ≤ 8 % at
-/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.82 %, 7.1 % and 1.90 %, 7.7 %; 1.84 %, 7.6 % and
-/// 1.93 %, 8.1 % before the weak lobe of the other sign was looked for on both recordings of a
-/// path; 2.1 %, 8.8 % and
+/// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.80 %, 6.9 % and 1.84 %, 7.1 %; 1.82 %, 7.1 % and
+/// 1.90 %, 7.7 % before a path whose picks rise to opposite sides was searched for the lobe
+/// one direction missed; 1.84 %, 7.6 % and 1.93 %, 8.1 % before the weak lobe of the other
+/// sign was looked for on both recordings of a path; 2.1 %, 8.8 % and
 /// 2.1 %, 9.0 % before the fits on two rising samples went to the middle of the two brackets'
 /// overlap too, 2.9 %, 11.1 % and 3.0 %, 11.1 % before the lower bound).
 #[test]
