@@ -176,9 +176,10 @@ fn turned<'a>(r: &Record<'a>, polarity: f64) -> Record<'a> {
 /// within [`JOINT_BACK`] samples before its first risen sample, a lobe on the other
 /// direction's side that stands out on both recordings at the same instant (as
 /// [`joint_bracket`] asks), that pick goes to the middle of that lobe's bracket's overlap with
-/// the other direction's own bracket, never later than it was; the other pick stays. `d`:
-/// i→j's time is j→i's plus `d`; `earliest`: the earliest possible arrival of each direction
-/// in its own file's time.
+/// the other direction's own bracket, never later than it was; the other pick, where it lies
+/// after that overlap, comes back to its middle too (one lying before it stays: a smooth
+/// start may lie before its last quiet sample). `d`: i→j's time is j→i's plus `d`;
+/// `earliest`: the earliest possible arrival of each direction in its own file's time.
 fn one_side_missed(
     picks: &mut Picks,
     (i, j): (usize, usize),
@@ -192,23 +193,26 @@ fn one_side_missed(
     let found_a = joint_bracket(ra, &turned(rb, a.polarity), d, a.bracket_us.1, earliest_a);
     let found_b = joint_bracket(rb, &turned(ra, b.polarity), -d, b.bracket_us.1, earliest_b);
     // The missed lobe's bracket (in the missing direction's time), the other direction's own
-    // bracket carried over, and the pick to move.
-    let (found, (lo, hi), p) = match (found_a, found_b) {
-        (Some(ba), None) => (
-            ba,
-            (b.bracket_us.0 + d, b.bracket_us.1 + d),
-            &mut picks[i][j],
-        ),
-        (None, Some(bb)) => (
-            bb,
-            (a.bracket_us.0 - d, a.bracket_us.1 - d),
-            &mut picks[j][i],
-        ),
+    // bracket carried over, the two picks (the one to move first), and what the other
+    // direction's time is in the missing one's.
+    let (found, (lo, hi), (missed, other), shift) = match (found_a, found_b) {
+        (Some(ba), None) => (ba, b.bracket_us, ((i, j), (j, i)), d),
+        (None, Some(bb)) => (bb, a.bracket_us, ((j, i), (i, j)), -d),
         _ => return,
     };
-    let (lo, hi) = (found.0.max(lo), found.1.min(hi));
-    if let Some(p) = p.as_mut().filter(|_| lo < hi) {
-        p.t_us = p.t_us.min(0.5 * (lo + hi));
+    let (lo, hi) = (found.0.max(lo + shift), found.1.min(hi + shift));
+    if lo >= hi {
+        return;
+    }
+    let middle = 0.5 * (lo + hi);
+    if let Some(p) = picks[missed.0][missed.1].as_mut() {
+        p.t_us = p.t_us.min(middle);
+    }
+    // The other direction's pick, where it lies after the overlap, comes back to its middle.
+    if let Some(q) = picks[other.0][other.1].as_mut()
+        && q.t_us + shift > hi
+    {
+        q.t_us = middle - shift;
     }
 }
 
@@ -305,5 +309,43 @@ mod tests {
         let mut picks = before;
         joint_at_rest(&set, &mut picks);
         assert_eq!(picks, before);
+    }
+
+    #[test]
+    fn the_other_pick_after_the_overlap_comes_back_to_its_middle() {
+        // As above, with tap 1 three quarters of a sample (20.25 µs) before tap 0: 1→0's
+        // bracket (189–216 µs, its pick in the middle at 202.5) is 209.25–236.25 µs in 0→1's
+        // time, the lobe 0→1 missed 189–216 µs, their overlap 209.25–216 µs. 0→1's pick goes
+        // to its middle (212.625 µs), and 1→0's, after the overlap, too (212.625 − 20.25).
+        let set = set_with(-20.0, -60.0);
+        let mut picks = picked(&set);
+        let b = picks[1][0].unwrap();
+        assert_eq!((b.t_us, b.bracket_us), (202.5, (189.0, 216.0)));
+        let mut leads = [0.0; N_SENSORS];
+        leads[1] = 20.25;
+        let none = [false; N_SENSORS];
+        joint_onsets(
+            &set,
+            &[QUIET; N_SENSORS],
+            &mut picks,
+            &leads,
+            &none,
+            |_, _| 0.0,
+        );
+        assert_eq!(picks[0][1].unwrap().t_us, 212.625);
+        assert_eq!(picks[1][0].unwrap().t_us, 212.625 - 20.25);
+        // Half a sample (13.5 µs): 1→0's pick sits at the overlap's end and stays.
+        let mut picks = picked(&set);
+        leads[1] = 13.5;
+        joint_onsets(
+            &set,
+            &[QUIET; N_SENSORS],
+            &mut picks,
+            &leads,
+            &none,
+            |_, _| 0.0,
+        );
+        assert_eq!(picks[0][1].unwrap().t_us, 209.25);
+        assert_eq!(picks[1][0], Some(b));
     }
 }
