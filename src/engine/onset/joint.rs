@@ -264,9 +264,22 @@ mod tests {
     /// [`joint_onsets`] with every channel at [`QUIET`], taps at the first samples, no
     /// mis-tapped file and no least time of flight.
     fn joint_at_rest(set: &[Prepared; N_SENSORS], picks: &mut Picks) {
+        joint_with_leads(set, picks, &[0.0; N_SENSORS]);
+    }
+
+    /// [`joint_at_rest`] with the tap instants `leads`.
+    fn joint_with_leads(set: &[Prepared; N_SENSORS], picks: &mut Picks, leads: &[f64; N_SENSORS]) {
         let bases = [QUIET; N_SENSORS];
         let none = [false; N_SENSORS];
-        joint_onsets(set, &bases, picks, &[0.0; N_SENSORS], &none, |_, _| 0.0);
+        joint_onsets(set, &bases, picks, leads, &none, |_, _| 0.0);
+    }
+
+    /// The joint search moves neither pick of `set`.
+    fn assert_unmoved(set: &[Prepared; N_SENSORS]) {
+        let before = picked(set);
+        let mut picks = before;
+        joint_at_rest(set, &mut picks);
+        assert_eq!(picks, before);
     }
 
     #[test]
@@ -282,11 +295,7 @@ mod tests {
         assert_eq!(picks[0][1].unwrap().t_us, 7.5 * 27.0);
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
         // The lobe on one recording only is noise as far as the pair can tell.
-        let set = set_with(-10.0, 0.0);
-        let before = picked(&set);
-        let mut picks = before;
-        joint_at_rest(&set, &mut picks);
-        assert_eq!(picks, before);
+        assert_unmoved(&set_with(-10.0, 0.0));
     }
 
     #[test]
@@ -304,11 +313,7 @@ mod tests {
         assert_eq!(picks[0][1].unwrap().t_us, 7.5 * 27.0);
         assert_eq!(picks[1][0], Some(b));
         // Where the later one's record shows nothing there, neither pick moves.
-        let set = set_with(0.0, -60.0);
-        let before = picked(&set);
-        let mut picks = before;
-        joint_at_rest(&set, &mut picks);
-        assert_eq!(picks, before);
+        assert_unmoved(&set_with(0.0, -60.0));
     }
 
     #[test]
@@ -323,28 +328,13 @@ mod tests {
         assert_eq!((b.t_us, b.bracket_us), (202.5, (189.0, 216.0)));
         let mut leads = [0.0; N_SENSORS];
         leads[1] = 20.25;
-        let none = [false; N_SENSORS];
-        joint_onsets(
-            &set,
-            &[QUIET; N_SENSORS],
-            &mut picks,
-            &leads,
-            &none,
-            |_, _| 0.0,
-        );
+        joint_with_leads(&set, &mut picks, &leads);
         assert_eq!(picks[0][1].unwrap().t_us, 212.625);
         assert_eq!(picks[1][0].unwrap().t_us, 212.625 - 20.25);
         // Half a sample (13.5 µs): 1→0's pick sits at the overlap's end and stays.
         let mut picks = picked(&set);
         leads[1] = 13.5;
-        joint_onsets(
-            &set,
-            &[QUIET; N_SENSORS],
-            &mut picks,
-            &leads,
-            &none,
-            |_, _| 0.0,
-        );
+        joint_with_leads(&set, &mut picks, &leads);
         assert_eq!(picks[0][1].unwrap().t_us, 209.25);
         assert_eq!(picks[1][0], Some(b));
     }
