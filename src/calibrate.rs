@@ -49,10 +49,7 @@ pub fn read_sets(inputs: &[PathBuf], window_s: i64) -> anyhow::Result<SetsRead> 
             Ok(taps) => out.sets.push((set.result_name().stem(), taps.input)),
             Err(bad) => {
                 out.rejected.extend(bad.rejected);
-                grouper.withdraw(&set.device, set.unix_s);
-                for (name, path) in bad.good {
-                    grouper.add(name, path);
-                }
+                grouper.give_back(&set.device, set.unix_s, bad.good);
                 queue.extend(grouper.take_complete_again(&set.device, set.unix_s));
             }
         }

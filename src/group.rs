@@ -119,6 +119,12 @@ impl Formed {
         self.mark = newest([self.mark, Some(set)].into_iter().flatten());
     }
 
+    /// Takes out the open set at `unix_s` (the last formed, if several).
+    fn take_open(&mut self, unix_s: i64) -> Option<Mark> {
+        let k = self.open.iter().rposition(|&(t, _)| t == unix_s)?;
+        Some(self.open.remove(k))
+    }
+
     /// The mark of the settled sets and the open ones that `keep` accepts.
     fn mark_of(&self, keep: impl Fn(&Mark) -> bool) -> Option<Mark> {
         newest(
@@ -258,28 +264,40 @@ impl<K: Clone + Eq + Hash> Grouper<K> {
 
     /// Withdraws the device's open set at `unix_s`, for a caller that could not read it: the
     /// device's mark goes back to the sets still standing. The caller gives the set's files
-    /// back with [`Grouper::add`] (and may form sets again with
-    /// [`Grouper::take_complete_again`]). Returns whether such an open set was there.
+    /// back with [`Grouper::add`], or with [`Grouper::give_back`] which does both (and may
+    /// form sets again with [`Grouper::take_complete_again`]). Returns whether such an open
+    /// set was there.
     pub fn withdraw(&mut self, device: &Option<String>, unix_s: i64) -> bool {
         let Some(formed) = self.formed.get_mut(device) else {
             return false;
         };
-        let Some(k) = formed.open.iter().rposition(|&(t, _)| t == unix_s) else {
+        if formed.take_open(unix_s).is_none() {
             return false;
-        };
-        formed.open.remove(k);
+        }
         formed.mark = formed.mark_of(|_| true);
         true
+    }
+
+    /// Withdraws the device's open set at `unix_s` ([`Grouper::withdraw`]) and adds `files`
+    /// (those of its files still to be grouped) back.
+    pub fn give_back(
+        &mut self,
+        device: &Option<String>,
+        unix_s: i64,
+        files: impl IntoIterator<Item = (TapName, K)>,
+    ) {
+        self.withdraw(device, unix_s);
+        for (name, key) in files {
+            self.add(name, key);
+        }
     }
 
     /// Settles the device's open set at `unix_s` (its results are saved): it is no longer
     /// withdrawn, and only the newest settled set is remembered.
     pub fn settle(&mut self, device: &Option<String>, unix_s: i64) {
-        let Some(formed) = self.formed.get_mut(device) else {
-            return;
-        };
-        if let Some(k) = formed.open.iter().rposition(|&(t, _)| t == unix_s) {
-            let set = formed.open.remove(k);
+        if let Some(formed) = self.formed.get_mut(device)
+            && let Some(set) = formed.take_open(unix_s)
+        {
             formed.settled = newest(formed.settled.into_iter().chain([set]));
         }
     }

@@ -460,18 +460,13 @@ fn regroup(
     good: Vec<(TapName, PathBuf)>,
 ) -> (Vec<i64>, Vec<TapSet<PathBuf>>) {
     let mut withdrawn = vec![unix_s];
-    grouper.withdraw(device, unix_s);
-    for (name, path) in good {
-        grouper.add(name, path);
-    }
+    grouper.give_back(device, unix_s, good);
     let (mine, others): (Vec<_>, Vec<_>) = queue.drain(..).partition(|s| s.device == *device);
     queue.extend(others);
     for set in mine {
         withdrawn.push(set.unix_s);
-        grouper.withdraw(device, set.unix_s);
-        for member in set.members {
-            grouper.add(member.name, member.key);
-        }
+        let files = set.members.into_iter().map(|m| (m.name, m.key));
+        grouper.give_back(device, set.unix_s, files);
     }
     let more = grouper.take_complete_again(device, unix_s);
     (withdrawn, more)

@@ -136,6 +136,7 @@ pub(super) fn joint_onsets(
                 one_side_missed(
                     picks,
                     (i, j),
+                    (a, b),
                     (&ra, &rb),
                     d,
                     (tof_min - leads[i], tof_min - leads[j]),
@@ -178,18 +179,17 @@ fn turned<'a>(r: &Record<'a>, polarity: f64) -> Record<'a> {
 /// [`joint_bracket`] asks), that pick goes to the middle of that lobe's bracket's overlap with
 /// the other direction's own bracket, never later than it was; the other pick, where it lies
 /// after that overlap, comes back to its middle too (one lying before it stays: a smooth
-/// start may lie before its last quiet sample). `d`: i→j's time is j→i's plus `d`;
-/// `earliest`: the earliest possible arrival of each direction in its own file's time.
+/// start may lie before its last quiet sample). `a` and `b` are the picks of i→j and j→i,
+/// `ra` and `rb` their records; `d`: i→j's time is j→i's plus `d`; `earliest`: the earliest
+/// possible arrival of each direction in its own file's time.
 fn one_side_missed(
     picks: &mut Picks,
     (i, j): (usize, usize),
+    (a, b): (Pick, Pick),
     (ra, rb): (&Record, &Record),
     d: f64,
     (earliest_a, earliest_b): (f64, f64),
 ) {
-    let (Some(a), Some(b)) = (picks[i][j], picks[j][i]) else {
-        return;
-    };
     let found_a = joint_bracket(ra, &turned(rb, a.polarity), d, a.bracket_us.1, earliest_a);
     let found_b = joint_bracket(rb, &turned(ra, b.polarity), -d, b.bracket_us.1, earliest_b);
     // The missed lobe's bracket (in the missing direction's time), the other direction's own
