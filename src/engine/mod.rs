@@ -152,7 +152,7 @@ impl Default for EngineConfig {
             method: Method::Onset,
             segment: 256,
             max_reciprocity_diff: 0.3,
-            min_snr: 8.0,
+            min_snr: 7.5,
             trigger_lead: DEFAULT_TRIGGER_LEAD,
         }
     }
