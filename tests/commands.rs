@@ -422,8 +422,8 @@ fn accuracy_on_the_simulator_grid() {
 /// 40 dB (today 2.1 % and 6.8 %, since a path whose two picks rise to opposite sides is
 /// searched for the lobe one direction missed; 2.2 % and 7.4 % before; 2.3 % and 8.6 % before
 /// a weak first lobe of the other sign was looked for on both recordings of a path at once),
-/// ≤ 4 % and ≤ 10 % at 30 dB (today 2.7 % and 9.75 %; 2.9 % and 10.9 %, and 3.1 % and 12.5 %,
-/// before those two). At 30 dB most rays show their first arrival on one or two samples only,
+/// ≤ 4 % and ≤ 10 % at 30 dB (today 2.7 % and 9.68 %, 9.75 % with the least ray SNR at 8;
+/// 2.9 % and 10.9 %, and 3.1 % and 12.5 %, before those two). At 30 dB most rays show their first arrival on one or two samples only,
 /// with a shape of their own (docs/accuracy.md), so that cell sits near its goal on `evaluate`'s
 /// seeds too. Before the fits on two rising samples went to the middle of the two
 /// brackets' overlap: 2.6 %, 9.8 % and 3.5 %, 12.7 %; before the two recordings of a path

@@ -444,7 +444,10 @@ mod tests {
             let consistent = exact(&truth);
             let x = solve_robust(N_SENSORS, &consistent, ROBUST_SCALE * dt);
             let y = anchor_to_impacts(&consistent, &x, &[true; N_SENSORS], &measured, dt);
-            assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-9), "{y:?} {x:?}");
+            assert!(
+                y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-9),
+                "{y:?} {x:?}"
+            );
         }
         let rms = |s: f64| (s / (200.0 * N_SENSORS as f64)).sqrt();
         assert!(
