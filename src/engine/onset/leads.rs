@@ -8,8 +8,9 @@
 //! channels show their own impacts (a device that records before the impact), the offset
 //! comes from them; elsewhere it is the prior that the trigger falls uniformly within the
 //! sample before the first one (`lead = dt/2` on average), or the device's own mean lead
-//! ([`EngineConfig::trigger_lead`](crate::engine::EngineConfig::trigger_lead)). Leads are µs
-//! before each file's first sample.
+//! ([`EngineConfig::trigger_lead`](crate::engine::EngineConfig::trigger_lead)); where the
+//! rays are weak (20 dB), that prior places each tap against the others too, as a measured
+//! impact does. Leads are µs before each file's first sample.
 
 use super::lsq::{Equation, solve_robust};
 use super::pick::Pick;
@@ -203,9 +204,20 @@ const QUIET_SIGMAS_ABRUPT: f64 = 2.0;
 /// from below ([`bound_by_reciprocals`]): a rise that began within the noise just before it.
 const LOWER_SLACK: f64 = 0.3;
 
+/// The median ray SNR (of the picks of files that are not mis-tapped) below which the tap
+/// instants of a device without measured impacts are held by the trigger prior too
+/// ([`solve_leads`]). Measured with `evaluate` (30 sets, seeds 1–5, 24 sets of seed 7, both
+/// triggers, 40, 30 and 20 dB, without the [`EARLY_TRIGGER`] exception): at 12 and 15 only the
+/// `shared` and `dispersive` clip cells at 20 dB moved, at 20 one `shared` 30 dB cell too (by
+/// 0.01 point); with the prior on every set, `field`'s clip p90 at 40 and 30 dB rose by up to
+/// 0.24 point (seed 1, 30 dB, 8.87 → 9.11 %): there the reciprocal picks scatter from the weak
+/// first arrivals, not from the noise. The real set's rays stand 430–480 sigmas out.
+const PRIOR_SNR: f64 = 15.0;
+
 /// The eight leads (µs before each file's first sample) from `gcc_equations` and the
 /// differences of the reciprocal picks (`lead_j − lead_i = α_ij − α_ji`), mis-tapped files
-/// left out, with the regular leads' mean at `mean_lead`.
+/// left out, with the regular leads' mean at `mean_lead`. Where the picks' median SNR is below
+/// [`PRIOR_SNR`], a device without measured impacts holds its taps by the trigger prior too.
 pub(super) fn tap_leads(
     picks: &Picks,
     mismatched: &[bool; N_SENSORS],
@@ -225,7 +237,12 @@ pub(super) fn tap_leads(
             }
         }
     }
-    solve_leads(&equations, dt, mean_lead, measured)
+    let mut snrs: Vec<f64> = (0..N_SENSORS)
+        .filter(|&i| !mismatched[i])
+        .flat_map(|i| picks[i].iter().flatten().map(|p| p.snr))
+        .collect();
+    let noisy = median(&mut snrs).is_some_and(|m| m < PRIOR_SNR);
+    solve_leads(&equations, dt, mean_lead, measured, noisy)
 }
 
 /// Windows of recording i→j and j→i around their first arrivals, cut from the same sample
@@ -293,11 +310,19 @@ pub struct Leads {
 /// follow the prior. A tap in no equation (its file was flagged, or none of its rays was
 /// picked) says nothing about the others: it stays out of the offset and gets its measured
 /// lead, or the prior `mean_lead`.
+///
+/// With the prior, where the picks are `noisy` (weak rays, whose reciprocal differences
+/// scatter from the noise), the prior places each tap against the others too: the trigger
+/// falls within the sample before the first one, so each lead is `mean_lead` within a sample,
+/// as a measured impact is, and enters the fit as one ([`anchor_to_impacts`]). A trigger that
+/// fired long before its impact is left out of the prior ([`prior_leads`]) and to the
+/// reciprocal equations.
 pub fn solve_leads(
     equations: &[Equation],
     dt: f64,
     mean_lead: f64,
     measured: &[Option<f64>; N_SENSORS],
+    noisy: bool,
 ) -> Leads {
     let mut x = solve_robust(N_SENSORS, equations, ROBUST_SCALE * dt);
     let mut tied = [false; N_SENSORS];
@@ -312,6 +337,14 @@ pub fn solve_leads(
     let by_onset = 2 * n_measured > n_tied;
     if by_onset {
         x = anchor_to_impacts(equations, &x, &tied, measured, dt);
+    } else if noisy {
+        x = anchor_to_impacts(
+            equations,
+            &x,
+            &tied,
+            &prior_leads(&x, &tied, mean_lead, dt),
+            dt,
+        );
     }
     // Each tap that sets the offset: the level it asks for less its relative lead.
     let offsets: Vec<(usize, f64)> = (0..N_SENSORS)
@@ -350,6 +383,33 @@ pub fn solve_leads(
             }
         }),
     }
+}
+
+/// Samples a tap's lead may lie below the median of the others' (fitted on reciprocity alone)
+/// for the trigger prior to hold it ([`prior_leads`]): a trigger that fired before the
+/// hammer's impact (seen on real recordings: about 10 samples on the real set's tap 2) starts
+/// its file early, by more than a clipping device's largest trigger latency
+/// ([`MAX_TRIGGER_LEAD`](crate::engine::MAX_TRIGGER_LEAD)). Measured with `evaluate` (seeds
+/// 1–5 and 7, `shared` clip 20 dB): at 2 samples `shared` seed 2 kept a p90 of 13.4 % (11.7 %
+/// at 3 and 4).
+const EARLY_TRIGGER: f64 = 4.0;
+
+/// The trigger prior as measured leads: `mean_lead` for each tied tap, but for one whose lead
+/// `x` (relative, from reciprocity alone) lies more than [`EARLY_TRIGGER`] samples below the
+/// median of the tied taps'. Such a trigger fired before its impact, and the prior would drag
+/// it to the others where the reciprocal picks scatter by a sample (the plain least squares
+/// the robust fit starts from weigh a strong prior against seven picks).
+fn prior_leads(
+    x: &[f64],
+    tied: &[bool; N_SENSORS],
+    mean_lead: f64,
+    dt: f64,
+) -> [Option<f64>; N_SENSORS] {
+    let mut relative: Vec<f64> = (0..N_SENSORS).filter(|&k| tied[k]).map(|k| x[k]).collect();
+    let Some(middle) = median(&mut relative) else {
+        return [None; N_SENSORS];
+    };
+    std::array::from_fn(|k| (x[k] >= middle - EARLY_TRIGGER * dt).then_some(mean_lead))
 }
 
 /// The spread of a measured impact about the true one, as a variance in µs²: the impact's
@@ -459,6 +519,51 @@ mod tests {
     }
 
     #[test]
+    fn the_trigger_prior_holds_the_taps_where_noisy_picks_scatter() {
+        // A device that clips from its first sample: each trigger falls within the sample
+        // before the first one (lead uniform in [0, dt]), and at 20 dB the reciprocal picks
+        // scatter by up to a sample. Over many draws the prior places the taps against each
+        // other better than reciprocity alone; a trigger that fired long before its impact
+        // (tap 8) is left where reciprocity puts it.
+        let dt = 27.0;
+        let mut rng = crate::rng::Rng::new(5);
+        let (mut alone, mut held, mut n) = (0.0, 0.0, 0.0);
+        for draw in 0..200 {
+            let mut truth: [f64; N_SENSORS] = std::array::from_fn(|_| rng.uniform(0.0, dt));
+            let early = draw % 2 == 0;
+            if early {
+                truth[7] = -300.0;
+            }
+            let mut equations = exact(&truth);
+            for e in &mut equations {
+                e.2 += dt * rng.normal();
+            }
+            let plain = solve_leads(&equations, dt, 0.5 * dt, &NONE, false).lead_us;
+            let prior = solve_leads(&equations, dt, 0.5 * dt, &NONE, true).lead_us;
+            let regular = if early { 7 } else { N_SENSORS };
+            let mean = |x: &[f64]| x[..regular].iter().sum::<f64>() / regular as f64;
+            let (mp, mq, mt) = (mean(&plain), mean(&prior), mean(&truth));
+            for k in 0..regular {
+                alone += (plain[k] - mp - (truth[k] - mt)).powi(2);
+                held += (prior[k] - mq - (truth[k] - mt)).powi(2);
+                n += 1.0;
+            }
+            if early {
+                // Dragged to the others, it would be 300 µs off.
+                let off = prior[7] - mq - (truth[7] - mt);
+                assert!(off.abs() < 2.0 * dt, "{draw}: {prior:?} {plain:?}");
+            }
+        }
+        let rms = |s: f64| (s / n).sqrt();
+        assert!(
+            rms(held) < 0.8 * rms(alone),
+            "rms {:.2} µs with the prior, {:.2} µs without",
+            rms(held),
+            rms(alone)
+        );
+    }
+
+    #[test]
     fn measured_impacts_set_the_offset_where_most_taps_show_one() {
         // A device with a pre-trigger buffer: impacts 5–40 µs after the first sample, each
         // measured within ±13 µs (the middle of the sample it fell in); the errors average.
@@ -466,7 +571,7 @@ mod tests {
         let errors = [6.0, -9.0, 12.0, -4.0, 3.0, -10.0, 8.0, -5.0];
         let measured: [Option<f64>; N_SENSORS] =
             std::array::from_fn(|k| (k != 3).then_some(truth[k] + errors[k]));
-        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &measured);
+        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &measured, false);
         let mean_error: f64 = (0..N_SENSORS)
             .filter(|&k| k != 3)
             .map(|k| errors[k])
@@ -483,7 +588,7 @@ mod tests {
         // Two measured taps among eight clipped ones follow the prior.
         let few: [Option<f64>; N_SENSORS] =
             std::array::from_fn(|k| (k < 2).then_some(truth[k] + errors[k]));
-        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &few);
+        let leads = solve_leads(&exact(&truth), 27.0, 13.5, &few, false);
         assert!(leads.from_onset.iter().all(|&f| !f), "{leads:?}");
         let regular = leads.lead_us.iter().sum::<f64>() / 8.0;
         assert!((regular - 13.5).abs() < 1e-6, "{leads:?}");
@@ -500,7 +605,7 @@ mod tests {
             }
         }
         for mean_lead in [10.0, 0.0, 55.0] {
-            let leads = solve_leads(&eq, 20.0, mean_lead, &NONE).lead_us;
+            let leads = solve_leads(&eq, 20.0, mean_lead, &NONE, false).lead_us;
             let regular = leads[..7].iter().sum::<f64>() / 7.0;
             assert!((regular - mean_lead).abs() < 1e-6, "{mean_lead}: {leads:?}");
             assert!((leads[1] - leads[0] - 1.0).abs() < 1e-6);
@@ -520,13 +625,13 @@ mod tests {
                 eq.push((i, j, truth[j] - truth[i], 1.0));
             }
         }
-        let leads = solve_leads(&eq, 26.0, 13.0, &NONE).lead_us;
+        let leads = solve_leads(&eq, 26.0, 13.0, &NONE, false).lead_us;
         let regular = tied.iter().map(|&k| leads[k]).sum::<f64>() / tied.len() as f64;
         assert!((regular - 13.0).abs() < 1e-6, "{leads:?}");
         assert!((leads[7] - leads[0] - 100.0).abs() < 1e-6, "{leads:?}");
         assert_eq!((leads[3], leads[4]), (13.0, 13.0));
         assert_eq!(
-            solve_leads(&[], 26.0, 13.0, &NONE).lead_us,
+            solve_leads(&[], 26.0, 13.0, &NONE, false).lead_us,
             [13.0; N_SENSORS]
         );
     }
