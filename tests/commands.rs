@@ -399,13 +399,12 @@ fn accuracy_on_the_simulator_grid() {
     assert!(s30.median_velocity_err <= 0.03, "{s30:?}");
     assert!(s30.p90_velocity_err <= 0.08, "{s30:?}");
     assert!(s30.median_tof_err_us <= 5.6, "{s30:?}");
-    // At 20 dB at least half the rays are usable (the goal; today 60 %, 50 % before
-    // the least ray SNR went from 8 to 7.5). Their p90 is 15.3 % on these sets, over the goal
-    // of 15 % (14.7 % at 50 % usable before); on `evaluate`'s seeds 1–3 it is 13.5–14.1 %
-    // (docs/accuracy.md): the bound is a guard.
+    // At 20 dB the goal: at least half the rays usable and a p90 within 15 % (today
+    // 60.6 % and 13.8 %, since the trigger prior holds the taps of weak sets; 60.3 % and 15.3 %
+    // before, 50 % and 14.7 % before the least ray SNR went from 8 to 7.5).
     let s20 = onset_accuracy(Shared, 20.0);
     assert!(s20.usable_share >= 0.5, "{s20:?}");
-    assert!(s20.p90_velocity_err <= 0.16, "{s20:?}");
+    assert!(s20.p90_velocity_err <= 0.15, "{s20:?}");
     assert!(s20.median_velocity_err <= 0.15, "{s20:?}");
     assert!(s20.worst_velocity_err < 1.0, "{s20:?}");
     // At 10 dB the set's noise is a third of its peaks: what is kept, if anything, stays sane.
