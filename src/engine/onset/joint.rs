@@ -233,13 +233,18 @@ mod tests {
     /// A record of 30 samples at rest 2000 with ±1 count of noise, a lobe of `lobe` counts at
     /// sample 8 and a main phase from sample 9.
     fn record(lobe: f32) -> Vec<f32> {
+        record_at(lobe, 8)
+    }
+
+    /// [`record`] with the lobe at sample `at` (before 9).
+    fn record_at(lobe: f32, at: usize) -> Vec<f32> {
         let main = [300.0, 900.0, 1400.0, 1000.0, 200.0];
         (0..30)
             .map(|k| {
                 let noise = [1.0, -1.0, 0.0, 1.0, -1.0][k % 5];
                 let wave = match k {
-                    8 => lobe,
                     9..=13 => main[k - 9],
+                    _ if k == at => lobe,
                     _ => 0.0,
                 };
                 2000.0 + noise + wave
@@ -248,10 +253,15 @@ mod tests {
     }
 
     fn set_with(lobe_01: f32, lobe_10: f32) -> [Prepared; N_SENSORS] {
+        set_with_at(lobe_01, lobe_10, 8)
+    }
+
+    /// Paths 0→1 and 1→0 with lobes `lobe_01` and `lobe_10` at sample `at`; the rest at rest.
+    fn set_with_at(lobe_01: f32, lobe_10: f32, at: usize) -> [Prepared; N_SENSORS] {
         std::array::from_fn(|i| {
             prepared(std::array::from_fn(|j| match (i, j) {
-                (0, 1) => record(lobe_01),
-                (1, 0) => record(lobe_10),
+                (0, 1) => record_at(lobe_01, at),
+                (1, 0) => record_at(lobe_10, at),
                 _ => vec![2000.0; 30],
             }))
         })
@@ -299,6 +309,20 @@ mod tests {
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
         // The lobe on one recording only is noise as far as the pair can tell.
         assert_unmoved(&set_with(-10.0, 0.0));
+    }
+
+    #[test]
+    fn a_weak_lobe_up_to_six_samples_before_the_main_phase_is_found() {
+        // At 20 dB the main phase is often picked several samples behind the weak first lobe:
+        // a lobe 5 samples before the first risen sample (9) is searched for, one 7 before
+        // is not.
+        let set = set_with_at(-10.0, -10.0, 4);
+        let mut picks = picked(&set);
+        assert_eq!(picks[0][1].unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0));
+        joint_at_rest(&set, &mut picks);
+        assert_eq!(picks[0][1].unwrap().t_us, 3.5 * 27.0);
+        assert_eq!(picks[1][0].unwrap().t_us, 3.5 * 27.0);
+        assert_unmoved(&set_with_at(-10.0, -10.0, 2));
     }
 
     #[test]
