@@ -231,12 +231,7 @@ mod tests {
     };
 
     /// A record of 30 samples at rest 2000 with ±1 count of noise, a lobe of `lobe` counts at
-    /// sample 8 and a main phase from sample 9.
-    fn record(lobe: f32) -> Vec<f32> {
-        record_at(lobe, 8)
-    }
-
-    /// [`record`] with the lobe at sample `at` (before 9).
+    /// sample `at` (before 9) and a main phase from sample 9.
     fn record_at(lobe: f32, at: usize) -> Vec<f32> {
         let main = [300.0, 900.0, 1400.0, 1000.0, 200.0];
         (0..30)
