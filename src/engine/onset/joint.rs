@@ -7,7 +7,8 @@
 //! path alike. One recording is too noisy to tell such a lobe from the noise, but the two
 //! recordings of a path (i→j and j→i) carry the same waveform, offset by the difference of the
 //! two tap instants, and independent noise: a lobe that stands out on both at the same instant
-//! is an arrival.
+//! is an arrival (within the sample the other recording's phase allows,
+//! [`Record::against_around`]).
 //!
 //! Where one recording's lobe crossed its threshold and the other's did not, the two picks rise
 //! to opposite sides, the second one on the main phase a sample or more later: the same test on
@@ -32,6 +33,17 @@ const EACH_SIGMAS: f64 = 2.0;
 /// main phase picked late, and every 20 dB cell of `field` and `dispersive` gained (p90 by 0.4
 /// to 3.4 points) with no cell at 40 or 30 dB worse by more than 0.07 point.
 const JOINT_BACK: usize = 6;
+/// Samples before a pick's first risen sample within which the other recording may show the
+/// lobe on the larger of its two samples around the instant rather than on the line between
+/// them ([`Record::against_around`]): there the other recording's next sample may already be on
+/// the main phase of the other sign.
+const NEAR_BACK: usize = 3;
+/// [`JOINT_SIGMAS`] where the other recording's larger sample is taken: the larger of two
+/// samples is the larger of two noise draws, so the pair must stand further out. Measured with
+/// `evaluate` (30 sets, seeds 1–5 and 7, both triggers): at 4, or at 4.5 without
+/// [`NEAR_BACK`], rays of `shared` at 40 and 30 dB (seed 2) and of `field` at 30 dB (seeds 3
+/// and 7) moved 3–5 samples early onto noise, errors of 63–91 %.
+const NEAR_SIGMAS: f64 = 4.5;
 
 /// One recording of a path: its samples, their instants, the rest level, its noise sigma and
 /// the side its pick rises to.
@@ -53,8 +65,13 @@ impl Record<'_> {
         -self.polarity * (self.raw[k] as f64 - self.rest)
     }
 
-    /// [`Record::against`] at instant `t` by linear interpolation, `None` outside the record.
-    fn against_at(&self, t: f64) -> Option<f64> {
+    /// [`Record::against`] at instant `t`: by linear interpolation between the two samples
+    /// around it, and the larger of the two; `None` outside the record. The two recordings of a
+    /// path are sampled at different phases (their taps' leads differ), so a lobe about a
+    /// sample long that one recording shows on one sample can fall, in the other's time,
+    /// between the sample that shows it and the first one of the main phase of the other sign:
+    /// the line between the two mixes the lobe with that phase and loses it.
+    fn against_around(&self, t: f64) -> Option<(f64, f64)> {
         let n = self.len();
         if n < 2 || t < self.t_us[0] || t > self.t_us[n - 1] {
             return None;
@@ -62,14 +79,17 @@ impl Record<'_> {
         let k = self.t_us[..n].partition_point(|&s| s <= t).clamp(1, n - 1);
         let (t0, t1) = (self.t_us[k - 1], self.t_us[k]);
         let u = (t - t0) / (t1 - t0);
-        Some((1.0 - u) * self.against(k - 1) + u * self.against(k))
+        let (before, after) = (self.against(k - 1), self.against(k));
+        Some(((1.0 - u) * before + u * after, before.max(after)))
     }
 }
 
 /// The bracket (last quiet sample, first risen one; µs in `x`'s time) of the first sample of
 /// `x` within [`JOINT_BACK`] samples before `risen` (the pick's first risen sample), and not
 /// before `earliest`, where `x` and `other` (carried over: `x`'s time is `other`'s plus `d`)
-/// together stand out against the pick's side; `None` where there is none.
+/// together stand out against the pick's side; `None` where there is none. The other
+/// recording's value is the line between its two samples around the instant, or, within
+/// [`NEAR_BACK`] samples of the pick, the larger of the two at [`NEAR_SIGMAS`].
 fn joint_bracket(
     x: &Record,
     other: &Record,
@@ -84,13 +104,16 @@ fn joint_bracket(
     }
     let sigma = (x.sigma * x.sigma + other.sigma * other.sigma).sqrt();
     let stands = |k: usize| -> bool {
-        let Some(y_other) = other.against_at(x.t_us[k] - d) else {
+        let Some((line, larger)) = other.against_around(x.t_us[k] - d) else {
             return false;
         };
         let y = x.against(k);
-        y + y_other > JOINT_SIGMAS * sigma
-            && y > EACH_SIGMAS * x.sigma
-            && y_other > EACH_SIGMAS * other.sigma
+        let together = |y_other: f64, sigmas: f64| {
+            y + y_other > sigmas * sigma
+                && y > EACH_SIGMAS * x.sigma
+                && y_other > EACH_SIGMAS * other.sigma
+        };
+        together(line, JOINT_SIGMAS) || (k + NEAR_BACK >= k_s && together(larger, NEAR_SIGMAS))
     };
     let lo = k_s
         .saturating_sub(JOINT_BACK)
@@ -304,6 +327,27 @@ mod tests {
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
         // The lobe on one recording only is noise as far as the pair can tell.
         assert_unmoved(&set_with(-10.0, 0.0));
+    }
+
+    #[test]
+    fn a_one_sample_lobe_is_found_between_the_other_recordings_samples() {
+        // Tap 1's impact half a sample (13.5 µs) after its file's first sample, tap 0's at its
+        // first sample: each recording's one-sample lobe (−12 counts at sample 8, 216 µs)
+        // falls half way between two samples of the other one, the later of them on the main
+        // phase of the other sign. The line between those two mixes the lobe with that phase;
+        // the larger of them shows it.
+        let set = set_with(-12.0, -12.0);
+        let mut picks = picked(&set);
+        for p in [picks[0][1], picks[1][0]] {
+            assert_eq!(p.unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0), "{p:?}");
+        }
+        let mut leads = [0.0; N_SENSORS];
+        leads[1] = -13.5;
+        joint_with_leads(&set, &mut picks, &leads);
+        // The brackets 189–216 µs (0→1) and 189–216 µs (1→0, 175.5–202.5 in 0→1's time)
+        // overlap on 189–202.5 µs; each pick goes to its middle.
+        assert_eq!(picks[0][1].unwrap().t_us, 195.75);
+        assert_eq!(picks[1][0].unwrap().t_us, 195.75 + 13.5);
     }
 
     #[test]
