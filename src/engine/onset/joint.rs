@@ -305,6 +305,17 @@ mod tests {
         joint_onsets(set, &bases, picks, leads, &none, |_, _| 0.0);
     }
 
+    /// Paths 0→1 and 1→0 with a lobe of `lobe` counts at sample 8 on both, and their picks,
+    /// checked to be on the main phase (it rises from sample 9).
+    fn picked_on_the_main_phase(lobe: f32) -> ([Prepared; N_SENSORS], Picks) {
+        let set = set_with(lobe, lobe);
+        let picks = picked(&set);
+        for p in [picks[0][1], picks[1][0]] {
+            assert_eq!(p.unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0), "{p:?}");
+        }
+        (set, picks)
+    }
+
     /// The joint search moves neither pick of `set`.
     fn assert_unmoved(set: &[Prepared; N_SENSORS]) {
         let before = picked(set);
@@ -317,11 +328,7 @@ mod tests {
     fn a_weak_lobe_of_the_other_polarity_on_both_recordings_is_the_arrival() {
         // A lobe of −10 counts (about 3.6 of the rays' sigmas) before a main phase that rises
         // from sample 9: the picks are on the main phase, the lobe is the first arrival.
-        let set = set_with(-10.0, -10.0);
-        let mut picks = picked(&set);
-        for p in [picks[0][1], picks[1][0]] {
-            assert_eq!(p.unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0), "{p:?}");
-        }
+        let (set, mut picks) = picked_on_the_main_phase(-10.0);
         joint_at_rest(&set, &mut picks);
         assert_eq!(picks[0][1].unwrap().t_us, 7.5 * 27.0);
         assert_eq!(picks[1][0].unwrap().t_us, 7.5 * 27.0);
@@ -336,11 +343,7 @@ mod tests {
         // falls half way between two samples of the other one, the later of them on the main
         // phase of the other sign. The line between those two mixes the lobe with that phase;
         // the larger of them shows it.
-        let set = set_with(-12.0, -12.0);
-        let mut picks = picked(&set);
-        for p in [picks[0][1], picks[1][0]] {
-            assert_eq!(p.unwrap().bracket_us, (8.0 * 27.0, 9.0 * 27.0), "{p:?}");
-        }
+        let (set, mut picks) = picked_on_the_main_phase(-12.0);
         let mut leads = [0.0; N_SENSORS];
         leads[1] = -13.5;
         joint_with_leads(&set, &mut picks, &leads);
