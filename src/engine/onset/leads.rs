@@ -477,6 +477,19 @@ mod tests {
         eq
     }
 
+    /// Asserts that the fit with `what` placed the taps at least a fifth closer to the truth
+    /// (root mean square over `n` leads) than reciprocity alone; `with` and `without` are the
+    /// two fits' summed squared errors, µs².
+    fn assert_closer(what: &str, with: f64, without: f64, n: f64) {
+        let rms = |s: f64| (s / n).sqrt();
+        assert!(
+            rms(with) < 0.8 * rms(without),
+            "rms {:.2} µs with {what}, {:.2} µs without",
+            rms(with),
+            rms(without)
+        );
+    }
+
     #[test]
     fn measured_impacts_hold_the_taps_where_reciprocity_scatters() {
         // At 20 dB the reciprocal picks scatter by about a sample; each measured impact is
@@ -509,13 +522,7 @@ mod tests {
                 "{y:?} {x:?}"
             );
         }
-        let rms = |s: f64| (s / (200.0 * N_SENSORS as f64)).sqrt();
-        assert!(
-            rms(both) < 0.8 * rms(alone),
-            "rms {:.2} µs with the impacts, {:.2} µs without",
-            rms(both),
-            rms(alone)
-        );
+        assert_closer("the impacts", both, alone, 200.0 * N_SENSORS as f64);
     }
 
     #[test]
@@ -554,13 +561,7 @@ mod tests {
                 assert!(off.abs() < 2.0 * dt, "{draw}: {prior:?} {plain:?}");
             }
         }
-        let rms = |s: f64| (s / n).sqrt();
-        assert!(
-            rms(held) < 0.8 * rms(alone),
-            "rms {:.2} µs with the prior, {:.2} µs without",
-            rms(held),
-            rms(alone)
-        );
+        assert_closer("the prior", held, alone, n);
     }
 
     #[test]
