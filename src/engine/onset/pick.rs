@@ -149,11 +149,13 @@ pub fn pick_from(
     let fit_end = if clipped { k1 - 1 } else { k_hi };
     let one_sample = clipped || fit_end <= k_s;
     let mut sharp_fit = false;
+    // The middle of the bracket (the last quiet sample and the first risen one).
+    let middle = 0.5 * (t_us[k_s - 1] + t_us[k_s]);
     let t_a = if one_sample {
         // One rising sample (or a clipped one): the onset lies between the last quiet sample
         // and it, and nothing inside says where; the middle is unbiased. The chord-class
         // refinement below narrows it down with the help of the other rays.
-        0.5 * (t_us[k_s - 1] + t_us[k_s])
+        middle
     } else {
         // A fit that follows the rise's bend (three or more rising points) may find a smooth
         // start that stayed within the noise for a sample before the first risen one.
@@ -173,11 +175,7 @@ pub fn pick_from(
         // knows no more than the bracket, and the bracket's middle is unbiased.
         let stopped = !quadratic && t_a <= lo + EARLY_END * (t_us[k_s] - lo);
         let narrow = fit_end + 1 < n && y(fit_end + 1) < 0.0;
-        if stopped && narrow {
-            0.5 * (t_us[k_s - 1] + t_us[k_s])
-        } else {
-            t_a
-        }
+        if stopped && narrow { middle } else { t_a }
     };
     // Before the pick the record must be quiet: samples that stand out of the noise there
     // are an earlier arrival too weak to pick (or one the threshold put below itself), and the
