@@ -346,8 +346,9 @@ fn a_device_that_records_before_the_impact_measures_it() {
     // the taps against each other: the goal, at least half the rays usable and a p90
     // within 15 % (today 61 % and 12.7 %, 13.3 % before a line through two rising samples
     // stopped on a narrow lobe took its bracket's middle, 13.5 % before a path's other
-    // recording could show a one-sample lobe on the larger of its two samples; 54 % and 15.8 % before the impacts
-    // counted in the relative tap instants and the least ray SNR went from 8 to 7.5).
+    // recording could show a one-sample lobe on the larger of its two samples; 54 % and
+    // 15.8 % before the impacts counted in the relative tap instants and the least ray SNR
+    // went from 8 to 7.5).
     let s20 = onset_accuracy_of(Shared, 20.0, true);
     assert!(s20.usable_share >= 0.5, "{s20:?}");
     assert!(s20.p90_velocity_err <= 0.15, "{s20:?}");
@@ -409,9 +410,8 @@ fn accuracy_on_the_simulator_grid() {
     // At 20 dB the goal: at least half the rays usable and a p90 within 15 % (today
     // 61.2 % and 12.7 %; 60.6 % and 13.5 % before a path's other recording could show a
     // one-sample lobe on the larger of its two samples, 13.8 % before the joint search looked
-    // 6 samples back; 60.3 % and 15.3
-    // % before the trigger prior held the taps of weak sets, 50 % and 14.7 % before the least
-    // ray SNR went from 8 to 7.5).
+    // 6 samples back; 60.3 % and 15.3 % before the trigger prior held the taps of weak sets,
+    // 50 % and 14.7 % before the least ray SNR went from 8 to 7.5).
     let s20 = onset_accuracy(Shared, 20.0);
     assert!(s20.usable_share >= 0.5, "{s20:?}");
     assert!(s20.p90_velocity_err <= 0.15, "{s20:?}");
@@ -431,18 +431,18 @@ fn accuracy_on_the_simulator_grid() {
 /// 40 dB (today 2.0 % and 6.5 %, since a line through two rising samples stopped on a narrow
 /// lobe takes its bracket's middle; 2.1 % and 6.4 % before, since the other recording of a
 /// path may show a one-sample lobe on the larger of its two samples around the instant;
-/// 2.1 % and 6.8 % before, since a
-/// path whose two picks rise to opposite sides is searched for the lobe one direction missed;
-/// 2.2 % and 7.4 % before that; 2.3 % and 8.6 % before a weak first lobe of the other sign
-/// was looked for on both recordings of a path at once), ≤ 4 % and ≤ 10 % at 30 dB (today
-/// 2.6 % and 8.2 %, 8.1 % before the bracket's middle; 2.7 % and 9.6 % before the larger sample, 9.75 % with the least ray SNR
-/// at 8; 2.9 % and 10.9 %, and 3.1 % and 12.5 %, before those two). At 30 dB most rays show their first arrival on one or two samples only,
-/// with a shape of their own (docs/accuracy.md), so that cell sits near its goal on `evaluate`'s
-/// seeds too. Before the fits on two rising samples went to the middle of the two
-/// brackets' overlap: 2.6 %, 9.8 % and 3.5 %, 12.7 %; before the two recordings of a path
-/// bounded a pick from below as well: 3.0 %, 11.3 % and 3.7 %, 13.8 %. The engine before the
-/// noise-relative threshold, the coherence gate and the robust tap-instant fit gave 21 % and
-/// 47 % at 40 dB: it picked the later phase.
+/// 2.1 % and 6.8 % before, since a path whose two picks rise to opposite sides is searched
+/// for the lobe one direction missed; 2.2 % and 7.4 % before that; 2.3 % and 8.6 % before a
+/// weak first lobe of the other sign was looked for on both recordings of a path at once),
+/// ≤ 4 % and ≤ 10 % at 30 dB (today 2.6 % and 8.2 %, 8.1 % before the bracket's middle; 2.7 %
+/// and 9.6 % before the larger sample, 9.75 % with the least ray SNR at 8; 2.9 % and 10.9 %,
+/// and 3.1 % and 12.5 %, before those two). At 30 dB most rays show their first arrival on
+/// one or two samples only, with a shape of their own (docs/accuracy.md), so that cell sits
+/// near its goal on `evaluate`'s seeds too. Before the fits on two rising samples went to the
+/// middle of the two brackets' overlap: 2.6 %, 9.8 % and 3.5 %, 12.7 %; before the two
+/// recordings of a path bounded a pick from below as well: 3.0 %, 11.3 % and 3.7 %, 13.8 %.
+/// The engine before the noise-relative threshold, the coherence gate and the robust
+/// tap-instant fit gave 21 % and 47 % at 40 dB: it picked the later phase.
 #[test]
 fn accuracy_on_the_field_model() {
     use terawang::simulate::WaveModel::Field;
@@ -458,11 +458,10 @@ fn accuracy_on_the_field_model() {
     // 35.5 and 36.5 % with a pre-trigger). The joint search that read the other recording's
     // larger sample anywhere, at 4 sigmas, moved a path of these sets 4 samples early onto
     // noise: 66 % with a clip, 91 % with a pre-trigger, at 30 dB (docs/accuracy.md).
-    for pre_trigger in [false, true] {
-        for snr_db in [40.0, 30.0] {
-            let s = onset_accuracy_of(Field, snr_db, pre_trigger);
-            assert!(s.worst_velocity_err < 0.5, "{s:?}");
-        }
+    let pre40 = onset_accuracy_of(Field, 40.0, true);
+    let pre30 = onset_accuracy_of(Field, 30.0, true);
+    for s in [&s40, &s30, &pre40, &pre30] {
+        assert!(s.worst_velocity_err < 0.5, "{s:?}");
     }
 }
 
@@ -473,10 +472,9 @@ fn accuracy_on_the_field_model() {
 /// (docs/accuracy.md, the floor). The bounds are the goals (median ≤ 3 %, p90 ≤ 8 % at
 /// 40 dB, ≤ 4 % and ≤ 10 % at 30 dB; today 1.78 %, 6.9 % and 1.82 %, 7.1 %, 1.80 % and 1.84 %
 /// before a path's other recording could show a one-sample lobe on the larger of its two
-/// samples; 1.82 %, 7.1 % and
-/// 1.90 %, 7.7 % before a path whose picks rise to opposite sides was searched for the lobe
-/// one direction missed; 1.84 %, 7.6 % and 1.93 %, 8.1 % before the weak lobe of the other
-/// sign was looked for on both recordings of a path; 2.1 %, 8.8 % and
+/// samples; 1.82 %, 7.1 % and 1.90 %, 7.7 % before a path whose picks rise to opposite sides
+/// was searched for the lobe one direction missed; 1.84 %, 7.6 % and 1.93 %, 8.1 % before the
+/// weak lobe of the other sign was looked for on both recordings of a path; 2.1 %, 8.8 % and
 /// 2.1 %, 9.0 % before the fits on two rising samples went to the middle of the two brackets'
 /// overlap too, 2.9 %, 11.1 % and 3.0 %, 11.1 % before the lower bound).
 #[test]
